@@ -1,0 +1,501 @@
+"""
+The Fox-1 model in one file: a Llama-style decoder, exactly the architecture of the released
+`tensoropera/Fox-1-1.6B` (arXiv 2411.05281), plus the pieces training and serving need.
+
+    embedding -> 32 x [RMSNorm -> GQA attention with RoPE -> +residual; RMSNorm -> SwiGLU -> +residual]
+              -> RMSNorm -> LM head tied to the embedding
+
+Fox-1's three architecture bets, as the paper describes them, are all visible in `FoxConfig`:
+  * deep and narrow: 32 layers at hidden 2048 (Gemma-2B has 18 at 2048, StableLM-2-1.6B 24 at 2048);
+  * a large 256K vocabulary, whose embedding (524,288,000 parameters, 31% of the model) is shared with
+    the LM head so it is paid for once;
+  * grouped-query attention, 16 query heads sharing 4 key/value heads, which cuts the KV cache 4x.
+
+What else is here and why:
+  * `chunked_cross_entropy`: with 256K classes, one 8K-token sequence would need 8 GB of fp32 logits.
+    The loss is computed a chunk of tokens at a time and its gradient is formed in the same pass, so
+    neither the logits nor their softmax are ever held for the whole batch.
+  * `position_ids` / `doc_ids`: packed training windows hold several documents; RoPE restarts at
+    each document and attention is masked block-diagonally so documents never see each other.
+  * `KVCache`: a static, preallocated cache (as in gpt-fast) so decoding is one fixed-shape step
+    that `torch.compile` can turn into a single graph.
+  * `from_pretrained` / `save_pretrained`: the Hugging Face Llama checkpoint layout. Module names
+    match it (`embed_tokens`, `self_attn.q_proj`, ...) so the mapping is a plain `model.` prefix.
+
+Try it:  python -c "import model; m = model.Fox(model.FoxConfig.from_preset('tiny')); print(m)"
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100  # targets with this value do not count in the loss (e.g. across document borders)
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class FoxConfig:
+    """Shape of a Fox model. The defaults are the released Fox-1-1.6B."""
+
+    vocab_size: int = 256000
+    hidden_size: int = 2048
+    num_layers: int = 32
+    num_heads: int = 16
+    num_kv_heads: int = 4  # 4 query heads share each key/value head
+    head_dim: int = 128
+    intermediate_size: int = 4096  # SwiGLU width = 2 x hidden
+    context_len: int = 8192
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> FoxConfig:
+        """A named preset with any field overridden, e.g. from_preset('tiny', vocab_size=4096)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+
+# All presets keep Fox-1's ratios: deep and narrow, 4 query heads per KV head, intermediate = 2 x hidden.
+PRESETS: dict[str, FoxConfig] = {
+    "fox-1.6b": FoxConfig(),
+    "small": FoxConfig(vocab_size=32768, hidden_size=512, num_layers=16, num_heads=8, num_kv_heads=2,
+                       head_dim=64, intermediate_size=1024, context_len=2048),
+    "tiny": FoxConfig(vocab_size=8192, hidden_size=256, num_layers=8, num_heads=4, num_kv_heads=1,
+                      head_dim=64, intermediate_size=512, context_len=1024),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in fp32 and cast back (as Llama does, so bf16 matches HF)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).type_as(x)
+
+
+def rope_tables(config: FoxConfig, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of shape (context_len, head_dim) in fp32, in Llama's rotate-half layout:
+    frequency i drives dimensions i and i + head_dim/2, so released weights work unpermuted."""
+    half = config.head_dim // 2
+    inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, half, device=device, dtype=torch.float32) / half)
+    angles = torch.outer(torch.arange(config.context_len, device=device, dtype=torch.float32), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, heads, T, head_dim) by per-position angles; cos/sin broadcast as (B or 1, 1, T, head_dim)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated_half = torch.cat((-x2, x1), dim=-1)
+    return x * cos.to(x.dtype) + rotated_half * sin.to(x.dtype)
+
+
+class KVCache(nn.Module):
+    """Static key/value cache of one layer: (batch, kv_heads, max_len, head_dim), written in place.
+
+    Fixed shapes mean a compiled decode step never recompiles; attention reads the whole buffer and
+    a mask hides the slots not written yet."""
+
+    def __init__(self, batch_size: int, max_len: int, num_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str | None = None):
+        super().__init__()
+        shape = (batch_size, num_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    """Causal grouped-query self-attention with RoPE, through PyTorch's fused SDPA kernels."""
+
+    def __init__(self, config: FoxConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, config.num_heads * config.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.num_kv_heads * config.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.num_kv_heads * config.head_dim, bias=False)
+        self.o_proj = nn.Linear(config.num_heads * config.head_dim, config.hidden_size, bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None, input_pos: torch.Tensor | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.kv_cache is not None and input_pos is not None:
+            k, v = self.kv_cache.update(input_pos, k, v)
+        # mask=None means plain causal attention over this call's own tokens (the fastest kernel path).
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)): Llama's gated MLP."""
+
+    def __init__(self, config: FoxConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """One pre-norm transformer layer. The unit of FSDP sharding and of torch.compile in train.py."""
+
+    def __init__(self, config: FoxConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.norm_eps)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# --------------------------------------------------------------------------------------------------
+# The loss for a 256K vocabulary
+
+# Rows of logits materialised at once: 2**27 fp32 values = 512 MB, i.e. 524 tokens at vocab 256000
+# (a whole 8K sequence would be 8 GB) and 16384 tokens at tiny's vocab 8192.
+LOSS_CHUNK_ELEMENTS = 2**27
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of `hidden @ weight.T` against `targets`, one chunk of tokens at a time.
+
+    The gradient is formed in the forward pass, chunk by chunk: d(loss)/d(logits) = softmax - onehot,
+    which immediately becomes d/d(hidden) and d/d(weight). Nothing vocabulary-sized outlives a chunk,
+    and backward only scales the stored gradients, so there is no recompute either."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        count = (targets != IGNORE_INDEX).sum().clamp(min=1)
+        chunk = max(1, LOSS_CHUNK_ELEMENTS // weight.size(0))
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        for start in range(0, hidden.size(0), chunk):
+            h, t = hidden[start:start + chunk], targets[start:start + chunk]
+            logits = (h @ weight.T).float()
+            loss += F.cross_entropy(logits, t, ignore_index=IGNORE_INDEX, reduction="sum")
+            grad_logits = logits.softmax(dim=-1)  # becomes (softmax - onehot) / count, in place
+            valid = t != IGNORE_INDEX
+            grad_logits[valid, t[valid]] -= 1.0
+            grad_logits[~valid] = 0.0
+            grad_logits = grad_logits.div_(count).to(hidden.dtype)
+            grad_hidden[start:start + chunk] = grad_logits @ weight
+            grad_weight.addmm_(grad_logits.T.float(), h.float())
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return loss / count
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_loss, grad_weight * grad_loss, None
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss over non-ignored targets; equals F.cross_entropy(hidden @ weight.T, targets).
+
+    hidden: (N, D) final-norm states, weight: (V, D) the tied embedding, targets: (N,)."""
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _ChunkedCrossEntropy.apply(hidden, weight, targets)
+    chunk = max(1, LOSS_CHUNK_ELEMENTS // weight.size(0))
+    total = sum(F.cross_entropy((hidden[i:i + chunk] @ weight.T).float(), targets[i:i + chunk],
+                                ignore_index=IGNORE_INDEX, reduction="sum")
+                for i in range(0, hidden.size(0), chunk))
+    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+
+
+def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) document ids -> (B, 1, T, T) boolean mask: causal, and only within the same document.
+
+    A boolean mask goes through SDPA's kernels with a backward on CPU too (flex_attention has none there)."""
+    T = doc_ids.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
+    return (causal & same_doc)[:, None]
+
+
+class Fox(nn.Module):
+    """The Fox-1 decoder. `forward(idx)` gives logits; `forward(idx, targets)` gives the mean loss."""
+
+    def __init__(self, config: FoxConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.norm_eps)
+        cos, sin = rope_tables(config)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """GPT-2/Llama-style init: every matrix N(0, 0.02), norms 1, and the two projections that
+        write into the residual stream (o_proj, down_proj) scaled by 1/sqrt(2 * num_layers), so
+        the residual's variance stays O(1) through 32 layers instead of growing with depth.
+        The tied embedding doubles as the LM head, and 0.02 suits both roles.
+        Also (re)computes the RoPE tables, so a model built on the meta device and materialised
+        with `to_empty()` is complete after one call."""
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if name.endswith("layernorm.weight") or name == "norm.weight":
+                nn.init.ones_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.config.num_layers))
+            else:
+                nn.init.normal_(p, 0.0, std)
+        self.rope_cos, self.rope_sin = rope_tables(self.config, device=self.rope_cos.device)
+
+    def num_params(self) -> int:
+        """Parameters, the tied embedding/LM head counted once (1,665,271,808 for fox-1.6b)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token (forward + backward), for MFU.
+
+        6N: every parameter does one multiply-add (2 FLOPs) forward and two backward. The tied
+        embedding is counted once, as the LM head matmul (the lookup itself is free).
+        12 * layers * (heads * head_dim) * seq_len: attention scores and the weighted sum, 2 matmuls
+        x 2 FLOPs x 3 (fwd + bwd), without discounting the causal half (the PaLM convention).
+        fox-1.6b at 2048 tokens: 6 x 1.665e9 + 12 x 32 x 2048 x 2048 = 11.6 GFLOPs per token."""
+        c = self.config
+        return 6 * self.num_params() + 12 * c.num_layers * c.num_heads * c.head_dim * seq_len
+
+    def setup_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> None:
+        """Preallocate a static KV cache in every layer for generation (None: remove the caches)."""
+        max_len = max_len or self.config.context_len
+        dtype = dtype or self.embed_tokens.weight.dtype
+        device = self.embed_tokens.weight.device
+        c = self.config
+        for layer in self.layers:
+            layer.self_attn.kv_cache = KVCache(batch_size, max_len, c.num_kv_heads, c.head_dim, dtype, device)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
+                position_ids: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None,
+                input_pos: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """idx: (B, T) token ids.
+
+        targets (B, T): return the mean chunked cross-entropy instead of logits.
+        position_ids / doc_ids (B, T): packed documents; RoPE positions restart and attention stays
+            inside each document.
+        input_pos (T,): generation with the KV cache: the absolute positions of these T tokens (the
+            same for every row); keys come from the cache, masked to positions <= the query's.
+        last_only: return logits of the last position only (prefill without a (T x vocab) tensor)."""
+        B, T = idx.shape
+        if input_pos is not None:
+            positions = input_pos
+            cache_len = self.layers[0].self_attn.kv_cache.k.size(2)
+            mask = torch.arange(cache_len, device=idx.device)[None, :] <= input_pos[:, None]
+        else:
+            positions = position_ids if position_ids is not None else torch.arange(T, device=idx.device)
+            mask = document_mask(doc_ids) if doc_ids is not None else None
+        if int(T) > self.config.context_len:
+            raise ValueError(f"sequence of {T} tokens is longer than the context ({self.config.context_len})")
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        if cos.dim() == 2:  # shared positions (T, hd) -> (1, 1, T, hd); per-row (B, T, hd) -> (B, 1, T, hd)
+            cos, sin = cos[None], sin[None]
+        cos, sin = cos[:, None], sin[:, None]
+
+        x = self.embed_tokens(idx)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, input_pos)
+        x = self.norm(x)
+        if targets is not None:
+            return chunked_cross_entropy(x.flatten(0, 1), self.embed_tokens.weight, targets.flatten())
+        if last_only:
+            x = x[:, -1:]
+        return (x @ self.embed_tokens.weight.T).float()
+
+    # ----------------------------------------------------------------------------------------------
+    # Hugging Face interop
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, dtype: torch.dtype | None = None,
+                        device: str | torch.device = "cpu") -> Fox:
+        """Load a Llama-format checkpoint directory (config.json + model.safetensors, or sharded with
+        model.safetensors.index.json), e.g. the released tensoropera/Fox-1-1.6B."""
+        directory = Path(directory)
+        config, stored_dtype = config_from_hf(directory / "config.json")
+        tensors = read_safetensors(directory)
+        state = hf_to_fox_state_dict(tensors, config, directory)
+        with torch.device("meta"):
+            model = cls(config)
+        model.load_state_dict(state, strict=True, assign=True)
+        model.rope_cos, model.rope_sin = rope_tables(config)
+        return model.to(device=device, dtype=dtype or stored_dtype)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write config.json + model.safetensors that transformers.LlamaForCausalLM loads (tied
+        weights stored once, as HF does). Each file is written to a temp name and renamed into place."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {"model." + k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        dtype = self.embed_tokens.weight.dtype
+        tmp = directory / "model.safetensors.tmp"
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, directory / "model.safetensors")
+        write_json_atomic(directory / "config.json", config_to_hf(self.config, dtype))
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoint format helpers (Hugging Face Llama layout)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory whose files, config fields or tensors do not fit. One-line message."""
+
+
+_DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def config_to_hf(config: FoxConfig, dtype: torch.dtype) -> dict:
+    """Our config as a transformers LlamaConfig dictionary."""
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim, "max_position_embeddings": config.context_len,
+        "rms_norm_eps": config.norm_eps, "rope_theta": config.rope_theta, "rope_scaling": None,
+        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": True,
+        "initializer_range": config.init_std, "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def config_from_hf(path: Path) -> tuple[FoxConfig, torch.dtype]:
+    """Read a Llama config.json into a FoxConfig, refusing anything fox1 does not implement."""
+    try:
+        hf = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+    def field(name: str, default=None):
+        if name not in hf and default is None:
+            raise CheckpointError(f"{path}: missing field {name!r}")
+        return hf.get(name, default)
+
+    expected = {"hidden_act": "silu", "tie_word_embeddings": True, "attention_bias": False, "mlp_bias": False,
+                "rope_scaling": None}
+    for name, want in expected.items():
+        if hf.get(name, want) != want:
+            raise CheckpointError(f"{path}: field {name!r} is {hf[name]!r}; fox1 supports only {want!r}")
+    try:
+        config = FoxConfig(
+            vocab_size=int(field("vocab_size")), hidden_size=int(field("hidden_size")),
+            num_layers=int(field("num_hidden_layers")), num_heads=int(field("num_attention_heads")),
+            num_kv_heads=int(field("num_key_value_heads", hf.get("num_attention_heads"))),
+            head_dim=int(field("head_dim", hf.get("hidden_size", 0) // max(1, hf.get("num_attention_heads", 1)))),
+            intermediate_size=int(field("intermediate_size")), context_len=int(field("max_position_embeddings")),
+            rope_theta=float(field("rope_theta", 10000.0)), norm_eps=float(field("rms_norm_eps", 1e-6)),
+        )
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    dtype_name = hf.get("torch_dtype") or hf.get("dtype") or "float32"
+    if dtype_name not in _DTYPE_NAMES:
+        raise CheckpointError(f"{path}: field 'torch_dtype' is {dtype_name!r}; expected one of {list(_DTYPE_NAMES)}")
+    return config, _DTYPE_NAMES[dtype_name]
+
+
+def read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of model.safetensors, or of every shard listed in model.safetensors.index.json."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({e!r})") from None
+    else:
+        files = ["model.safetensors"]
+    tensors: dict[str, torch.Tensor] = {}
+    for name in files:
+        path = directory / name
+        if not path.exists():
+            raise CheckpointError(f"{path}: not found")
+        try:
+            tensors.update(load_file(str(path)))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
+    return tensors
+
+
+def hf_to_fox_state_dict(tensors: dict[str, torch.Tensor], config: FoxConfig, directory: Path) -> dict:
+    """Map `model.X` names to ours and check every tensor's presence and shape.
+
+    `lm_head.weight` is accepted and ignored: the head is tied to the embedding (as HF does when
+    tie_word_embeddings is true); RoPE's `inv_freq`, which old exports store, is recomputed."""
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in Fox(config).state_dict().items()}
+    state = {}
+    for name, tensor in tensors.items():
+        if name == "lm_head.weight" or name.endswith("rotary_emb.inv_freq"):
+            continue
+        ours = name.removeprefix("model.")
+        if ours not in expected:
+            raise CheckpointError(f"{directory}: unexpected tensor {name!r} for this config")
+        if tensor.shape != expected[ours]:
+            raise CheckpointError(f"{directory}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+                                  f"config.json implies {tuple(expected[ours])}")
+        state[ours] = tensor
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise CheckpointError(f"{directory}: missing tensor 'model.{missing[0]}' ({len(missing)} missing)")
+    return state
+
