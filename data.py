@@ -1,0 +1,689 @@
+"""Data pipeline: text -> uint32 token shards -> Fox-1's 3-stage curriculum of packed, shuffled, resumable batches.
+
+Fox-1 (arXiv 2411.05281) is pre-trained on 3T tokens with a 3-stage data curriculum: the sequence length grows
+2K -> 4K -> 8K while the data mixture moves toward higher-quality sources. This file is that pipeline at any scale:
+
+  prepare     text / JSONL (`text` field) files, `.gz` of either, or globs -> DATA/NAME/ holding uint32 token shards
+              (np.memmap-able), the start offset of every document, and meta.json (tokenizer fingerprint, counts,
+              train/val split). Every document is stored as <bos> ... <eos>. Tokenized in worker processes; written
+              to a temporary directory that replaces DATA/NAME only when complete; a re-run on the same inputs
+              (paths, sizes, mtimes) with the same tokenizer does no work.
+  curriculum  the three stages (sequence length, token budget, source mixture) as a small table of `Stage`s.
+  Loader      cuts each source's token stream into windows of seq_len+1 tokens (no padding), shuffles them per epoch,
+              draws the source of every slot by weight, splits each global batch across ranks, prefetches in a
+              thread, and resumes exactly from `state_dict()`.
+
+The built-in corpus is the running interpreter's own standard library (read at run time, never copied): Python code
+plus docstring and comment prose, a small echo of Fox-1's text + code mix. It is split into two sources so the
+curriculum has somewhere to move: `stdlib-docs` (modules where strings and comments are >= 45% of the source, e.g.
+pydoc_data/topics.py, typing.py, _pydecimal.py) and `stdlib-code` (the rest).
+
+Run:
+    python data.py prepare --input 'corpus/*.txt' --tokenizer tok.txt --out data --name prose
+    python data.py prepare-builtin --tokenizer tok.txt --out data
+    python data.py stats --data data --context-len 1024
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import queue
+import re
+import shutil
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import tokenize
+import zlib
+from collections import deque
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model import IGNORE_INDEX
+from tokenizer import CHUNK_CHARS, InputError, ReadStats, Tokenizer, _chunks, expand_inputs, iter_documents
+
+FORMAT = "fox1-token-shards-v1"
+TOKEN_DTYPE = np.dtype("<u4")  # uint32, little-endian on disk whatever the machine: ids up to 4G, 4 bytes a token
+SHARD_TOKENS = 1 << 27  # 128M tokens = 512 MB per shard file: few files, none near filesystem limits
+MIX_BLOCK = 4096  # slots per seeded mixture draw; keyed by block number, so a slot's source never depends on
+#                   batch size or world size
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+# Built-in corpus: the stdlib minus installed packages, the test suites (17 MB of mostly assertion code and deliberately
+# broken files, more than the rest of the stdlib together), the generated codec tables in encodings/ and the toy
+# __phello__ package.
+BUILTIN = ("stdlib-code", "stdlib-docs")
+BUILTIN_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "encodings", "__phello__"})
+DOCS_PROSE_RATIO = 0.45  # on CPython 3.11: 213 of 610 modules, 4.2 of 10.7 MB, are at or above it
+BUILTIN_VAL_FRACTION = 0.05  # the stdlib is small: 1 file in 20 gives ~60 validation windows of 1025 tokens
+
+# Curriculum. What the paper says: 3T tokens in three stages at 2K, 4K and 8K with rising data quality; stage 3 is a
+# short high-quality phase at 8K. Its per-stage token counts could not be read from the stored copies of the report
+# (only the abstract); from memory they are roughly 39% / 59% / 2% of the data -- unverified. Chosen here: 40% / 45% /
+# 15%. Stages 1-2 keep the paper's "bulk at short lengths"; stage 3 gets 15% rather than 2% because at the scale of
+# `python train.py` (a few million tokens) 2% is a handful of optimizer steps, too few to adapt to a 4x longer
+# context and a new mixture.
+STAGE_TOKEN_FRACTIONS = (0.40, 0.45, 0.15)
+STAGE_CONTEXT_DIVISORS = (4, 2, 1)  # seq_len = context_len // divisor: 2048/4096/8192 for fox-1.6b
+BUILTIN_MIXTURES = (  # stage 1 is near the natural 61/39 byte ratio (all data); later stages favour documented code
+    {"stdlib-code": 0.6, "stdlib-docs": 0.4},
+    {"stdlib-code": 0.4, "stdlib-docs": 0.6},
+    {"stdlib-code": 0.2, "stdlib-docs": 0.8},
+)
+
+
+class DataError(ValueError):
+    """Unusable data, state or configuration; the message is one line naming the file or field."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Built-in corpus
+
+
+def builtin_files() -> list[Path]:
+    """The interpreter's standard library .py files (see BUILTIN_SKIP_DIRS), sorted by path inside the stdlib."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = []
+    for directory, subdirectories, names in os.walk(root):
+        subdirectories[:] = [d for d in subdirectories if d not in BUILTIN_SKIP_DIRS]  # prune: never walk them
+        files += [Path(directory) / name for name in names if name.endswith(".py")]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def builtin_documents(source: str | None = None) -> Iterator[str]:
+    """Each built-in file as one document: all of them, or only those of one BUILTIN source."""
+    files = builtin_files() if source is None else _split_builtin(builtin_files())[source]
+    for path in files:
+        yield path.read_text(encoding="utf-8", errors="replace")
+
+
+def prose_ratio(source: str) -> float:
+    """Fraction of a Python file's characters inside string literals and comments (docstrings count as strings)."""
+    prose = 0
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type in (tokenize.STRING, tokenize.COMMENT):
+                prose += len(token.string)
+    except (tokenize.TokenError, SyntaxError):  # not valid Python: count what was read before the error
+        pass
+    return prose / max(len(source), 1)
+
+
+def _split_builtin(files: list[Path]) -> dict[str, list[Path]]:
+    groups: dict[str, list[Path]] = {name: [] for name in BUILTIN}
+    for path in tqdm(files, desc="classifying stdlib", unit="file", leave=False):
+        ratio = prose_ratio(path.read_text(encoding="utf-8", errors="replace"))
+        groups["stdlib-docs" if ratio >= DOCS_PROSE_RATIO else "stdlib-code"].append(path)
+    return groups
+
+
+def prepare_builtin(tokenizer_path: Path, data_root: Path, *, workers: int | None = None,
+                    progress: bool = True) -> list[str]:
+    """Prepare the BUILTIN sources under data_root (nothing to do when already prepared); return their names."""
+    files = builtin_files()
+    tokenizer = Tokenizer.load(tokenizer_path)
+    key = _inputs_key(files, tokenizer, val_fraction=BUILTIN_VAL_FRACTION, docs_prose_ratio=DOCS_PROSE_RATIO)
+    if all(_is_prepared(Path(data_root) / name, key) for name in BUILTIN):
+        return list(BUILTIN)
+    for name, group in _split_builtin(files).items():
+        documents = (path.read_text(encoding="utf-8", errors="replace") for path in group)
+        _build_source(documents, tokenizer, Path(tokenizer_path), Path(data_root) / name, key=key,
+                      val_fraction=BUILTIN_VAL_FRACTION, workers=workers, shard_tokens=SHARD_TOKENS,
+                      total_bytes=sum(path.stat().st_size for path in group), progress=progress)
+    return list(BUILTIN)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Prepare: documents -> token shards
+
+
+def prepare(inputs: list[str], tokenizer_path: Path, data_root: Path, name: str, *, workers: int | None = None,
+            val_fraction: float = 0.01, skip_bad_lines: bool = False, shard_tokens: int = SHARD_TOKENS,
+            progress: bool = True) -> Path:
+    """Tokenize files/globs into data_root/name (see module docstring); return that directory.
+
+    Train/val split: document number i (0-based, in input order) goes to val when i % k == k - 1, k = round(1 /
+    val_fraction): exact, deterministic and independent of the number of workers.
+    """
+    if not NAME_PATTERN.fullmatch(name):
+        raise DataError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")
+    if not 0 <= val_fraction <= 0.5:
+        raise DataError(f"val_fraction {val_fraction}: must be between 0 and 0.5")
+    paths = expand_inputs(inputs)
+    tokenizer = Tokenizer.load(tokenizer_path)
+    key = _inputs_key(paths, tokenizer, val_fraction=val_fraction, skip_bad_lines=skip_bad_lines,
+                      shard_tokens=shard_tokens)
+    directory = Path(data_root) / name
+    if _is_prepared(directory, key):
+        if progress:
+            print(f"{name}: already prepared from the same inputs with this tokenizer, nothing to do")
+        return directory
+    stats = ReadStats()
+    total_bytes = None if any(p.suffix == ".gz" for p in paths) else sum(p.stat().st_size for p in paths)
+    _build_source(iter_documents(paths, skip_bad_lines=skip_bad_lines, stats=stats), tokenizer, Path(tokenizer_path),
+                  directory, key=key, val_fraction=val_fraction, workers=workers, shard_tokens=shard_tokens,
+                  total_bytes=total_bytes, progress=progress, read_stats=stats)
+    return directory
+
+
+def _inputs_key(paths: list[Path], tokenizer: Tokenizer, **settings) -> str:
+    """Identity of a preparation: input paths, sizes and mtimes (not contents: hashing 1 TB would take hours),
+    the tokenizer fingerprint, the format and the settings that change the output."""
+    files = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    blob = json.dumps([FORMAT, tokenizer.fingerprint, files, sorted(settings.items())])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _is_prepared(directory: Path, key: str) -> bool:
+    try:
+        return json.loads((directory / "meta.json").read_text())["inputs_key"] == key
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+@lru_cache(maxsize=1)
+def _worker_tokenizer(path: str) -> Tokenizer:
+    return Tokenizer.load(path)
+
+
+def _encode_documents(job: tuple[str, list[str]]) -> tuple[np.ndarray, np.ndarray, int]:
+    """In a worker: documents -> (all their tokens as <bos> ids <eos>, one after another; lengths; UTF-8 bytes)."""
+    tokenizer_path, documents = job
+    tokenizer = _worker_tokenizer(tokenizer_path)
+    bos, eos = np.array([tokenizer.bos_id], TOKEN_DTYPE), np.array([tokenizer.eos_id], TOKEN_DTYPE)
+    pieces, lengths = [], []
+    for ids in tokenizer.encode_batch(documents, num_threads=1):
+        pieces += [bos, np.array(ids, dtype=TOKEN_DTYPE), eos]
+        lengths.append(len(ids) + 2)
+    size = sum(len(document.encode("utf-8", "replace")) for document in documents)
+    return np.concatenate(pieces), np.array(lengths, dtype=np.int64), size
+
+
+def _ordered_map(function, jobs: Iterable, workers: int) -> Iterator:
+    """function over jobs, results in order, in a process pool when workers > 1. At most 2 jobs per worker are in
+    flight: Pool.imap would read the whole (possibly 1 TB) input ahead into memory."""
+    if workers <= 1:
+        yield from map(function, jobs)
+        return
+    # spawn, not fork: the parent may hold threads (tqdm's monitor, a data loader) that fork would copy mid-lock.
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        in_flight: deque = deque()
+        for job in jobs:
+            in_flight.append(pool.apply_async(function, (job,)))
+            if len(in_flight) >= 2 * workers:
+                yield in_flight.popleft().get()
+        while in_flight:
+            yield in_flight.popleft().get()
+
+
+class _ShardWriter:
+    """Appends documents to one split: a flat token stream cut into files of shard_tokens tokens (a document may
+    continue in the next file) plus the stream offset where each document starts."""
+
+    def __init__(self, directory: Path, split: str, shard_tokens: int):
+        self.directory, self.split, self.shard_tokens = directory, split, shard_tokens
+        self.shards: list[dict] = []
+        self.doc_starts: list[np.ndarray] = []
+        self.tokens = 0
+        self.file = None
+
+    def write(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        self.doc_starts.append(self.tokens + np.cumsum(lengths) - lengths)
+        while len(tokens):
+            if self.file is None:
+                self.shards.append({"file": f"{self.split}_{len(self.shards):06d}.bin", "tokens": 0})
+                self.file = open(self.directory / self.shards[-1]["file"], "wb")
+            shard = self.shards[-1]
+            take = min(len(tokens), self.shard_tokens - shard["tokens"])
+            self.file.write(tokens[:take].tobytes())
+            shard["tokens"] += take
+            self.tokens += take
+            tokens = tokens[take:]
+            if shard["tokens"] == self.shard_tokens:
+                self.file.close()
+                self.file = None
+
+    def close(self) -> dict:
+        if self.file is not None:
+            self.file.close()
+        starts = np.concatenate(self.doc_starts) if self.doc_starts else np.zeros(0, np.int64)
+        np.save(self.directory / f"{self.split}_doc_starts.npy", starts)
+        return {"tokens": self.tokens, "documents": len(starts), "shards": self.shards,
+                "doc_starts": f"{self.split}_doc_starts.npy"}
+
+
+def _build_source(documents: Iterable[str], tokenizer: Tokenizer, tokenizer_path: Path, directory: Path, *, key: str,
+                  val_fraction: float, workers: int | None, shard_tokens: int, total_bytes: int | None,
+                  progress: bool, read_stats: ReadStats | None = None) -> None:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        start = time.perf_counter()
+        splits = _tokenize_into(temporary, documents, tokenizer_path, val_fraction, workers, shard_tokens,
+                                total_bytes, progress, directory.name)
+        if splits["train"]["documents"] + splits["val"]["documents"] == 0:
+            raise DataError(f"{directory.name}: the inputs hold no documents (empty or whitespace-only)")
+        read_stats = read_stats or ReadStats()
+        meta = {"format": FORMAT, "name": directory.name, "inputs_key": key,
+                "tokenizer_fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
+                "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, "val_fraction": val_fraction,
+                "bad_lines_skipped": read_stats.bad_lines, "replaced_bytes": read_stats.replaced_bytes,
+                "splits": splits}
+        (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
+        _replace_directory(temporary, directory)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    if progress:
+        seconds = time.perf_counter() - start
+        total = splits["train"]["tokens"] + splits["val"]["tokens"]
+        print(f"{directory.name}: {splits['train']['documents']:,} train / {splits['val']['documents']:,} val "
+              f"documents, {splits['train']['tokens']:,} / {splits['val']['tokens']:,} tokens in {seconds:.1f} s "
+              f"({total / seconds:,.0f} tokens/s); {read_stats.replaced_bytes:,} undecodable bytes replaced, "
+              f"{read_stats.bad_lines:,} bad lines skipped -> {directory}")
+
+
+def _tokenize_into(directory: Path, documents: Iterable[str], tokenizer_path: Path, val_fraction: float,
+                   workers: int | None, shard_tokens: int, total_bytes: int | None, progress: bool,
+                   name: str) -> dict:
+    writers = {split: _ShardWriter(directory, split, shard_tokens) for split in ("train", "val")}
+    every = round(1 / val_fraction) if val_fraction > 0 else 0
+    jobs = ((str(tokenizer_path), batch) for batch in _chunks(documents, CHUNK_CHARS))
+    results = _ordered_map(_encode_documents, jobs, workers or os.cpu_count() or 1)
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenizing {name}", disable=not progress)
+    try:
+        first_document = 0
+        for tokens, lengths, size in results:
+            numbers = np.arange(first_document, first_document + len(lengths))
+            is_val = (numbers % every == every - 1) if every else np.zeros(len(lengths), bool)
+            token_is_val = np.repeat(is_val, lengths)
+            writers["train"].write(tokens[~token_is_val], lengths[~is_val])
+            writers["val"].write(tokens[token_is_val], lengths[is_val])
+            first_document += len(lengths)
+            bar.update(size)
+    finally:
+        bar.close()
+        results.close()  # stops the pool early on an error
+    return {split: writer.close() for split, writer in writers.items()}
+
+
+def _replace_directory(new: Path, target: Path) -> None:
+    """Swap a finished directory into place; readers see the old or the new source, never a half-written one."""
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        os.replace(target, old / "source")
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading prepared sources
+
+
+class TokenSplit:
+    """One split ("train"/"val") of a prepared source: its token stream memory-mapped across shard files."""
+
+    def __init__(self, data_root: Path, name: str, split: str, fingerprint: str | None = None):
+        directory = Path(data_root) / name
+        try:
+            self.meta = json.loads((directory / "meta.json").read_text())
+        except FileNotFoundError:
+            raise DataError(f"source {name!r} is not prepared: {directory / 'meta.json'} not found "
+                            f"(run: python data.py prepare --name {name} ...)") from None
+        except ValueError as error:
+            raise DataError(f"{directory / 'meta.json'}: corrupt ({error})") from None
+        if self.meta.get("format") != FORMAT:
+            raise DataError(f"{directory}: format {self.meta.get('format')!r}, expected {FORMAT!r}; prepare it again")
+        if fingerprint is not None and self.meta["tokenizer_fingerprint"] != fingerprint:
+            raise DataError(f"{directory} was prepared with tokenizer {self.meta['tokenizer_fingerprint'][:12]}, "
+                            f"not {fingerprint[:12]}; prepare it again with this tokenizer")
+        info = self.meta["splits"][split]
+        self.name, self.split, self.tokens, self.bos_id = name, split, info["tokens"], self.meta["bos_id"]
+        self.shards = []
+        for shard in info["shards"]:
+            path = directory / shard["file"]
+            if not path.is_file() or path.stat().st_size != shard["tokens"] * TOKEN_DTYPE.itemsize:
+                raise DataError(f"{path}: missing or truncated (expected {shard['tokens']:,} tokens); prepare again")
+            self.shards.append(np.memmap(path, dtype=TOKEN_DTYPE, mode="r"))
+        self.shard_starts = np.cumsum([0] + [len(shard) for shard in self.shards])
+        self.doc_starts = np.load(directory / info["doc_starts"], mmap_mode="r")
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of the stream as int64, stitched across shard files."""
+        pieces = []
+        index = int(np.searchsorted(self.shard_starts, start, side="right")) - 1
+        while start < stop:
+            offset = start - self.shard_starts[index]
+            piece = self.shards[index][offset:offset + stop - start]
+            pieces.append(piece)
+            start += len(piece)
+            index += 1
+        return np.concatenate(pieces).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class PackingStats:
+    """How a split packs into windows of seq_len+1 tokens (every window is full: there is no padding)."""
+
+    windows: int  # windows per epoch
+    tokens_dropped: int  # tail tokens after the last full window
+    documents: int
+    documents_cut: int  # documents spread over two or more windows (or into the dropped tail)
+    docs_per_window: float  # mean number of documents (or document pieces) in a window
+
+
+def packing_stats(split: TokenSplit, seq_len: int) -> PackingStats:
+    width = seq_len + 1
+    windows = split.tokens // width
+    starts = np.asarray(split.doc_starts, dtype=np.int64)
+    ends = np.append(starts[1:], split.tokens)
+    cut = int(np.count_nonzero(starts // width != (ends - 1) // width))
+    inner_starts = np.count_nonzero((starts < windows * width) & (starts % width != 0))
+    return PackingStats(windows, split.tokens - windows * width, len(starts), cut,
+                        (windows + inner_starts) / windows if windows else 0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Curriculum
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One curriculum stage: windows of seq_len tokens, a token budget, and source name -> weight (sums to 1)."""
+
+    number: int  # 1, 2, 3
+    seq_len: int
+    tokens: int
+    mixture: dict[str, float]
+
+
+def curriculum(context_len: int, total_tokens: int, sources: list[str]) -> list[Stage]:
+    """Fox-1's three stages: seq_len context_len/4, /2, /1 and STAGE_TOKEN_FRACTIONS of total_tokens.
+
+    Mixture: the built-in sources use BUILTIN_MIXTURES. Otherwise sources are listed from broadest to highest
+    quality and source i (0-based) gets weight proportional to (i + 1) ** (stage - 1): uniform in stage 1, a linear
+    ramp in stage 2, a quadratic ramp in stage 3 (for two sources: 1:1, 1:2, 1:4). A single source gets 1.0.
+    """
+    if context_len % 4 or context_len < 4:
+        raise DataError(f"context_len {context_len}: must be a positive multiple of 4")
+    if not sources or len(set(sources)) != len(sources):
+        raise DataError(f"sources {sources}: give one or more distinct source names")
+    if set(sources) == set(BUILTIN):
+        mixtures = [dict(mixture) for mixture in BUILTIN_MIXTURES]
+    else:
+        mixtures = []
+        for stage in range(1, 4):
+            raw = {name: float((i + 1) ** (stage - 1)) for i, name in enumerate(sources)}
+            mixtures.append({name: weight / sum(raw.values()) for name, weight in raw.items()})
+    budgets = [int(total_tokens * fraction) for fraction in STAGE_TOKEN_FRACTIONS[:-1]]
+    budgets.append(total_tokens - sum(budgets))
+    return [Stage(number, context_len // divisor, budget, mixture)
+            for number, divisor, budget, mixture in zip((1, 2, 3), STAGE_CONTEXT_DIVISORS, budgets, mixtures)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Packing and loading
+
+
+@dataclass
+class Batch:
+    inputs: torch.Tensor  # (B, T) int64
+    targets: torch.Tensor  # (B, T) int64; IGNORE_INDEX where the target starts another document (<eos> -> <bos>)
+    position_ids: torch.Tensor  # (B, T) int64; 0 at the window start and at every document start
+    doc_ids: torch.Tensor  # (B, T) int64; document number within the window: 0, 1, 2 ...
+
+
+def pack(windows: np.ndarray, bos_id: int) -> Batch:
+    """(B, seq_len+1) token windows -> a Batch for next-token prediction with per-document positions."""
+    inputs, targets = windows[:, :-1], windows[:, 1:].copy()
+    targets[targets == bos_id] = IGNORE_INDEX
+    starts = inputs == bos_id
+    doc_ids = np.cumsum(starts, axis=1) - starts[:, :1]
+    steps = np.arange(inputs.shape[1])
+    position_ids = steps - np.maximum.accumulate(np.where(starts, steps, 0), axis=1)
+    return Batch(*(torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+                   for a in (inputs, targets, position_ids, doc_ids)))
+
+
+def _open_mixture(data_root: Path, stage: Stage, split: str, fingerprint: str | None
+                  ) -> tuple[list[TokenSplit], np.ndarray]:
+    names = sorted(name for name, weight in stage.mixture.items() if weight > 0)
+    if not names:
+        raise DataError(f"stage {stage.number}: the mixture has no source with a positive weight")
+    sources = [TokenSplit(data_root, name, split, fingerprint) for name in names]
+    if len({s.meta["tokenizer_fingerprint"] for s in sources}) > 1:
+        raise DataError(f"sources {names} were prepared with different tokenizers; prepare them with one")
+    width = stage.seq_len + 1
+    for source in sources:
+        if source.tokens < width:
+            raise DataError(f"source {source.name!r}: its {split} split has {source.tokens:,} tokens, fewer than one "
+                            f"window of {width:,} (stage {stage.number})")
+    weights = np.array([stage.mixture[name] for name in names], dtype=np.float64)
+    return sources, weights / weights.sum()
+
+
+class Loader:
+    """Infinite, seeded stream of packed batches of one stage, one rank's share of every global batch.
+
+    The global stream is a sequence of slots. Slot g's source is drawn by weight from an RNG keyed by (seed, stage,
+    g // MIX_BLOCK); each source hands out its windows in a seeded per-epoch permutation and starts a new epoch when
+    it runs out. A global batch is world_size * batch_size consecutive slots and rank r takes the r-th block of
+    batch_size: ranks are disjoint and together see every window of a source exactly once per epoch, dropping none.
+    State is (slots consumed, each source's epoch and position), so a resumed job -- even with another world size or
+    batch size -- continues the same global stream; another stage, seed or data is refused.
+    """
+
+    def __init__(self, data_root: Path, stage: Stage, batch_size: int, *, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, split: str = "train", prefetch: int = 2, fingerprint: str | None = None):
+        if not 0 <= rank < world_size or batch_size < 1 or prefetch < 1:
+            raise DataError(f"need 0 <= rank < world_size, batch_size >= 1, prefetch >= 1 "
+                            f"(got rank {rank}, world_size {world_size}, batch_size {batch_size}, prefetch {prefetch})")
+        self.stage, self.batch_size, self.rank, self.world_size = stage, batch_size, rank, world_size
+        self.seed, self.prefetch = seed, prefetch
+        self.sources, self.weights = _open_mixture(data_root, stage, split, fingerprint)
+        self.width = stage.seq_len + 1
+        self.windows = [source.tokens // self.width for source in self.sources]
+        self.stats = {source.name: packing_stats(source, stage.seq_len) for source in self.sources}
+        self._state = {"slot": 0, "epochs": [0] * len(self.sources), "positions": [0] * len(self.sources)}
+        self._stop = threading.Event()  # set to retire the current prefetch thread
+        self._thread: threading.Thread | None = None
+        self._permutations: dict[tuple[int, int], np.ndarray] = {}  # (source, epoch) -> window order
+
+    def state_dict(self) -> dict:
+        """Position after the last batch handed out (not after what the prefetch thread has read ahead)."""
+        return {"stage": self.stage.number, "seq_len": self.stage.seq_len, "seed": self.seed,
+                "sources": [s.name for s in self.sources], "windows": list(self.windows),
+                "world_size": self.world_size, "batch_size": self.batch_size, **_copy_state(self._state)}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        for field in ("stage", "seq_len", "seed", "sources", "windows"):
+            if state.get(field) != mine[field]:
+                raise DataError(f"loader state is for {field} {state.get(field)!r} but this loader has "
+                                f"{mine[field]!r}; start this stage without the old loader state")
+        self._retire_prefetch()  # the next iter() starts from the loaded state
+        self._state = _copy_state(state)
+
+    def __iter__(self) -> Iterator[Batch]:
+        self._retire_prefetch()
+        stop = self._stop = threading.Event()
+        results: queue.Queue = queue.Queue(self.prefetch)
+        self._thread = threading.Thread(target=self._produce, args=(_copy_state(self._state), results, stop),
+                                        daemon=True)
+        self._thread.start()
+        try:
+            while not stop.is_set():
+                item = results.get()
+                if isinstance(item, BaseException):
+                    raise item
+                batch, self._state = item
+                yield batch
+            raise RuntimeError("this iterator was replaced by load_state_dict() or a newer iter(loader)")
+        finally:
+            stop.set()
+
+    def _retire_prefetch(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self._thread = None
+
+    def _produce(self, state: dict, results: queue.Queue, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                item = (self._next_batch(state), _copy_state(state))
+                while not stop.is_set():
+                    try:
+                        results.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+        except Exception as error:  # hand it to the consumer instead of dying silently in this thread
+            results.put(error)
+
+    def _next_batch(self, state: dict) -> Batch:
+        """Advance state by one global batch; read and pack this rank's slots."""
+        size = self.world_size * self.batch_size
+        chosen = self._slot_sources(state["slot"], size)
+        picks = [(s, self._next_window(state, s)) for s in chosen]
+        state["slot"] += size
+        mine = picks[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        windows = np.stack([self.sources[s].read(w * self.width, (w + 1) * self.width) for s, w in mine])
+        return pack(windows, self.sources[0].bos_id)
+
+    def _slot_sources(self, first: int, count: int) -> np.ndarray:
+        blocks = range(first // MIX_BLOCK, (first + count - 1) // MIX_BLOCK + 1)
+        draws = np.concatenate([
+            np.random.default_rng([self.seed, self.stage.number, block]).choice(len(self.weights), MIX_BLOCK,
+                                                                                p=self.weights)
+            for block in blocks])
+        offset = first - blocks[0] * MIX_BLOCK
+        return draws[offset:offset + count]
+
+    def _next_window(self, state: dict, source: int) -> int:
+        epoch, position = state["epochs"][source], state["positions"][source]
+        order = self._permutations.get((source, epoch))
+        if order is None:
+            name_key = zlib.crc32(self.sources[source].name.encode())
+            order = np.random.default_rng([self.seed, name_key, self.stage.seq_len, epoch]).permutation(
+                self.windows[source])
+            others = {k: v for k, v in self._permutations.items() if k[0] != source}  # keep one epoch per source
+            self._permutations = {**others, (source, epoch): order}
+        window = int(order[position])
+        if position + 1 == self.windows[source]:
+            state["epochs"][source], state["positions"][source] = epoch + 1, 0
+        else:
+            state["positions"][source] = position + 1
+        return window
+
+
+def _copy_state(state: dict) -> dict:
+    return {"slot": int(state["slot"]), "epochs": [int(e) for e in state["epochs"]],
+            "positions": [int(p) for p in state["positions"]]}
+
+
+def eval_batches(data_root: Path, stage: Stage, batch_size: int, *, rank: int = 0, world_size: int = 1,
+                 max_batches: int, fingerprint: str | None = None) -> list[Batch]:
+    """Fixed validation batches for a stage: up to max_batches per rank from the val splits of its sources.
+
+    Each source contributes windows in proportion to its weight (as many as its val split holds at most), spread
+    evenly over the split; ranks take disjoint blocks of every global batch, and a partial last batch is dropped.
+    """
+    sources, weights = _open_mixture(data_root, stage, "val", fingerprint)
+    width, size = stage.seq_len + 1, world_size * batch_size
+    picks = []
+    for s, (source, weight) in enumerate(zip(sources, weights)):
+        available = source.tokens // width
+        count = min(available, round(weight * max_batches * size))
+        picks += [(s, int(w)) for w in np.unique(np.linspace(0, available - 1, count).round())]
+    batches = []
+    for first in range(0, len(picks) - size + 1, size):
+        mine = picks[first + rank * batch_size:first + (rank + 1) * batch_size]
+        windows = np.stack([sources[s].read(w * width, (w + 1) * width) for s, w in mine])
+        batches.append(pack(windows, sources[0].bos_id))
+    if not batches:
+        raise DataError(f"stage {stage.number}: the val splits hold {len(picks)} windows of {width} tokens, fewer "
+                        f"than one global batch of {size}; prepare with a larger val fraction")
+    return batches[:max_batches]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def print_stats(data_root: Path, context_len: int, total_tokens: int | None, sources: list[str] | None) -> None:
+    data_root = Path(data_root)
+    if sources is None:
+        sources = sorted(p.parent.name for p in data_root.glob("*/meta.json"))
+        if not sources:
+            raise DataError(f"{data_root}: no prepared sources (no */meta.json)")
+    splits = {name: {split: TokenSplit(data_root, name, split) for split in ("train", "val")} for name in sources}
+    print(f"{'source':<16}{'train docs':>12}{'train tokens':>15}{'val docs':>10}{'val tokens':>13}")
+    for name, pair in splits.items():
+        print(f"{name:<16}{len(pair['train'].doc_starts):>12,}{pair['train'].tokens:>15,}"
+              f"{len(pair['val'].doc_starts):>10,}{pair['val'].tokens:>13,}")
+    total = total_tokens or sum(pair["train"].tokens for pair in splits.values())
+    for stage in curriculum(context_len, total, sources):
+        print(f"\nstage {stage.number}: seq_len {stage.seq_len:,}, {stage.tokens:,} tokens")
+        print(f"  {'source':<16}{'weight':>7}{'windows':>10}{'dropped':>9}{'docs cut':>10}{'docs/window':>12}"
+              f"{'epochs':>8}")
+        for name, weight in stage.mixture.items():
+            p = packing_stats(splits[name]["train"], stage.seq_len)
+            epochs = weight * stage.tokens / max(p.windows * stage.seq_len, 1)
+            print(f"  {name:<16}{weight:>7.2f}{p.windows:>10,}{p.tokens_dropped:>9,}"
+                  f"{p.documents_cut / max(p.documents, 1):>9.1%} {p.docs_per_window:>11.2f}{epochs:>8.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("prepare", help="tokenize text/JSONL files into token shards")
+    p.add_argument("--input", nargs="+", required=True, help="files or globs: .txt (documents separated by 2+ blank "
+                   "lines), .jsonl ('text' field), .gz of either")
+    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer file (python tokenizer.py train ...)")
+    p.add_argument("--out", type=Path, required=True, help="data root; the source goes to OUT/NAME")
+    p.add_argument("--name", default="corpus", help="source name used by the curriculum mixture (default: corpus)")
+    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all CPU cores)")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out (default: 0.01)")
+    p.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed JSONL lines")
+    b = commands.add_parser("prepare-builtin", help="prepare the built-in standard-library sources " + str(BUILTIN))
+    b.add_argument("--tokenizer", type=Path, required=True, help="tokenizer file")
+    b.add_argument("--out", type=Path, required=True, help="data root")
+    b.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all CPU cores)")
+    s = commands.add_parser("stats", help="token/document counts and per-stage packing statistics")
+    s.add_argument("--data", type=Path, required=True, help="data root")
+    s.add_argument("--context-len", type=int, default=1024, help="model context; stages use /4, /2, /1 of it")
+    s.add_argument("--total-tokens", type=int, default=None, help="curriculum budget (default: one pass of the data)")
+    s.add_argument("--sources", nargs="+", default=None, help="sources in quality order (default: all prepared)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "prepare":
+            prepare(args.input, args.tokenizer, args.out, args.name, workers=args.workers,
+                    val_fraction=args.val_fraction, skip_bad_lines=args.skip_bad_lines)
+        elif args.command == "prepare-builtin":
+            names = prepare_builtin(args.tokenizer, args.out, workers=args.workers)
+            print(f"built-in sources ready under {args.out}: {', '.join(names)}")
+        else:
+            print_stats(args.data, args.context_len, args.total_tokens, args.sources)
+    except (InputError, DataError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""Tests for data.py: prepare (shards, split, no-op re-runs, bad input), curriculum, packing, sharded resumable loading.
+
+The corpora are generated here; the tokenizer is a small one trained on them (vocab 400, 1 worker).
+"""
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import data
+from data import BUILTIN, IGNORE_INDEX, DataError, Loader, Stage, TokenSplit, curriculum, eval_batches, pack, prepare
+from tokenizer import InputError, Tokenizer
+
+WORDS = ("the fox jumps over a lazy dog while seven quick zebras vex bold wizards near old rivers and "
+         "def return class import if else for in with yield lambda None True False").split()
+
+
+def make_documents(count: int, seed: int, tag: str) -> list[str]:
+    """Distinct documents (each names its number) of 3 to 60 words, some with line breaks."""
+    rng = random.Random(seed)
+    documents = []
+    for number in range(count):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 60))]
+        lines = [" ".join(words[i:i + 9]) for i in range(0, len(words), 9)]
+        documents.append(f"{tag} {number}: " + "\n".join(lines))
+    return documents
+
+
+def write_jsonl(path: Path, documents: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tok") / "tok.txt"
+    corpus = make_documents(300, seed=0, tag="doc") + make_documents(100, seed=1, tag="other")
+    Tokenizer.train(corpus, vocab_size=400, workers=1, progress=False).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_path) -> Tokenizer:
+    return Tokenizer.load(tokenizer_path)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, tokenizer_path) -> tuple[Path, list[str]]:
+    """data root with source 'src': 80 documents, 10% val, shards of 97 tokens (windows straddle shard files)."""
+    root = tmp_path_factory.mktemp("data")
+    documents = make_documents(80, seed=2, tag="doc")
+    prepare([str(write_jsonl(root / "in.jsonl", documents))], tokenizer_path, root, "src", workers=1,
+            val_fraction=0.1, shard_tokens=97, progress=False)
+    return root, documents
+
+
+def raw_stream(root: Path, name: str, split: str) -> np.ndarray:
+    """The split's token stream read straight from the shard files listed in meta.json."""
+    meta = json.loads((root / name / "meta.json").read_text())
+    files = [root / name / shard["file"] for shard in meta["splits"][split]["shards"]]
+    return np.concatenate([np.fromfile(f, dtype="<u4") for f in files]).astype(np.int64)
+
+
+def corpus_windows(root: Path, name: str, seq_len: int, split: str = "train") -> list[tuple]:
+    stream, width = raw_stream(root, name, split), seq_len + 1
+    return [tuple(stream[i * width:(i + 1) * width]) for i in range(len(stream) // width)]
+
+
+def batch_windows(batch, bos_id: int) -> list[tuple]:
+    """Rebuild each row's seq_len+1 token window from a Batch (masked targets are <bos> tokens)."""
+    targets = batch.targets.numpy().copy()
+    targets[targets == IGNORE_INDEX] = bos_id
+    return [tuple([int(row_in[0]), *row_t]) for row_in, row_t in zip(batch.inputs.numpy(), targets)]
+
+
+def take(loader, steps: int) -> list:
+    iterator = iter(loader)
+    return [next(iterator) for _ in range(steps)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# prepare
+
+
+def test_prepare_writes_documents_as_bos_tokens_eos_in_shards(corpus, tokenizer):
+    root, documents = corpus
+    meta = json.loads((root / "src" / "meta.json").read_text())
+    val = [d for i, d in enumerate(documents) if i % 10 == 9]  # val_fraction 0.1: every 10th document
+    train = [d for i, d in enumerate(documents) if i % 10 != 9]
+    for split, docs in (("train", train), ("val", val)):
+        expected = [[tokenizer.bos_id, *tokenizer.encode(d), tokenizer.eos_id] for d in docs]
+        info = meta["splits"][split]
+        assert info["documents"] == len(docs) and info["tokens"] == sum(map(len, expected))
+        assert raw_stream(root, "src", split).tolist() == [t for doc in expected for t in doc]
+        starts = np.cumsum([0] + [len(doc) for doc in expected])[:-1]
+        assert np.load(root / "src" / info["doc_starts"]).tolist() == starts.tolist()
+        sizes = [shard["tokens"] for shard in info["shards"]]
+        assert all(size == 97 for size in sizes[:-1]) and 0 < sizes[-1] <= 97
+    assert meta["tokenizer_fingerprint"] == tokenizer.fingerprint
+    assert len(meta["splits"]["train"]["shards"]) > 10
+
+
+def test_reads_across_shard_boundaries_lose_and_duplicate_nothing(corpus):
+    root, _ = corpus
+    split, stream = TokenSplit(root, "src", "train"), raw_stream(root, "src", "train")
+    for boundary in range(97, split.tokens, 97):
+        for start, stop in ((boundary - 1, boundary + 1), (boundary - 30, boundary + 200), (boundary, boundary + 97)):
+            stop = min(stop, split.tokens)
+            assert split.read(start, stop).tolist() == stream[start:stop].tolist()
+
+
+def test_two_worker_processes_write_the_same_shards(tmp_path, tokenizer_path, corpus):
+    root, documents = corpus
+    prepare([str(write_jsonl(tmp_path / "in.jsonl", documents))], tokenizer_path, tmp_path, "src", workers=2,
+            val_fraction=0.1, shard_tokens=97, progress=False)
+    for split in ("train", "val"):
+        assert raw_stream(tmp_path, "src", split).tolist() == raw_stream(root, "src", split).tolist()
+
+
+def test_reprepare_is_a_noop_until_inputs_or_tokenizer_change(tmp_path, tokenizer_path):
+    source = write_jsonl(tmp_path / "in.jsonl", make_documents(30, seed=3, tag="doc"))
+    directory = prepare([str(source)], tokenizer_path, tmp_path / "out", "s", workers=1, progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
+    time.sleep(0.01)
+    prepare([str(source)], tokenizer_path, tmp_path / "out", "s", workers=1, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in directory.iterdir()} == before  # nothing rewritten
+
+    write_jsonl(source, make_documents(31, seed=3, tag="doc"))  # changed input: prepared again
+    prepare([str(source)], tokenizer_path, tmp_path / "out", "s", workers=1, progress=False)
+    assert json.loads((directory / "meta.json").read_text())["splits"]["train"]["documents"] == 31
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+    other_path = tmp_path / "other.txt"
+    Tokenizer.train(make_documents(200, seed=9, tag="x"), vocab_size=300, workers=1, progress=False).save(other_path)
+    old_fingerprint = Tokenizer.load(tokenizer_path).fingerprint
+    prepare([str(source)], other_path, tmp_path / "out", "s", workers=1, progress=False)
+    stage = Stage(1, 8, 0, {"s": 1.0})
+    with pytest.raises(DataError, match="prepared with tokenizer"):
+        Loader(tmp_path / "out", stage, 2, fingerprint=old_fingerprint)
+    Loader(tmp_path / "out", stage, 2, fingerprint=Tokenizer.load(other_path).fingerprint)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_malformed_jsonl_names_file_and_line_or_is_skipped_and_counted(tmp_path, tokenizer_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": broken\n{"text": "also fine"}\n')
+    with pytest.raises(InputError, match=rf"{bad.name}:2:"):
+        prepare([str(bad)], tokenizer_path, tmp_path, "s", workers=1, progress=False)
+    directory = prepare([str(bad)], tokenizer_path, tmp_path, "s", workers=1, skip_bad_lines=True, progress=False)
+    meta = json.loads((directory / "meta.json").read_text())
+    assert meta["bad_lines_skipped"] == 1 and meta["splits"]["train"]["documents"] == 2
+
+
+def test_undecodable_bytes_are_replaced_and_counted(tmp_path, tokenizer_path):
+    text = tmp_path / "latin1.txt"
+    text.write_bytes(b"caf\xe9 and na\xefve\n\n\nsecond document\n")
+    meta = json.loads((prepare([str(text)], tokenizer_path, tmp_path, "s", workers=1, progress=False)
+                       / "meta.json").read_text())
+    assert meta["replaced_bytes"] == 2 and meta["splits"]["train"]["documents"] == 2
+
+
+def test_missing_or_empty_input_and_truncated_shard_are_clear_errors(tmp_path, tokenizer_path, corpus):
+    with pytest.raises(InputError, match="no such file"):
+        prepare([str(tmp_path / "missing.txt")], tokenizer_path, tmp_path, "s", progress=False)
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(DataError, match="no documents"):
+        prepare([str(tmp_path / "empty.txt")], tokenizer_path, tmp_path, "s", workers=1, progress=False)
+    with pytest.raises(DataError, match="not prepared"):
+        TokenSplit(tmp_path, "nothing", "train")
+    root, _ = corpus
+    copy = tmp_path / "copy"
+    (copy / "src").mkdir(parents=True)
+    for path in (root / "src").iterdir():
+        (copy / "src" / path.name).write_bytes(path.read_bytes())
+    shard = copy / "src" / "train_000003.bin"
+    shard.write_bytes(shard.read_bytes()[:-4])
+    with pytest.raises(DataError, match="train_000003.bin: missing or truncated"):
+        TokenSplit(copy, "src", "train")
+
+
+def test_cli_reports_one_line_error_and_exit_status_1(tmp_path, tokenizer_path):
+    result = subprocess.run([sys.executable, "data.py", "prepare", "--input", str(tmp_path / "nope.jsonl"),
+                             "--tokenizer", str(tokenizer_path), "--out", str(tmp_path)],
+                            cwd=Path(data.__file__).parent, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and "nope.jsonl" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# curriculum
+
+
+def test_curriculum_stages_lengths_budgets_and_mixtures():
+    stages = curriculum(8192, 3_000_000, ["web"])
+    assert [s.seq_len for s in stages] == [2048, 4096, 8192]
+    assert [s.number for s in stages] == [1, 2, 3] and sum(s.tokens for s in stages) == 3_000_000
+    assert all(s.mixture == {"web": 1.0} for s in stages)
+    assert [s.seq_len for s in curriculum(1024, 10, list(BUILTIN))] == [256, 512, 1024]
+
+    builtin = curriculum(1024, 10**6, list(BUILTIN))
+    docs = [s.mixture["stdlib-docs"] for s in builtin]
+    assert docs == sorted(docs) and docs[0] < docs[-1]  # the mixture moves to the better-documented source
+    assert all(abs(sum(s.mixture.values()) - 1) < 1e-9 for s in builtin)
+
+    two = curriculum(1024, 10**6, ["web", "books"])
+    assert [round(s.mixture["books"] / s.mixture["web"], 6) for s in two] == [1, 2, 4]
+    with pytest.raises(DataError):
+        curriculum(1030, 10, ["web"])
+    with pytest.raises(DataError):
+        curriculum(1024, 10, ["web", "web"])
+
+
+def test_loader_names_a_source_that_is_not_prepared(corpus):
+    root, _ = corpus
+    with pytest.raises(DataError, match="'books' is not prepared"):
+        Loader(root, Stage(1, 16, 0, {"src": 0.5, "books": 0.5}), 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# packing and loading
+
+
+def test_pack_positions_restart_at_documents_and_targets_never_cross_them():
+    bos, eos = 2, 1
+    batch = pack(np.array([[7, 8, eos, bos, 9, 10, eos, bos, 11]]), bos)
+    assert batch.inputs.tolist() == [[7, 8, eos, bos, 9, 10, eos, bos]]
+    assert batch.targets.tolist() == [[8, eos, IGNORE_INDEX, 9, 10, eos, IGNORE_INDEX, 11]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 0, 1, 2, 3, 0]]
+    assert batch.doc_ids.tolist() == [[0, 0, 0, 1, 1, 1, 1, 2]]
+    starts_with_bos = pack(np.array([[bos, 5, eos, bos, 6]]), bos)
+    assert starts_with_bos.doc_ids.tolist() == [[0, 0, 0, 1]] and starts_with_bos.position_ids.tolist() == [[0, 1, 2, 0]]
+
+
+def test_loader_batches_are_consistent_packings(corpus, tokenizer):
+    root, _ = corpus
+    for batch in take(Loader(root, Stage(1, 16, 0, {"src": 1.0}), 4), 5):
+        inputs, targets = batch.inputs.numpy(), batch.targets.numpy()
+        positions, doc_ids = batch.position_ids.numpy(), batch.doc_ids.numpy()
+        assert inputs.shape == targets.shape == positions.shape == doc_ids.shape == (4, 16)
+        assert (inputs[:, 1:] == np.where(targets[:, :-1] == IGNORE_INDEX, tokenizer.bos_id, targets[:, :-1])).all()
+        is_start = inputs[:, 1:] == tokenizer.bos_id
+        assert (positions[:, 1:] == np.where(is_start, 0, positions[:, :-1] + 1)).all()
+        assert (doc_ids[:, 1:] == doc_ids[:, :-1] + is_start).all() and (doc_ids[:, 0] == 0).all()
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_every_window_appears_exactly_once_per_epoch_across_ranks(corpus, tokenizer, world_size):
+    root, _ = corpus
+    stage, batch_size = Stage(1, 16, 0, {"src": 1.0}), 2
+    expected = corpus_windows(root, "src", 16)
+    steps = -(-len(expected) // (world_size * batch_size))
+    per_rank = [take(Loader(root, stage, batch_size, rank=r, world_size=world_size, seed=5), steps)
+                for r in range(world_size)]
+    slots = [window for step in range(steps) for rank in range(world_size)  # global slot order
+             for window in batch_windows(per_rank[rank][step], tokenizer.bos_id)]
+    assert Counter(slots[:len(expected)]) == Counter(expected)
+    assert slots[:len(expected)] != expected  # shuffled
+    assert len(set(slots[len(expected):])) == len(slots) - len(expected)  # the next epoch has begun, no repeats
+
+
+def test_mixture_proportions_follow_weights(tmp_path, tokenizer_path, tokenizer):
+    for name, seed in (("a", 10), ("b", 11)):
+        source = write_jsonl(tmp_path / f"{name}.jsonl", make_documents(40, seed=seed, tag=name))
+        prepare([str(source)], tokenizer_path, tmp_path, name, workers=1, val_fraction=0.1, progress=False)
+    owner = {w: name for name in ("a", "b") for w in corpus_windows(tmp_path, name, 8)}
+    batches = take(Loader(tmp_path, Stage(2, 8, 0, {"a": 0.25, "b": 0.75}), 50, seed=1), 40)
+    counts = Counter(owner[w] for batch in batches for w in batch_windows(batch, tokenizer.bos_id))
+    # 2000 draws at p = 0.25: standard deviation 0.0097, so 0.04 is a 4-sigma band
+    assert abs(counts["a"] / 2000 - 0.25) < 0.04 and counts["a"] + counts["b"] == 2000
+
+
+def test_exact_resume_mid_epoch_despite_prefetch(corpus):
+    root, _ = corpus
+    stage = Stage(1, 16, 0, {"src": 1.0})
+    loader = Loader(root, stage, 3, seed=7, prefetch=4)
+    iterator = iter(loader)
+    first = [next(iterator) for _ in range(5)]
+    time.sleep(0.2)  # let the prefetch thread read ahead
+    state = json.loads(json.dumps(loader.state_dict()))  # plain data: survives a checkpoint round trip
+    rest = [next(iterator) for _ in range(12)]  # crosses the end of the first epoch (~17 batches)
+
+    resumed = Loader(root, stage, 3, seed=7, prefetch=4)
+    resumed.load_state_dict(state)
+    again = take(resumed, 12)
+    assert all((a.inputs == b.inputs).all() and (a.targets == b.targets).all() for a, b in zip(rest, again))
+    assert not (first[-1].inputs == rest[0].inputs).all()
+
+    loader.load_state_dict(state)  # reloading a live loader retires its old iterator
+    with pytest.raises(RuntimeError, match="replaced"):
+        next(iterator)
+    assert (next(iter(loader)).inputs == rest[0].inputs).all()
+
+
+def test_resume_with_another_world_size_continues_the_global_stream(corpus):
+    root, _ = corpus
+    stage = Stage(1, 16, 0, {"src": 1.0})
+    single = Loader(root, stage, 4, seed=3)
+    iterator = iter(single)
+    for _ in range(3):
+        next(iterator)
+    state = single.state_dict()
+    expected = [next(iterator) for _ in range(4)]
+    halves = []
+    for rank in range(2):
+        loader = Loader(root, stage, 2, rank=rank, world_size=2, seed=3)
+        loader.load_state_dict(state)
+        halves.append(take(loader, 4))
+    for step in range(4):
+        combined = np.concatenate([halves[0][step].inputs.numpy(), halves[1][step].inputs.numpy()])
+        assert (combined == expected[step].inputs.numpy()).all()
+
+
+def test_resume_into_another_stage_or_seed_is_refused(corpus):
+    root, _ = corpus
+    state = Loader(root, Stage(1, 16, 0, {"src": 1.0}), 2).state_dict()
+    with pytest.raises(DataError, match="stage"):
+        Loader(root, Stage(2, 16, 0, {"src": 1.0}), 2).load_state_dict(state)
+    with pytest.raises(DataError, match="seed"):
+        Loader(root, Stage(1, 16, 0, {"src": 1.0}), 2, seed=1).load_state_dict(state)
+
+
+def test_eval_batches_are_deterministic_disjoint_across_ranks_and_from_val(corpus, tokenizer):
+    root, _ = corpus
+    stage = Stage(1, 8, 0, {"src": 1.0})
+    val_windows = set(corpus_windows(root, "src", 8, split="val"))
+    ranks = [eval_batches(root, stage, 2, rank=r, world_size=2, max_batches=3) for r in range(2)]
+    again = eval_batches(root, stage, 2, rank=0, world_size=2, max_batches=3)
+    assert len(ranks[0]) == len(ranks[1]) == 3
+    assert all((a.inputs == b.inputs).all() for a, b in zip(ranks[0], again))
+    seen = [[w for b in batches for w in batch_windows(b, tokenizer.bos_id)] for batches in ranks]
+    assert set(seen[0]).isdisjoint(seen[1]) and set(seen[0] + seen[1]) <= val_windows
+    with pytest.raises(DataError, match="val"):
+        eval_batches(root, Stage(1, 256, 0, {"src": 1.0}), 2, max_batches=1)
+
+
+def test_packing_stats_count_cut_documents(corpus):
+    root, _ = corpus
+    split = TokenSplit(root, "src", "train")
+    stats = data.packing_stats(split, 16)
+    starts = np.asarray(split.doc_starts)
+    ends = np.append(starts[1:], split.tokens)
+    cut = sum(1 for s, e in zip(starts, ends) if s // 17 != (e - 1) // 17)
+    assert stats.windows == split.tokens // 17 and stats.tokens_dropped == split.tokens % 17
+    assert stats.documents == len(starts) and stats.documents_cut == cut and stats.docs_per_window > 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# built-in corpus
+
+
+def test_builtin_corpus_is_the_stdlib_one_file_per_document():
+    files = data.builtin_files()
+    stdlib = Path(os.__file__).parent
+    relative = [f.relative_to(stdlib).as_posix() for f in files]
+    assert relative == sorted(relative) and len(files) > 300 and "os.py" in relative
+    assert not any(set(Path(r).parts) & data.BUILTIN_SKIP_DIRS for r in relative)
+    first = next(data.builtin_documents())
+    assert first == files[0].read_text(encoding="utf-8", errors="replace")
+
+
+def test_prose_ratio_separates_documented_from_bare_code():
+    documented = '"""Module docstring explaining the idea at length."""\n\ndef f(x):\n    # why: a comment\n' \
+                 '    """Return x doubled, with a long explanation of the reasons."""\n    return 2 * x\n'
+    bare = "def f(x):\n    y = x * 2\n    return [y, y + 1, y + 2]\n"
+    assert data.prose_ratio(documented) >= data.DOCS_PROSE_RATIO > data.prose_ratio(bare) == 0
+    assert 0 <= data.prose_ratio("def broken(:\n  '''unterminated") <= 1
