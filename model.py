@@ -214,12 +214,12 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         for start in range(0, hidden.size(0), chunk):
             h, t = hidden[start:start + chunk], targets[start:start + chunk]
-            logits = (h @ weight.T).float()
-            loss += F.cross_entropy(logits, t, ignore_index=IGNORE_INDEX, reduction="sum")
-            grad_logits = logits.softmax(dim=-1)  # becomes (softmax - onehot) / count, in place
-            valid = t != IGNORE_INDEX
-            grad_logits[valid, t[valid]] -= 1.0
-            grad_logits[~valid] = 0.0
+            rows = (t != IGNORE_INDEX).nonzero().squeeze(1)
+            log_probs = (h @ weight.T).float().log_softmax(dim=-1)
+            loss -= log_probs[rows, t[rows]].sum()
+            grad_logits = log_probs.exp_()  # softmax, in place; then (softmax - onehot) / count, 0 if ignored
+            grad_logits[t == IGNORE_INDEX] = 0.0
+            grad_logits[rows, t[rows]] -= 1.0
             grad_logits = grad_logits.div_(count).to(hidden.dtype)
             grad_hidden[start:start + chunk] = grad_logits @ weight
             grad_weight.addmm_(grad_logits.T.float(), h.float())
