@@ -1,24 +1,45 @@
-"""Byte-level BPE tokenizer for fox1, trained from scratch, encoded at native speed through tiktoken.
+"""Byte-level BPE tokenizer for fox1: trained from scratch, encoded at native speed through tiktoken.
 
-Fox-1 (arXiv 2411.05281) bets on a large 256K vocabulary (Gemma-style: <pad>=0, <eos>=1, <bos>=2, <unk>=3) so that
-each token carries more text and rare words stay short. This file trains such a vocabulary from raw text and encodes
-with it:
+Fox-1 (arXiv 2411.05281) bets on a large 256K vocabulary (Gemma-style: <pad>=0, <eos>=1, <bos>=2, <unk>=3, here
+followed by the instruct model's <start_of_turn>=4 and <end_of_turn>=5) so that each token carries more text. This
+file trains such a vocabulary on raw text and encodes with it:
 
-  * reading: `expand_inputs` + `iter_documents` stream documents from plain text / JSONL (optionally gzipped);
-  * training: `Tokenizer.train` (work in progress below);
+  reading   expand_inputs + iter_documents stream documents from plain text / JSONL files, optionally gzipped;
+  training  Tokenizer.train: split documents into pre-tokens with a regex (in worker processes), count each distinct
+            pre-token once, then learn merges with incremental pair counts (pair -> words index, lazy max-heap);
+  encoding  Tokenizer.encode / encode_batch / decode through tiktoken, plus encode_reference in pure Python;
+  file      Tokenizer.save / load: a text header (format, pattern, special tokens, fingerprint), then one token per
+            line as "base64(bytes) id preview".
 
-Run:  python tokenizer.py train --input 'corpus/**/*.txt' --vocab-size 32768 --out out/tok.txt
+Ids: 0..5 the special tokens, 6..261 the 256 bytes, then the merges in the order they were learned.
+
+Run:
+  python tokenizer.py train --input 'corpus/**/*.txt' data.jsonl --vocab-size 32768 --out out/tokenizer.txt
+  python tokenizer.py encode --tokenizer out/tokenizer.txt "some text"
 """
 from __future__ import annotations
 
+import argparse
+import base64
 import glob
 import gzip
+import hashlib
+import heapq
 import json
+import multiprocessing
+import os
 import re
+import sys
+import time
 import zlib
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
+
+import regex
+import tiktoken
+from tqdm import tqdm
 
 # A document longer than this (characters) with no blank-line separator is yielded in pieces cut at line boundaries,
 # so one 1 GB file without blank lines never sits in memory at once. Lines longer than this are read in pieces too.
@@ -139,3 +160,407 @@ def _text_documents(lines: Iterator[str], path: Path, skip_bad_lines: bool, stat
             document, size = [], 0
     if document:
         yield "".join(document)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Vocabulary layout and pre-tokenization
+# ----------------------------------------------------------------------------------------------------------------
+
+# Gemma's order for the first four (Fox-1 uses a Gemma-style 256K vocabulary); the chat tokens used by Fox-1's
+# instruct model come right after. Byte tokens follow at ids 6..261, learned merges from 262 on.
+SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>")
+FIRST_BYTE_ID = len(SPECIAL_TOKENS)
+FIRST_MERGE_ID = FIRST_BYTE_ID + 256
+FORMAT_VERSION = "fox1-bpe-1"
+
+# GPT-4's (cl100k) split pattern with one change: digits are split one by one (\p{N} instead of \p{N}{1,3}), as in
+# Gemma and Llama, so every number is spelled with the same 10 digit tokens (consistent arithmetic) at a small cost
+# in compression on prose. Alternatives, in order:
+#   '(?i:[sdmt]|ll|ve|re)       English contractions split off ("don" "'t")
+#   [^\r\n\p{L}\p{N}]?+\p{L}+   a run of letters with at most one leading non-letter, usually the space: " word"
+#   \p{N}                       a single digit
+#    ?[^\s\p{L}\p{N}]++[\r\n]*  punctuation runs with an optional leading space and trailing newlines
+#   \s*[\r\n]                   newlines together with the whitespace before them
+#   \s+(?!\S)                   a whitespace run except its last space, which stays with the next word: code
+#                               indentation becomes its own token and " if" stays one token
+#   \s+                         whitespace at the end of the text
+DEFAULT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+# Pre-tokens longer than this many characters (base64 blobs, whitespace art, DNA) are cut into pieces of this size
+# before training, so no single "word" can blow up memory; no useful token is that long.
+MAX_PIECE_CHARS = 256
+# Documents are sent to the counting workers in chunks of about this many characters: big enough that the pickling
+# and merging overhead is small, small enough to keep 2 workers evenly busy on a 20 MB corpus.
+CHUNK_CHARS = 1 << 20
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training step 1: count each distinct pre-token once (in parallel worker processes)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _count_pieces(pattern: str, documents: list[str]) -> Counter[str]:
+    """Worker: pre-tokenize documents and count the pieces (top-level so 'spawn' workers can import it)."""
+    findall = regex.compile(pattern).findall  # compiled once per process: regex caches compiled patterns
+    counts: Counter[str] = Counter()
+    for document in documents:
+        counts.update(findall(document))
+    for piece in [piece for piece in counts if len(piece) > MAX_PIECE_CHARS]:
+        count = counts.pop(piece)
+        for start in range(0, len(piece), MAX_PIECE_CHARS):
+            counts[piece[start : start + MAX_PIECE_CHARS]] += count
+    return counts
+
+
+def _chunks(documents: Iterable[str], chunk_chars: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    size = 0
+    for document in documents:
+        chunk.append(document)
+        size += len(document)
+        if size >= chunk_chars:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def count_pretokens(documents: Iterable[str], pattern: str, workers: int, progress: bool) -> dict[bytes, int]:
+    """Distinct pre-tokens (as UTF-8 bytes) -> frequency. workers=1 counts in-process; more use a process pool.
+
+    The documents are read in this process and sent in chunks to the pool; at most 2 chunks per worker are in flight
+    (Pool.imap would read the whole input ahead into memory), and results are merged in order.
+    """
+    total: Counter[str] = Counter()
+    bar = tqdm(desc="counting", unit="char", unit_scale=True, disable=not progress)
+    if workers == 1:
+        for chunk in _chunks(documents, CHUNK_CHARS):
+            total.update(_count_pieces(pattern, chunk))
+            bar.update(sum(map(len, chunk)))
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            in_flight: deque = deque()
+            for chunk in _chunks(documents, CHUNK_CHARS):
+                in_flight.append((pool.apply_async(_count_pieces, (pattern, chunk)), sum(map(len, chunk))))
+                while len(in_flight) >= 2 * workers or (in_flight and in_flight[0][0].ready()):
+                    result, chars = in_flight.popleft()
+                    total.update(result.get())
+                    bar.update(chars)
+            for result, chars in in_flight:
+                total.update(result.get())
+                bar.update(chars)
+    bar.close()
+    counts: dict[bytes, int] = defaultdict(int)
+    for piece, count in total.items():  # "replace": a lone surrogate in a str cannot be UTF-8 encoded
+        counts[piece.encode("utf-8", "replace")] += count
+    return counts
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training step 2: learn merges with incremental pair counts
+# ----------------------------------------------------------------------------------------------------------------
+#
+# Each distinct pre-token ("word") is a list of token ids with a frequency. We keep
+#   pair_counts[(a, b)]  how often b follows a, summed over all words (times their frequency),
+#   pair_words[(a, b)]   the indices of the words that contain (a, b) (may hold stale entries; they are skipped),
+#   heap                 a max-heap of (-count, a, b) entries that may be stale ("lazy"): a popped entry whose count
+#                        no longer matches pair_counts is pushed back with its current count.
+# A merge rewrites only the words that contain the pair and applies their local count changes, so after the first
+# few merges each step touches a tiny fraction of the corpus.
+# Tie-break (deterministic, independent of word order and worker count): the highest count wins; among equal counts
+# the pair with the smallest (left id, right id), i.e. the one made of older tokens.
+# If a pair's bytes already form a token (the same string reached by two merge paths), the pair merges into that
+# token instead of a duplicate, so every id has distinct bytes, as tiktoken's byte->rank map requires.
+
+
+def learn_merges(word_counts: dict[bytes, int], num_tokens: int, progress: bool = True) -> list[bytes]:
+    """Learn byte-level BPE on {word: count}; return the bytes of all tokens, 256 single bytes first, then merges."""
+    words = [list(word) for word in word_counts]
+    freqs = list(word_counts.values())
+    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
+    pair_words: dict[tuple[int, int], set[int]] = defaultdict(set)
+    for index, (word, freq) in enumerate(zip(words, freqs)):
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += freq
+            pair_words[pair].add(index)
+    heap = [(-count, a, b) for (a, b), count in pair_counts.items()]
+    heapq.heapify(heap)
+
+    vocab = [bytes([byte]) for byte in range(256)]
+    id_of = {token: token_id for token_id, token in enumerate(vocab)}
+    bar = tqdm(total=num_tokens, initial=len(vocab), desc="merging", unit="tok", disable=not progress)
+    while len(vocab) < num_tokens:
+        if not heap:
+            raise InputError(
+                f"the corpus supports only {len(vocab) - 256} merges ({len(vocab) + len(SPECIAL_TOKENS)} tokens), "
+                f"{num_tokens - 256} are needed for vocab_size {num_tokens + len(SPECIAL_TOKENS)}: give more text"
+            )
+        negative_count, a, b = heapq.heappop(heap)
+        count = pair_counts.get((a, b), 0)  # 0 for a pair already merged
+        if count != -negative_count:  # stale entry: re-queue with the current count
+            if count > 0:
+                heapq.heappush(heap, (-count, a, b))
+            continue
+        token = vocab[a] + vocab[b]
+        new = id_of.get(token)
+        if new is None:
+            new = id_of[token] = len(vocab)
+            vocab.append(token)
+            bar.update()
+        for pair in _apply_merge(a, b, new, words, freqs, pair_counts, pair_words):
+            heapq.heappush(heap, (-pair_counts[pair], *pair))
+    bar.close()
+    return vocab
+
+
+def _apply_merge(a, b, new, words, freqs, pair_counts, pair_words) -> set[tuple[int, int]]:
+    """Merge (a, b) into `new` (left to right, non-overlapping) in every word containing it, updating the counts of
+    the neighbouring pairs only; return the pairs that gained count (they all contain `new`)."""
+    grown = set()
+    for index in pair_words.pop((a, b)):
+        word, freq = words[index], freqs[index]
+        merged: list[int] = []
+        copied = search = 0  # word[:copied] is in merged; look for the next `a` from word[search]
+        left_to_check = word.count(a)  # jump between the a's with list.index (C speed) instead of a Python loop
+        while left_to_check > 0:
+            i = word.index(a, search)
+            if i + 1 == len(word) or word[i + 1] != b:
+                search = i + 1
+                left_to_check -= 1
+                continue
+            merged += word[copied:i]
+            if merged:  # left neighbour (already merged, so it may be `new` itself): (x, a) -> (x, new)
+                left = merged[-1]
+                pair_counts[left, a] -= freq
+                pair_counts[left, new] += freq
+                pair_words[left, new].add(index)
+                grown.add((left, new))
+            if i + 2 < len(word):  # right neighbour (not merged yet): (b, y) -> (new, y)
+                right = word[i + 2]
+                pair_counts[b, right] -= freq
+                pair_counts[new, right] += freq
+                pair_words[new, right].add(index)
+                grown.add((new, right))
+            merged.append(new)
+            copied = search = i + 2
+            left_to_check -= 2 if a == b else 1
+        if copied:  # else a stale index entry: the pair left this word in an earlier merge
+            words[index] = merged + word[copied:]
+    del pair_counts[a, b]  # every occurrence is gone
+    return {pair for pair in grown if pair_counts[pair] > 0}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The tokenizer: training entry point, tiktoken encoding, pure-Python reference encoding, file format
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Tokenizer:
+    """Byte-level BPE: token id -> bytes is fixed by `ranks` (bytes -> id, ids 6..vocab_size-1) plus the specials."""
+
+    pad_id, eos_id, bos_id, unk_id, start_of_turn_id, end_of_turn_id = range(len(SPECIAL_TOKENS))
+
+    def __init__(self, ranks: dict[bytes, int], pattern: str = DEFAULT_PATTERN) -> None:
+        if sorted(ranks.values()) != list(range(FIRST_BYTE_ID, FIRST_BYTE_ID + len(ranks))):
+            raise ValueError(f"token ids must be exactly {FIRST_BYTE_ID}..{FIRST_BYTE_ID + len(ranks) - 1}")
+        if any(ranks.get(bytes([byte])) != FIRST_BYTE_ID + byte for byte in range(256)):
+            raise ValueError(f"byte b must have id {FIRST_BYTE_ID} + b")
+        self.ranks, self.pattern = ranks, pattern
+        self.vocab_size = len(SPECIAL_TOKENS) + len(ranks)
+        self.fingerprint = _fingerprint(pattern, ranks)
+        self._encoding = tiktoken.Encoding(
+            name=f"fox1-{self.fingerprint[:12]}",
+            pat_str=pattern,
+            mergeable_ranks=ranks,
+            special_tokens={token: token_id for token_id, token in enumerate(SPECIAL_TOKENS)},
+            explicit_n_vocab=self.vocab_size,
+        )
+
+    @classmethod
+    def train(
+        cls,
+        documents: Iterable[str],
+        vocab_size: int = 256000,
+        *,
+        workers: int | None = None,
+        pattern: str = DEFAULT_PATTERN,
+        progress: bool = True,
+    ) -> Tokenizer:
+        """Train on an iterable of documents (streamed). workers: counting processes (None: all cores, 1: none).
+
+        With workers > 1 the calling script needs the usual `if __name__ == "__main__":` guard, because the
+        workers are started with 'spawn' (re-importing the main module), the one start method safe on every OS.
+        """
+        if vocab_size < FIRST_MERGE_ID:
+            raise InputError(f"vocab_size must be at least {FIRST_MERGE_ID} (6 special + 256 byte tokens)")
+        workers = workers or os.cpu_count() or 1
+        word_counts = count_pretokens(documents, pattern, workers, progress)
+        if not word_counts:
+            raise InputError("no text to train on: the documents are all empty")
+        vocab = learn_merges(word_counts, vocab_size - len(SPECIAL_TOKENS), progress)
+        return cls({token: FIRST_BYTE_ID + index for index, token in enumerate(vocab)}, pattern)
+
+    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+        """Text -> ids. "<eos>" etc. in the text are plain text unless allow_special."""
+        return self._encoding.encode(text, allowed_special="all" if allow_special else set(), disallowed_special=())
+
+    def encode_batch(self, texts: list[str], *, num_threads: int = 8, allow_special: bool = False) -> list[list[int]]:
+        """encode() for many texts on `num_threads` threads (tiktoken releases the GIL)."""
+        allowed = "all" if allow_special else set()
+        return self._encoding.encode_batch(
+            texts, num_threads=num_threads, allowed_special=allowed, disallowed_special=()
+        )
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """Ids -> the raw bytes (for streaming: a multi-byte character may be split across tokens)."""
+        try:
+            return self._encoding.decode_bytes(list(ids))
+        except KeyError as error:
+            raise ValueError(f"token id outside the vocabulary of {self.vocab_size}: {error}") from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids -> text. Bytes that are not valid UTF-8 (a character cut by the end of `ids`) become U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def encode_reference(self, text: str) -> list[int]:
+        """Pure-Python encoder giving the same ids as encode() (no special tokens), to show what tiktoken does.
+
+        Split the text with the pattern; a piece that is itself a token becomes that token; otherwise start from
+        single bytes and repeatedly merge the adjacent pair whose concatenation has the lowest rank (the leftmost
+        one on a tie) until no adjacent pair forms a token.
+        """
+        ids = []
+        for piece in regex.findall(self.pattern, text):
+            data = piece.encode("utf-8")
+            if data in self.ranks:  # tiktoken's shortcut: a piece that is a whole token is that token
+                ids.append(self.ranks[data])
+                continue
+            parts = [bytes([byte]) for byte in data]
+            while True:
+                mergeable = [(self.ranks[left + right], i) for i, (left, right) in enumerate(zip(parts, parts[1:]))
+                             if left + right in self.ranks]
+                if not mergeable:
+                    break
+                _, i = min(mergeable)  # lowest rank, then leftmost
+                parts[i : i + 2] = [parts[i] + parts[i + 1]]
+            ids.extend(self.ranks[part] for part in parts)
+        return ids
+
+    def save(self, path: str | Path) -> None:
+        """Write the human-inspectable tokenizer file atomically (temp file + rename)."""
+        path = Path(path)
+        lines = [
+            "# fox1 byte-level BPE tokenizer (tokenizer.py); special tokens have ids 0..5. "
+            "After 'tokens': base64(token bytes), id, text preview",
+            f"format {FORMAT_VERSION}",
+            f"vocab_size {self.vocab_size}",
+            f"special_tokens {json.dumps(SPECIAL_TOKENS)}",
+            f"pattern {json.dumps(self.pattern)}",
+            f"fingerprint {self.fingerprint}",
+            "tokens",
+        ]
+        for token, token_id in sorted(self.ranks.items(), key=lambda item: item[1]):
+            preview = json.dumps(token.decode("utf-8", errors="replace"), ensure_ascii=False)
+            lines.append(f"{base64.b64encode(token).decode('ascii')} {token_id} {preview}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        """Read a file written by save(); a missing, truncated or corrupt file raises InputError naming it."""
+        try:
+            lines = Path(path).read_text(encoding="utf-8").split("\n")
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"{path}: cannot read tokenizer file ({error})") from None
+        try:
+            return cls._from_lines(lines)
+        except (ValueError, KeyError, IndexError) as error:
+            raise InputError(f"{path}: corrupt or truncated tokenizer file ({error})") from None
+
+    @classmethod
+    def _from_lines(cls, lines: list[str]) -> Tokenizer:
+        tokens_at = lines.index("tokens")  # ValueError if the header is cut off
+        header = dict(line.split(" ", 1) for line in lines[1:tokens_at])
+        if header["format"] != FORMAT_VERSION:
+            raise ValueError(f"format {header['format']!r}, expected {FORMAT_VERSION!r}")
+        if tuple(json.loads(header["special_tokens"])) != SPECIAL_TOKENS:
+            raise ValueError(f"special tokens differ from {SPECIAL_TOKENS}")
+        body = lines[tokens_at + 1 :]
+        if body and body[-1] == "":
+            body.pop()  # the final newline
+        if len(body) != int(header["vocab_size"]) - len(SPECIAL_TOKENS):
+            raise ValueError(f"{len(body)} token lines, header says {int(header['vocab_size'])} - 6")
+        ranks = {}
+        for line in body:
+            token, token_id, _preview = line.split(" ", 2)
+            ranks[base64.b64decode(token, validate=True)] = int(token_id)
+        tokenizer = cls(ranks, json.loads(header["pattern"]))
+        if tokenizer.fingerprint != header["fingerprint"]:
+            raise ValueError("fingerprint mismatch: the token lines were changed or damaged")
+        return tokenizer
+
+
+def _fingerprint(pattern: str, ranks: dict[bytes, int]) -> str:
+    """sha256 over pattern, special tokens and all tokens in id order: equal vocabularies <=> equal fingerprints."""
+    digest = hashlib.sha256(json.dumps([FORMAT_VERSION, pattern, SPECIAL_TOKENS]).encode("utf-8"))
+    for token, _ in sorted(ranks.items(), key=lambda item: item[1]):
+        digest.update(len(token).to_bytes(4, "big") + token)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _train_command(args: argparse.Namespace) -> None:
+    start = time.time()
+    stats = ReadStats()
+    paths = expand_inputs(args.input)
+    documents = iter_documents(paths, skip_bad_lines=args.skip_bad_lines, stats=stats)
+    tokenizer = Tokenizer.train(documents, args.vocab_size, workers=args.workers, progress=not args.quiet)
+    tokenizer.save(args.out)
+    print(
+        f"trained {tokenizer.vocab_size} tokens on {stats.documents} documents from {len(paths)} files "
+        f"({stats.bad_lines} bad lines skipped, {stats.replaced_bytes} undecodable bytes replaced) "
+        f"in {time.time() - start:.1f}s -> {args.out} (fingerprint {tokenizer.fingerprint[:16]})"
+    )
+
+
+def _encode_command(args: argparse.Namespace) -> None:
+    tokenizer = Tokenizer.load(args.tokenizer)
+    ids = tokenizer.encode(args.text, allow_special=args.allow_special)
+    print(" ".join(map(str, ids)))
+    print(" ".join(json.dumps(tokenizer.decode_bytes([i]).decode("utf-8", "replace"), ensure_ascii=False)
+                   for i in ids))
+    print(f"{len(ids)} tokens, {len(args.text.encode('utf-8')) / max(len(ids), 1):.2f} bytes/token")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a tokenizer on text / JSONL files")
+    train.add_argument("--input", nargs="+", required=True, help="files or globs (** recursive): text, .jsonl, .gz")
+    train.add_argument("--vocab-size", type=int, default=256000, help="total tokens incl. 6 specials (256000)")
+    train.add_argument("--out", required=True, help="tokenizer file to write")
+    train.add_argument("--workers", type=int, default=None, help="counting processes (default: all cores)")
+    train.add_argument("--skip-bad-lines", action="store_true", help="skip (and count) malformed JSONL lines")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    encode = commands.add_parser("encode", help="print the ids and tokens of a text")
+    encode.add_argument("--tokenizer", required=True, help="tokenizer file written by 'train'")
+    encode.add_argument("--allow-special", action="store_true", help="treat '<eos>' etc. as special tokens")
+    encode.add_argument("text")
+    args = parser.parse_args(argv)
+    try:
+        (_train_command if args.command == "train" else _encode_command)(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
