@@ -57,6 +57,7 @@ from tokenizer import CHUNK_CHARS, InputError, ReadStats, Tokenizer, _chunks, ex
 FORMAT = "fox1-token-shards-v1"
 TOKEN_DTYPE = np.dtype("<u4")  # uint32, little-endian on disk whatever the machine: ids up to 4G, 4 bytes a token
 SHARD_TOKENS = 1 << 27  # 128M tokens = 512 MB per shard file: few files, none near filesystem limits
+PARALLEL_MIN_BYTES = 32 << 20  # smaller inputs are tokenized in this process unless workers are asked for
 MIX_BLOCK = 4096  # slots per seeded mixture draw; keyed by block number, so a slot's source never depends on
 #                   batch size or world size
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
@@ -104,9 +105,14 @@ def builtin_files() -> list[Path]:
 
 def builtin_documents(source: str | None = None) -> Iterator[str]:
     """Each built-in file as one document: all of them, or only those of one BUILTIN source."""
-    files = builtin_files() if source is None else _split_builtin(builtin_files())[source]
+    return _read_files(builtin_files() if source is None else _split_builtin(builtin_files())[source])
+
+
+def _read_files(files: list[Path]) -> Iterator[str]:
     for path in files:
-        yield path.read_text(encoding="utf-8", errors="replace")
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if text.strip():  # an empty __init__.py would only teach "<bos> is followed by <eos>"
+            yield text
 
 
 def prose_ratio(source: str) -> float:
@@ -138,8 +144,7 @@ def prepare_builtin(tokenizer_path: Path, data_root: Path, *, workers: int | Non
     if all(_is_prepared(Path(data_root) / name, key) for name in BUILTIN):
         return list(BUILTIN)
     for name, group in _split_builtin(files).items():
-        documents = (path.read_text(encoding="utf-8", errors="replace") for path in group)
-        _build_source(documents, tokenizer, Path(tokenizer_path), Path(data_root) / name, key=key,
+        _build_source(_read_files(group), tokenizer, Path(tokenizer_path), Path(data_root) / name, key=key,
                       val_fraction=BUILTIN_VAL_FRACTION, workers=workers, shard_tokens=SHARD_TOKENS,
                       total_bytes=sum(path.stat().st_size for path in group), progress=progress)
     return list(BUILTIN)
@@ -300,7 +305,10 @@ def _tokenize_into(directory: Path, documents: Iterable[str], tokenizer_path: Pa
     writers = {split: _ShardWriter(directory, split, shard_tokens) for split in ("train", "val")}
     every = round(1 / val_fraction) if val_fraction > 0 else 0
     jobs = ((str(tokenizer_path), batch) for batch in _chunks(documents, CHUNK_CHARS))
-    results = _ordered_map(_encode_documents, jobs, workers or os.cpu_count() or 1)
+    if workers is None:  # a spawned worker takes ~3 s to start (importing torch via this module): not worth it for
+        small = total_bytes is not None and total_bytes < PARALLEL_MIN_BYTES  # 10 MB that 1 process encodes in ~2 s
+        workers = 1 if small else os.cpu_count() or 1
+    results = _ordered_map(_encode_documents, jobs, workers)
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenizing {name}", disable=not progress)
     try:
         first_document = 0
@@ -312,6 +320,8 @@ def _tokenize_into(directory: Path, documents: Iterable[str], tokenizer_path: Pa
             writers["val"].write(tokens[token_is_val], lengths[is_val])
             first_document += len(lengths)
             bar.update(size)
+        if total_bytes:  # CRLF -> LF and byte-order marks make the text a little shorter than the files
+            bar.update(max(0, total_bytes - bar.n))
     finally:
         bar.close()
         results.close()  # stops the pool early on an error
@@ -352,14 +362,14 @@ class TokenSplit:
                             f"not {fingerprint[:12]}; prepare it again with this tokenizer")
         info = self.meta["splits"][split]
         self.name, self.split, self.tokens, self.bos_id = name, split, info["tokens"], self.meta["bos_id"]
-        self.shards = []
-        for shard in info["shards"]:
-            path = directory / shard["file"]
+        self.shard_paths = [directory / shard["file"] for shard in info["shards"]]
+        for path, shard in zip(self.shard_paths, info["shards"]):
             if not path.is_file() or path.stat().st_size != shard["tokens"] * TOKEN_DTYPE.itemsize:
                 raise DataError(f"{path}: missing or truncated (expected {shard['tokens']:,} tokens); prepare again")
-            self.shards.append(np.memmap(path, dtype=TOKEN_DTYPE, mode="r"))
-        self.shard_starts = np.cumsum([0] + [len(shard) for shard in self.shards])
+        self.shard_starts = np.cumsum([0] + [shard["tokens"] for shard in info["shards"]])
         self.doc_starts = np.load(directory / info["doc_starts"], mmap_mode="r")
+        # Each memory map holds a file descriptor: keep the recently used ones, not all of a 3T-token corpus's 23K.
+        self.shard = lru_cache(maxsize=64)(lambda index: np.memmap(self.shard_paths[index], TOKEN_DTYPE, mode="r"))
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Tokens [start, stop) of the stream as int64, stitched across shard files."""
@@ -367,7 +377,7 @@ class TokenSplit:
         index = int(np.searchsorted(self.shard_starts, start, side="right")) - 1
         while start < stop:
             offset = start - self.shard_starts[index]
-            piece = self.shards[index][offset:offset + stop - start]
+            piece = self.shard(index)[offset:offset + stop - start]
             pieces.append(piece)
             start += len(piece)
             index += 1
@@ -440,6 +450,8 @@ def curriculum(context_len: int, total_tokens: int, sources: list[str]) -> list[
 
 @dataclass
 class Batch:
+    """One rank's share of a global batch: B windows of T = seq_len input tokens."""
+
     inputs: torch.Tensor  # (B, T) int64
     targets: torch.Tensor  # (B, T) int64; IGNORE_INDEX where the target starts another document (<eos> -> <bos>)
     position_ids: torch.Tensor  # (B, T) int64; 0 at the window start and at every document start
@@ -544,15 +556,9 @@ class Loader:
     def _produce(self, state: dict, results: queue.Queue, stop: threading.Event) -> None:
         try:
             while not stop.is_set():
-                item = (self._next_batch(state), _copy_state(state))
-                while not stop.is_set():
-                    try:
-                        results.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        pass
+                _put_unless_stopped(results, (self._next_batch(state), _copy_state(state)), stop)
         except Exception as error:  # hand it to the consumer instead of dying silently in this thread
-            results.put(error)
+            _put_unless_stopped(results, error, stop)
 
     def _next_batch(self, state: dict) -> Batch:
         """Advance state by one global batch; read and pack this rank's slots."""
@@ -565,11 +571,10 @@ class Loader:
         return pack(windows, self.sources[0].bos_id)
 
     def _slot_sources(self, first: int, count: int) -> np.ndarray:
+        """Source index of each global slot in [first, first + count)."""
         blocks = range(first // MIX_BLOCK, (first + count - 1) // MIX_BLOCK + 1)
-        draws = np.concatenate([
-            np.random.default_rng([self.seed, self.stage.number, block]).choice(len(self.weights), MIX_BLOCK,
-                                                                                p=self.weights)
-            for block in blocks])
+        rngs = (np.random.default_rng([self.seed, self.stage.number, block]) for block in blocks)
+        draws = np.concatenate([rng.choice(len(self.weights), MIX_BLOCK, p=self.weights) for rng in rngs])
         offset = first - blocks[0] * MIX_BLOCK
         return draws[offset:offset + count]
 
@@ -588,6 +593,15 @@ class Loader:
         else:
             state["positions"][source] = position + 1
         return window
+
+
+def _put_unless_stopped(results: queue.Queue, item, stop: threading.Event) -> None:
+    while not stop.is_set():  # a timeout, so a retired thread never blocks forever on a full queue
+        try:
+            results.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            pass
 
 
 def _copy_state(state: dict) -> dict:
@@ -651,19 +665,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+    workers_help = "tokenizer processes (default: 1 below 32 MB of input, else all CPU cores)"
     p = commands.add_parser("prepare", help="tokenize text/JSONL files into token shards")
     p.add_argument("--input", nargs="+", required=True, help="files or globs: .txt (documents separated by 2+ blank "
                    "lines), .jsonl ('text' field), .gz of either")
     p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer file (python tokenizer.py train ...)")
     p.add_argument("--out", type=Path, required=True, help="data root; the source goes to OUT/NAME")
     p.add_argument("--name", default="corpus", help="source name used by the curriculum mixture (default: corpus)")
-    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all CPU cores)")
+    p.add_argument("--workers", type=int, default=None, help=workers_help)
     p.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out (default: 0.01)")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed JSONL lines")
     b = commands.add_parser("prepare-builtin", help="prepare the built-in standard-library sources " + str(BUILTIN))
     b.add_argument("--tokenizer", type=Path, required=True, help="tokenizer file")
     b.add_argument("--out", type=Path, required=True, help="data root")
-    b.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all CPU cores)")
+    b.add_argument("--workers", type=int, default=None, help=workers_help)
     s = commands.add_parser("stats", help="token/document counts and per-stage packing statistics")
     s.add_argument("--data", type=Path, required=True, help="data root")
     s.add_argument("--context-len", type=int, default=1024, help="model context; stages use /4, /2, /1 of it")

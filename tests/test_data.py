@@ -1,6 +1,6 @@
 """Tests for data.py: prepare (shards, split, no-op re-runs, bad input), curriculum, packing, sharded resumable loading.
 
-The corpora are generated here; the tokenizer is a small one trained on them (vocab 400, 1 worker).
+The corpora are generated here; the tokenizer is a small one trained on them (vocab 360, 1 worker).
 """
 import json
 import os
@@ -42,7 +42,7 @@ def write_jsonl(path: Path, documents: list[str]) -> Path:
 def tokenizer_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tok") / "tok.txt"
     corpus = make_documents(300, seed=0, tag="doc") + make_documents(100, seed=1, tag="other")
-    Tokenizer.train(corpus, vocab_size=400, workers=1, progress=False).save(path)
+    Tokenizer.train(corpus, vocab_size=360, workers=1, progress=False).save(path)
     return path
 
 
@@ -374,3 +374,15 @@ def test_prose_ratio_separates_documented_from_bare_code():
     bare = "def f(x):\n    y = x * 2\n    return [y, y + 1, y + 2]\n"
     assert data.prose_ratio(documented) >= data.DOCS_PROSE_RATIO > data.prose_ratio(bare) == 0
     assert 0 <= data.prose_ratio("def broken(:\n  '''unterminated") <= 1
+
+
+def test_prepare_builtin_splits_the_stdlib_into_two_disjoint_sources_and_reruns_as_noop(tmp_path, tokenizer_path):
+    names = data.prepare_builtin(tokenizer_path, tmp_path, workers=1, progress=False)
+    assert names == list(BUILTIN)
+    metas = [json.loads((tmp_path / name / "meta.json").read_text()) for name in names]
+    documents = sum(m["splits"][split]["documents"] for m in metas for split in ("train", "val"))
+    assert documents == sum(1 for f in data.builtin_files() if f.read_text(errors="replace").strip())
+    assert all(m["splits"]["val"]["documents"] > 0 for m in metas)
+    before = [(tmp_path / name / "meta.json").stat().st_mtime_ns for name in names]
+    assert data.prepare_builtin(tokenizer_path, tmp_path, workers=1, progress=False) == names
+    assert [(tmp_path / name / "meta.json").stat().st_mtime_ns for name in names] == before
