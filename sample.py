@@ -1,0 +1,347 @@
+"""
+Generate text from a Fox model: a static KV cache, the prompt prefilled in one forward, then one token per
+step through a decode step that `torch.compile` can turn into a single graph (gpt-fast style).
+
+Fox-1's deployment claim (arXiv 2411.05281, Sec. 4) is speed: more than 200 output tokens/s for the 1.6B
+model, thanks to its 4x smaller GQA KV cache. Decoding one token reads every weight once, so a decode step
+is bound by memory bandwidth; `python bench.py` compares the tokens/s printed here with that bound.
+
+    python sample.py --prompt "def "                      # latest export of train.py (out/export)
+    python sample.py --ckpt DIR --tokenizer tok.txt       # any Llama-format Hugging Face directory
+    python sample.py --prompt @prompt.txt --num-samples 4 --temperature 0.8 --top-p 0.95 --seed 1
+
+Text goes to stdout as it is produced (one sample streams; several are printed when done), speeds to stderr.
+Documents in training are wrapped `<bos> ... <eos>`, so the prompt gets a leading `<bos>` and a sample ends
+at its first `<eos>`.
+
+Randomness is per row: row r of a batch draws from its own generator seeded `seed + r`, and draws the same
+amount whatever the other rows do, so sample r of `--num-samples N --seed S` is exactly the single sample of
+`--seed S+r` (up to the last bits of batched vs unbatched matmuls).
+"""
+from __future__ import annotations
+
+import argparse
+import codecs
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from model import CheckpointError, Fox
+from tokenizer import InputError, Tokenizer
+
+DEFAULT_CKPT = "out/export"  # train.py exports the latest weights and tokenizer.txt here after every stage
+
+
+class SampleError(ValueError):
+    """A request that cannot be served (prompt too long, missing checkpoint, ...). One-line message."""
+
+
+@dataclass
+class Generation:
+    """What `generate` produced, and how fast."""
+
+    tokens: list[list[int]]  # new tokens of each row, cut before the <eos> that ended it
+    prompt_tokens: int  # rows x prompt length, all processed by the one prefill forward
+    prefill_seconds: float  # the prefill forward and the sampling of the first new token
+    decode_steps: int  # one-token forwards after the prefill (each produces `rows` tokens)
+    decode_seconds: float
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / max(self.prefill_seconds, 1e-9)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return len(self.tokens) * self.decode_steps / max(self.decode_seconds, 1e-9)
+
+
+# --------------------------------------------------------------------------------------------------
+# Choosing the next token
+
+
+def allowed_tokens(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Boolean mask (B, V) of the tokens top-k and then top-p (nucleus) sampling may pick from.
+
+    top_k keeps the k largest logits (ties with the k-th are kept too); top_p then keeps the smallest set
+    of most likely tokens whose probability adds up to at least top_p (always at least the most likely).
+    Both see the logits after the temperature, as in Hugging Face transformers."""
+    allowed = torch.ones_like(logits, dtype=torch.bool)
+    if top_k is not None and top_k < logits.size(-1):
+        kth_largest = logits.topk(top_k, dim=-1).values[:, -1:]
+        allowed &= logits >= kth_largest
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.masked_fill(~allowed, float("-inf")).sort(dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # probability of the more likely tokens
+        keep_sorted = mass_before < top_p
+        allowed &= torch.zeros_like(allowed).scatter_(-1, order, keep_sorted)
+    return allowed
+
+
+def sample_next(logits: torch.Tensor, generators: Sequence[torch.Generator], temperature: float,
+                top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Next token (B,) from the last-position logits (B, V); temperature 0 is greedy (argmax).
+
+    Sampling uses the exponential race: argmax(p / E) with E ~ Exp(1) picks token i with probability p_i.
+    Each row draws its V exponentials from its own generator, so a row's sample does not depend on the
+    other rows of the batch (see the module docstring)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    probs = logits.masked_fill(~allowed_tokens(logits, top_k, top_p), float("-inf")).softmax(dim=-1)
+    race = torch.stack([torch.empty_like(probs[0]).exponential_(generator=g) for g in generators])
+    # an Exp(1) draw of exactly 0 would make 0/0 for a disallowed token; the smallest float avoids it
+    return (probs / race.clamp_min_(torch.finfo(race.dtype).tiny)).argmax(dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation
+
+
+def decode_step(model: Fox, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """One cached forward: tokens (B, 1) at position input_pos (1,) -> next-token logits (B, V).
+    Every shape is fixed (the cache is static), so a compiled version never recompiles."""
+    return model(tokens, input_pos=input_pos, last_only=True)[:, -1]
+
+
+def compiled_decode_step(device: torch.device) -> Callable:
+    """decode_step through torch.compile. On CUDA "reduce-overhead" also captures it as a CUDA graph,
+    which removes the launch overhead of ~10 kernels per layer; on CPU plain inductor fuses the
+    elementwise work (norms, RoPE, SiLU) around the matmuls."""
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    return torch.compile(decode_step, mode=mode, fullgraph=True)
+
+
+def ensure_kv_cache(model: Fox, batch_size: int, max_len: int) -> None:
+    """Give the model a static KV cache of this shape, reusing the one it has when it fits exactly:
+    stale entries are harmless (the mask hides every slot past the current position) and reusing the
+    same buffers keeps a compiled step (or a captured CUDA graph) valid across calls."""
+    cache = model.layers[0].self_attn.kv_cache
+    dtype = model.embed_tokens.weight.dtype
+    if cache is None or cache.k.shape[0] != batch_size or cache.k.shape[2] != max_len or cache.k.dtype != dtype:
+        model.setup_kv_cache(batch_size, max_len, dtype)
+
+
+def check_fits(model: Fox, prompt_len: int, max_new_tokens: int) -> None:
+    """Raise SampleError unless the prompt and the new tokens fit in the model's context together."""
+    context = model.config.context_len
+    if max_new_tokens < 1:
+        raise SampleError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if prompt_len < 1:
+        raise SampleError("the prompt is empty (it needs at least the <bos> token)")
+    if prompt_len + max_new_tokens > context:
+        raise SampleError(f"prompt of {prompt_len} tokens + {max_new_tokens} new tokens = "
+                          f"{prompt_len + max_new_tokens} is longer than the model's context of {context}")
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def generate(model: Fox, prompt_ids: torch.Tensor | Sequence[int], max_new_tokens: int, *,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             seed: int | None = None, eos_id: int | None = None, vocab_limit: int | None = None,
+             compile: bool = False, on_token: Callable[[list[int]], None] | None = None) -> Generation:
+    """Continue every row of prompt_ids (B, T), or one prompt given as a list of ids, by up to
+    max_new_tokens tokens.
+
+    temperature 0 is greedy; top_k / top_p restrict sampling (None: off). seed: row r uses a generator
+    seeded seed + r (None: a random seed). eos_id: a row stops at it, and generation stops when every row
+    has; finished rows keep emitting eos_id in the batch. vocab_limit: only ids below it are generated (a
+    tokenizer smaller than the model's vocabulary cannot decode the rest). on_token(ids) is called after
+    each step with the new token of every row. compile: run the decode step through torch.compile."""
+    device = model.embed_tokens.weight.device
+    prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
+    prompt = prompt[None] if prompt.dim() == 1 else prompt
+    rows, prompt_len = prompt.shape
+    check_fits(model, prompt_len, max_new_tokens)
+    seed = random.randrange(2**62) if seed is None else seed
+    generators = [torch.Generator(device).manual_seed(seed + row) for row in range(rows)]
+
+    def choose(logits: torch.Tensor) -> torch.Tensor:
+        return sample_next(logits[:, :vocab_limit], generators, temperature, top_k, top_p)
+
+    step = compiled_decode_step(device) if compile else decode_step
+    ensure_kv_cache(model, rows, prompt_len + max_new_tokens)
+
+    _synchronize(device)
+    start = time.perf_counter()
+    token = choose(model(prompt, input_pos=torch.arange(prompt_len, device=device), last_only=True)[:, -1])
+    new_tokens = [token]
+    done = token == eos_id if eos_id is not None else None
+    if on_token is not None:
+        on_token(token.tolist())
+    _synchronize(device)
+    prefill_seconds = time.perf_counter() - start
+
+    input_pos = torch.tensor([prompt_len], device=device)
+    decode_steps = 0
+    while len(new_tokens) < max_new_tokens and not (done is not None and bool(done.all())):
+        if compile and device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
+        token = choose(step(model, token[:, None], input_pos))
+        if done is not None:
+            token = token.masked_fill(done, eos_id)
+            done |= token == eos_id
+        new_tokens.append(token)
+        input_pos += 1
+        decode_steps += 1
+        if on_token is not None:
+            on_token(token.tolist())
+    _synchronize(device)
+    decode_seconds = time.perf_counter() - start - prefill_seconds
+
+    columns = torch.stack(new_tokens, dim=1).tolist()
+    tokens = [row[:row.index(eos_id)] if eos_id in row else row for row in columns]
+    return Generation(tokens, rows * prompt_len, prefill_seconds, decode_steps, decode_seconds)
+
+
+class TextStream:
+    """Token ids in, text out, one token at a time. A character whose UTF-8 bytes span several tokens
+    (byte-level BPE splits rare characters into their bytes) is held back until its last byte arrives;
+    bytes that never form a character become U+FFFD."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        return self.decoder.decode(self.tokenizer.decode_bytes([token_id]))
+
+    def finish(self) -> str:
+        return self.decoder.decode(b"", final=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def read_prompt(prompt: str) -> str:
+    """The prompt text itself, or the contents of a UTF-8 file given as @path."""
+    if not prompt.startswith("@"):
+        return prompt
+    path = Path(prompt[1:])
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SampleError(f"{path}: prompt file not found") from None
+    except UnicodeDecodeError as e:
+        raise SampleError(f"{path}: prompt file is not valid UTF-8 (byte {e.start})") from None
+    except OSError as e:
+        raise SampleError(f"{path}: cannot read prompt file ({e.strerror})") from None
+
+
+def load_tokenizer(ckpt: Path, tokenizer_path: str | None) -> Tokenizer:
+    """--tokenizer PATH, else the tokenizer.txt that train.py copies next to the exported weights."""
+    path = Path(tokenizer_path) if tokenizer_path else ckpt / "tokenizer.txt"
+    if not path.is_file():
+        if tokenizer_path:
+            raise SampleError(f"{path}: tokenizer file not found")
+        raise SampleError(f"{ckpt} has no tokenizer.txt (a Hugging Face checkpoint?): pass --tokenizer PATH")
+    return Tokenizer.load(path)
+
+
+def parse_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SampleError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SampleError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def check_checkpoint(ckpt: Path) -> None:
+    """Fail early, before loading anything, when there is no checkpoint at all."""
+    if not (ckpt / "config.json").is_file():
+        hint = " (run `python train.py` first, or pass --ckpt DIR)" if str(ckpt) == DEFAULT_CKPT else ""
+        raise SampleError(f"{ckpt}: no checkpoint here (config.json not found){hint}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Generate text from a Fox checkpoint (KV-cached, optionally compiled).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ckpt", default=DEFAULT_CKPT, help="our export or a Llama-format Hugging Face directory")
+    p.add_argument("--tokenizer", help="tokenizer file (default: <ckpt>/tokenizer.txt)")
+    p.add_argument("--prompt", default="", help="prompt text, or @FILE to read it from a UTF-8 file")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--seed", type=int, help="sample r uses seed+r (default: random, printed)")
+    p.add_argument("--num-samples", type=int, default=1, help="samples, generated as one batch")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow start)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="weights and KV cache (default: bfloat16 on cuda, float32 on cpu)")
+    args = p.parse_args(argv)
+    if args.max_new_tokens < 1 or args.num_samples < 1 or args.top_k < 0 or args.temperature < 0:
+        p.error("--max-new-tokens and --num-samples must be >= 1; --top-k and --temperature >= 0")
+    if not 0.0 < args.top_p <= 1.0:
+        p.error("--top-p must be in (0, 1]")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        device = parse_device(args.device)
+        dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+        text = read_prompt(args.prompt)
+        ckpt = Path(args.ckpt)
+        check_checkpoint(ckpt)
+        tokenizer = load_tokenizer(ckpt, args.tokenizer)
+        model = Fox.from_pretrained(ckpt, dtype=dtype, device=device).eval()
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise SampleError(f"tokenizer has {tokenizer.vocab_size} tokens but the model in {ckpt} only "
+                              f"{model.config.vocab_size}: they do not belong together")
+        prompt = [tokenizer.bos_id] + tokenizer.encode(text, allow_special=True)  # chat tokens may be typed
+        check_fits(model, len(prompt), args.max_new_tokens)
+        seed = random.randrange(2**31) if args.seed is None else args.seed
+        print(f"{ckpt}: {model.num_params():,} parameters, {dtype} on {device}; prompt {len(prompt)} tokens; "
+              f"seed {seed}", file=sys.stderr)
+        result = run_and_print(model, tokenizer, text, prompt, args, seed)
+    except (SampleError, CheckpointError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"prefill: {result.prompt_tokens} tokens at {result.prefill_tokens_per_s:.1f} tokens/s | "
+          f"decode: {sum(map(len, result.tokens))} tokens in {len(result.tokens)} sample(s) at "
+          f"{result.decode_tokens_per_s:.1f} tokens/s", file=sys.stderr)
+    return 0
+
+
+def run_and_print(model: Fox, tokenizer: Tokenizer, text: str, prompt: list[int], args: argparse.Namespace,
+                  seed: int) -> Generation:
+    """Generate; one sample streams to stdout token by token, several are printed one after another."""
+    streaming = args.num_samples == 1
+    stream = TextStream(tokenizer)
+
+    def print_token(ids: list[int]) -> None:  # a single row stops at its <eos>, the last token it is given
+        if ids[0] != tokenizer.eos_id:
+            sys.stdout.write(stream.push(ids[0]))
+            sys.stdout.flush()
+
+    if streaming:
+        sys.stdout.write(text)
+    result = generate(model, [prompt] * args.num_samples, args.max_new_tokens, temperature=args.temperature,
+                      top_k=args.top_k or None, top_p=args.top_p, seed=seed, eos_id=tokenizer.eos_id,
+                      vocab_limit=tokenizer.vocab_size, compile=args.compile,
+                      on_token=print_token if streaming else None)
+    if streaming:
+        sys.stdout.write(stream.finish() + "\n")
+    else:
+        for row, tokens in enumerate(result.tokens):
+            sys.stdout.write(f"--- sample {row} (seed {seed + row}) ---\n{text}{tokenizer.decode(tokens)}\n")
+    sys.stdout.flush()
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

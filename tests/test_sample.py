@@ -1,0 +1,260 @@
+"""Tests for sample.py: the KV-cached generator against the uncached model, sampling restrictions, per-row
+randomness in batches, UTF-8 streaming, and the command line (output, speeds, one-line errors)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import sample
+from model import Fox, FoxConfig
+from sample import TextStream, allowed_tokens, generate, sample_next
+from tokenizer import Tokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+CONTEXT = 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny (1.2M parameters): each op is microseconds of work, and on a busy 2-core
+    machine a 2-thread OpenMP region waits milliseconds for its second thread. One thread is ~3x faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    """A 512-token BPE trained on ~1 MB of the standard library's own source (well under a second)."""
+    stdlib = sorted(Path(os.__file__).parent.glob("*.py"))[:40]
+    return Tokenizer.train([p.read_text(encoding="utf-8") for p in stdlib], 512, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer) -> Fox:
+    """Random weights, 2 layers. init_std 0.3 (not 0.02) makes the logits spread out, so greedy decoding
+    does not repeat one token and near-ties that batched/unbatched rounding could flip are rare."""
+    torch.manual_seed(0)
+    config = FoxConfig.from_preset("tiny", vocab_size=tokenizer.vocab_size, num_layers=2, context_len=CONTEXT,
+                                   init_std=0.3)
+    return Fox(config).eval()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, model, tokenizer) -> Path:
+    """An export as train.py writes it: config.json + model.safetensors + tokenizer.txt."""
+    directory = tmp_path_factory.mktemp("export")
+    model.save_pretrained(directory)
+    tokenizer.save(directory / "tokenizer.txt")
+    return directory
+
+
+def prompts(tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:
+    """<bos> + text for each text, cut to the shortest so the rows form one (B, T) batch."""
+    ids = [[tokenizer.bos_id] + tokenizer.encode(t) for t in texts]
+    length = min(map(len, ids))
+    return torch.tensor([row[:length] for row in ids])
+
+
+# --------------------------------------------------------------------------------------------------
+# generate()
+
+
+def test_greedy_equals_argmax_of_the_uncached_forward_at_every_step(model, tokenizer):
+    prompt = prompts(tokenizer, ["def main(argv):\n", "import sys, os\n", "class Path(object):"])
+    new = torch.tensor(generate(model, prompt, 24, temperature=0).tokens)
+    assert new.shape == (3, 24)
+    assert len(set(new.flatten().tolist())) > 10  # a non-trivial sequence, not one token repeated
+    with torch.no_grad():
+        logits = model(torch.cat([prompt, new], dim=1))  # no cache: every position from scratch
+    T = prompt.size(1)
+    assert torch.equal(logits[:, T - 1:-1].argmax(dim=-1), new)
+
+
+def test_same_seed_same_tokens_other_seed_other_tokens(model, tokenizer):
+    prompt = prompts(tokenizer, ["for i in range"])
+    run = lambda seed: generate(model, prompt, 30, temperature=1.0, seed=seed).tokens  # noqa: E731
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+def test_sampled_tokens_respect_top_k_and_top_p(model, tokenizer):
+    """Every sampled token must be among the top_k highest logits of the uncached forward, and the
+    probability of the tokens strictly more likely than it (within the top k) must be below top_p."""
+    prompt = prompts(tokenizer, ["def f(x):\n    return"] * 8)
+    top_k, top_p, temperature = 20, 0.6, 2.0  # a high temperature spreads the picks over many tokens
+    new = torch.tensor(generate(model, prompt, 16, temperature=temperature, top_k=top_k, top_p=top_p,
+                                seed=3).tokens)
+    with torch.no_grad():
+        logits = model(torch.cat([prompt, new], dim=1))[:, prompt.size(1) - 1:-1] / temperature
+    picked = logits.gather(-1, new[..., None])
+    rank = (logits > picked).sum(-1)  # how many tokens beat the picked one
+    assert rank.max() < top_k
+    top_logits = logits.topk(top_k, dim=-1).values
+    top_probs = top_logits.softmax(-1)
+    mass_above = (top_probs * (top_logits > picked)).sum(-1)
+    assert mass_above.max() < top_p
+    assert len(set(new.flatten().tolist())) > 16  # sampling really varied: the checks were not vacuous
+    assert (rank > 0).any()  # and it did not always pick the most likely token
+
+
+def test_sample_next_draws_from_the_restricted_distribution():
+    """With probabilities 0.5, 0.3, 0.15, 0.05: top_k=3 renormalises the first three, top_p=0.7 keeps
+    {0, 1} (0.5 < 0.7 needs the second); the observed frequencies match within 3 percentage points."""
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    g = torch.Generator().manual_seed(0)
+    draws = 4000
+    for top_k, top_p, expected in [(None, None, [0.5, 0.3, 0.15, 0.05]), (3, None, [0.5 / 0.95, 0.3 / 0.95,
+                                   0.15 / 0.95, 0.0]), (None, 0.7, [0.625, 0.375, 0.0, 0.0])]:
+        picks = torch.cat([sample_next(logits, [g], 1.0, top_k, top_p) for _ in range(draws)])
+        frequencies = torch.bincount(picks, minlength=4) / draws
+        assert torch.allclose(frequencies, torch.tensor(expected), atol=0.03), (top_k, top_p, frequencies)
+        assert (frequencies[torch.tensor(expected) == 0] == 0).all()
+    assert sample_next(logits, [g], 0.0).item() == 0  # temperature 0: greedy
+    assert allowed_tokens(logits, 1, 0.99).tolist() == [[True, False, False, False]]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_batched_rows_equal_separately_generated_ones(model, tokenizer, temperature):
+    """Row r of a batch with seed s equals the row generated alone with seed s + r, even when the rows stop
+    at <eos> at different steps (here "eos" is a token that row 0 produces at step 5)."""
+    prompt = prompts(tokenizer, ["def main(argv):\n", "import sys, os\n", "class Path(object):"])
+    alone = generate(model, prompt[0], 20, temperature=temperature, seed=11).tokens[0]
+    eos = alone[5]
+    batched = generate(model, prompt, 20, temperature=temperature, seed=11, eos_id=eos).tokens
+    separate = [generate(model, prompt[r], 20, temperature=temperature, seed=11 + r, eos_id=eos).tokens[0]
+                for r in range(3)]
+    assert batched == separate
+    assert batched[0] == alone[:alone.index(eos)]  # row 0 stopped before its <eos>
+    assert len({len(row) for row in batched}) > 1  # the rows really stopped at different steps
+
+
+def test_eos_stops_generation_and_is_not_returned(model, tokenizer):
+    prompt = prompts(tokenizer, ["while True:"])
+    free = generate(model, prompt, 12, temperature=0).tokens[0]
+    result = generate(model, prompt, 12, temperature=0, eos_id=free[3])
+    assert result.tokens[0] == free[:free.index(free[3])]
+    assert result.decode_steps == free.index(free[3])  # no forward after the <eos>
+
+
+def test_vocab_limit_keeps_tokens_below_it(model, tokenizer):
+    prompt = prompts(tokenizer, ["x = [1, 2, 3]"] * 4)
+    tokens = generate(model, prompt, 20, temperature=1.5, seed=0, vocab_limit=300).tokens
+    assert max(max(row) for row in tokens) < 300
+
+
+def test_prompt_that_does_not_fit_the_context_is_refused(model):
+    with pytest.raises(sample.SampleError, match=f"prompt of 60 tokens \\+ 5 new tokens = 65 .* context of {CONTEXT}"):
+        generate(model, list(range(60)), 5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Streaming text
+
+
+def test_text_stream_holds_back_characters_split_across_tokens(tokenizer):
+    text = "naïve café: 東京 → 😀 ok"  # 2-, 3- and 4-byte characters the stdlib-trained merges never saw
+    ids = tokenizer.encode(text)
+    pieces = [tokenizer.decode_bytes([i]) for i in ids]
+    assert any(_incomplete_utf8(piece) for piece in pieces)  # some character really is split
+    stream, seen, out = TextStream(tokenizer), b"", ""
+    for i, piece in zip(ids, pieces):
+        seen += piece
+        out += stream.push(i)
+        assert out == _longest_decodable_prefix(seen)  # everything complete is out, nothing broken
+    out += stream.finish()
+    assert out == text
+
+
+def _incomplete_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return False
+    except UnicodeDecodeError:
+        return True
+
+
+def _longest_decodable_prefix(data: bytes) -> str:
+    for cut in range(len(data), -1, -1):
+        try:
+            return data[:cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+
+
+def test_text_stream_replaces_bytes_that_never_form_a_character(tokenizer):
+    stream = TextStream(tokenizer)
+    euro = "€".encode()  # 3 bytes; send only the first two, then an ASCII letter
+    byte_ids = [tokenizer.encode(bytes([b]).decode("latin-1"))[0] for b in b"a"]
+    out = stream.push(tokenizer.ranks[euro[:1]]) + stream.push(tokenizer.ranks[euro[1:2]]) + stream.push(byte_ids[0])
+    assert out + stream.finish() == "\ufffda"
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as in one_thread()
+    return subprocess.run([sys.executable, str(REPO / "sample.py"), *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=120, env=env)
+
+
+def test_cli_streams_the_greedy_text_and_reports_speeds(ckpt, tokenizer):
+    result = run_cli("--ckpt", str(ckpt), "--prompt", "def main():\n", "--max-new-tokens", "20",
+                     "--temperature", "0")
+    assert result.returncode == 0, result.stderr
+    model = Fox.from_pretrained(ckpt).eval()
+    prompt = [tokenizer.bos_id] + tokenizer.encode("def main():\n")
+    expected = generate(model, prompt, 20, temperature=0, eos_id=tokenizer.eos_id).tokens[0]
+    assert result.stdout == "def main():\n" + tokenizer.decode(expected) + "\n"
+    assert "prefill:" in result.stderr and "decode:" in result.stderr and "tokens/s" in result.stderr
+
+
+def test_cli_num_samples_equal_single_runs_with_consecutive_seeds(ckpt, capsys):
+    common = ["--ckpt", str(ckpt), "--prompt", "import", "--max-new-tokens", "8", "--temperature", "1.0"]
+    assert sample.main(common + ["--num-samples", "2", "--seed", "5"]) == 0  # in-process: saves ~4 s of imports
+    batched = capsys.readouterr().out
+    assert sample.main(common + ["--seed", "6"]) == 0
+    single = capsys.readouterr().out
+    assert f"--- sample 1 (seed 6) ---\n{single}" in batched
+
+
+def test_cli_missing_checkpoint_is_one_line_and_exit_1(tmp_path):
+    result = run_cli("--ckpt", str(tmp_path / "nowhere"), "--prompt", "hi")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+    assert "nowhere" in result.stderr and "config.json" in result.stderr
+    assert result.stdout == ""
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    """Run main() in-process (a subprocess per case would cost ~3 s of imports) and return its message."""
+    assert sample.main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and captured.err.startswith("error: ")
+    return captured.err
+
+
+def test_cli_errors(ckpt, tmp_path, capsys, tokenizer):
+    too_long = one_line_error(capsys, ["--ckpt", str(ckpt), "--prompt", "x", "--max-new-tokens", str(CONTEXT)])
+    assert f"+ {CONTEXT} new tokens = {CONTEXT + 2}" in too_long and f"context of {CONTEXT}" in too_long
+
+    latin1 = tmp_path / "prompt.txt"
+    latin1.write_bytes("café".encode("latin-1"))
+    assert "not valid UTF-8" in one_line_error(capsys, ["--ckpt", str(ckpt), "--prompt", f"@{latin1}"])
+    assert "not found" in one_line_error(capsys, ["--ckpt", str(ckpt), "--prompt", f"@{tmp_path}/none.txt"])
+
+    hf_style = tmp_path / "hf"  # weights without tokenizer.txt, like the released Fox-1 directory
+    Fox(FoxConfig.from_preset("tiny", vocab_size=400, num_layers=1, context_len=CONTEXT)).save_pretrained(hf_style)
+    assert "--tokenizer" in one_line_error(capsys, ["--ckpt", str(hf_style)])
+    mismatch = one_line_error(capsys, ["--ckpt", str(hf_style), "--tokenizer", str(ckpt / "tokenizer.txt")])
+    assert f"{tokenizer.vocab_size} tokens" in mismatch and "400" in mismatch
+
+    corrupt = tmp_path / "corrupt.txt"
+    corrupt.write_text((ckpt / "tokenizer.txt").read_text()[:500])
+    assert "corrupt.txt" in one_line_error(capsys, ["--ckpt", str(ckpt), "--tokenizer", str(corrupt)])
