@@ -226,31 +226,35 @@ def _chunks(documents: Iterable[str], chunk_chars: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def count_pretokens(documents: Iterable[str], pattern: str, workers: int, progress: bool) -> dict[bytes, int]:
-    """Distinct pre-tokens (as UTF-8 bytes) -> frequency. workers=1 counts in-process; more use a process pool.
+def _counted_chunks(documents: Iterable[str], pattern: str, workers: int) -> Iterator[tuple[Counter[str], int]]:
+    """(pre-token counts, characters) per chunk of documents, counted in-process or by a pool of `workers`.
 
-    The documents are read in this process and sent in chunks to the pool; at most 2 chunks per worker are in flight
-    (Pool.imap would read the whole input ahead into memory), and results are merged in order.
+    Chunks are read here and handed to the pool with at most 2 per worker in flight (Pool.imap would read the
+    whole input ahead into memory); results come back in order.
     """
-    total: Counter[str] = Counter()
-    bar = tqdm(desc="counting", unit="char", unit_scale=True, disable=not progress)
+    chunks = _chunks(documents, CHUNK_CHARS)
     if workers == 1:
-        for chunk in _chunks(documents, CHUNK_CHARS):
-            total.update(_count_pieces(pattern, chunk))
-            bar.update(sum(map(len, chunk)))
-    else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            in_flight: deque = deque()
-            for chunk in _chunks(documents, CHUNK_CHARS):
-                in_flight.append((pool.apply_async(_count_pieces, (pattern, chunk)), sum(map(len, chunk))))
-                while len(in_flight) >= 2 * workers or (in_flight and in_flight[0][0].ready()):
-                    result, chars = in_flight.popleft()
-                    total.update(result.get())
-                    bar.update(chars)
-            for result, chars in in_flight:
-                total.update(result.get())
-                bar.update(chars)
-    bar.close()
+        for chunk in chunks:
+            yield _count_pieces(pattern, chunk), sum(map(len, chunk))
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        in_flight: deque = deque()
+        for chunk in chunks:
+            in_flight.append((pool.apply_async(_count_pieces, (pattern, chunk)), sum(map(len, chunk))))
+            if len(in_flight) >= 2 * workers:
+                result, chars = in_flight.popleft()
+                yield result.get(), chars
+        for result, chars in in_flight:
+            yield result.get(), chars
+
+
+def count_pretokens(documents: Iterable[str], pattern: str, workers: int, progress: bool) -> dict[bytes, int]:
+    """Distinct pre-tokens (as UTF-8 bytes) -> frequency, over all documents. workers=1: no processes."""
+    total: Counter[str] = Counter()
+    with tqdm(desc="counting", unit="char", unit_scale=True, disable=not progress) as bar:
+        for counts, chars in _counted_chunks(documents, pattern, workers):
+            total.update(counts)
+            bar.update(chars)
     counts: dict[bytes, int] = defaultdict(int)
     for piece, count in total.items():  # "replace": a lone surrogate in a str cannot be UTF-8 encoded
         counts[piece.encode("utf-8", "replace")] += count
@@ -289,29 +293,38 @@ def learn_merges(word_counts: dict[bytes, int], num_tokens: int, progress: bool 
 
     vocab = [bytes([byte]) for byte in range(256)]
     id_of = {token: token_id for token_id, token in enumerate(vocab)}
-    bar = tqdm(total=num_tokens, initial=len(vocab), desc="merging", unit="tok", disable=not progress)
-    while len(vocab) < num_tokens:
-        if not heap:
-            raise InputError(
-                f"the corpus supports only {len(vocab) - 256} merges ({len(vocab) + len(SPECIAL_TOKENS)} tokens), "
-                f"{num_tokens - 256} are needed for vocab_size {num_tokens + len(SPECIAL_TOKENS)}: give more text"
-            )
+    with tqdm(total=num_tokens, initial=len(vocab), desc="merging", unit="tok", disable=not progress) as bar:
+        while len(vocab) < num_tokens:
+            a, b = _pop_best_pair(heap, pair_counts) or _not_enough_text(len(vocab), num_tokens)
+            token = vocab[a] + vocab[b]
+            new = id_of.get(token)
+            if new is None:
+                new = id_of[token] = len(vocab)
+                vocab.append(token)
+                bar.update()
+            for pair in _apply_merge(a, b, new, words, freqs, pair_counts, pair_words):
+                heapq.heappush(heap, (-pair_counts[pair], *pair))
+    return vocab
+
+
+def _pop_best_pair(heap: list[tuple[int, int, int]], pair_counts: dict) -> tuple[int, int] | None:
+    """The pair with the highest count (smallest ids on a tie), skipping stale heap entries; None if none is left."""
+    while heap:
         negative_count, a, b = heapq.heappop(heap)
         count = pair_counts.get((a, b), 0)  # 0 for a pair already merged
-        if count != -negative_count:  # stale entry: re-queue with the current count
-            if count > 0:
-                heapq.heappush(heap, (-count, a, b))
-            continue
-        token = vocab[a] + vocab[b]
-        new = id_of.get(token)
-        if new is None:
-            new = id_of[token] = len(vocab)
-            vocab.append(token)
-            bar.update()
-        for pair in _apply_merge(a, b, new, words, freqs, pair_counts, pair_words):
-            heapq.heappush(heap, (-pair_counts[pair], *pair))
-    bar.close()
-    return vocab
+        if count == -negative_count:
+            return a, b
+        if count > 0:  # stale entry: re-queue with the current count
+            heapq.heappush(heap, (-count, a, b))
+    return None
+
+
+def _not_enough_text(tokens: int, wanted: int):
+    specials = len(SPECIAL_TOKENS)
+    raise InputError(
+        f"the corpus supports only {tokens - 256} merges ({tokens + specials} tokens) but vocab_size "
+        f"{wanted + specials} needs {wanted - 256}: give more (or more varied) text or ask for a smaller vocabulary"
+    )
 
 
 def _apply_merge(a, b, new, words, freqs, pair_counts, pair_words) -> set[tuple[int, int]]:

@@ -1,0 +1,381 @@
+"""Tests for tokenizer.py: document reading, BPE training against a naive reference trainer, tiktoken encoding
+against the pure-Python reference encoder, special tokens, the tokenizer file and the CLI.
+
+Text comes from generated strings and the Python standard library's own source files (never ../shared).
+"""
+import gzip
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import regex
+
+import tokenizer as tk
+from tokenizer import InputError, ReadStats, Tokenizer, expand_inputs, iter_documents
+
+REPO = Path(__file__).resolve().parent.parent
+STDLIB = Path(os.__file__).parent
+
+
+def stdlib_text(chars: int) -> list[str]:
+    """The first `chars` characters of the standard library's .py files (sorted, so always the same text)."""
+    documents, total = [], 0
+    for path in sorted(STDLIB.glob("*.py")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        documents.append(text[: chars - total])
+        total += len(documents[-1])
+        if total >= chars:
+            return documents
+    raise AssertionError("standard library too small")
+
+
+def token_list(tokenizer: Tokenizer) -> list[bytes]:
+    return [token for token, _ in sorted(tokenizer.ranks.items(), key=lambda item: item[1])]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Naive reference trainer: recount every pair after every merge (same tie-break and rules as learn_merges)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def naive_train(documents: list[str], vocab_size: int, pattern: str = tk.DEFAULT_PATTERN) -> list[bytes]:
+    """Token bytes in id order (256 bytes, then merges); ValueError(merges possible) if the text runs out."""
+    pieces = Counter(piece for document in documents for piece in regex.findall(pattern, document))
+    words = Counter()
+    for piece, count in pieces.items():
+        assert len(piece) <= tk.MAX_PIECE_CHARS, "keep test pieces under the cap"
+        words[tuple(piece.encode("utf-8"))] += count
+    vocab = [bytes([byte]) for byte in range(256)]
+    while len(vocab) + len(tk.SPECIAL_TOKENS) < vocab_size:
+        pairs = Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += count
+        if not pairs:
+            raise ValueError(len(vocab) - 256)
+        a, b = min(pairs, key=lambda pair: (-pairs[pair], pair))  # highest count, then smallest ids
+        token = vocab[a] + vocab[b]
+        if token not in vocab:
+            vocab.append(token)
+        new = vocab.index(token)
+        merged_words = Counter()
+        for word, count in words.items():
+            merged, i = [], 0
+            while i < len(word):
+                if word[i] == a and i + 1 < len(word) and word[i + 1] == b:
+                    merged.append(new)
+                    i += 2
+                else:
+                    merged.append(word[i])
+                    i += 1
+            merged_words[tuple(merged)] += count
+        words = merged_words
+    return vocab
+
+
+def tie_corpus(seed: int) -> list[str]:
+    """Words over a 3-letter alphabet with small counts: many pairs tie, and aa/aaa runs test overlapping pairs."""
+    rng = random.Random(seed)
+    return [
+        " ".join("".join(rng.choice("aab") for _ in range(rng.randint(1, 7))) for _ in range(rng.randint(1, 12)))
+        for _ in range(40)
+    ]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_merges_match_naive_trainer_on_tie_heavy_corpora(seed):
+    documents = tie_corpus(seed)
+    try:
+        expected = naive_train(documents, 330)
+    except ValueError as error:  # small corpus: ask for exactly as many merges as it supports
+        expected = naive_train(documents, 262 + error.args[0])
+    trained = Tokenizer.train(documents, len(expected) + 6, workers=1, progress=False)
+    assert token_list(trained) == expected
+
+
+def test_merges_match_naive_trainer_on_source_code():
+    documents = stdlib_text(40_000)
+    trained = Tokenizer.train(documents, 700, workers=1, progress=False)
+    assert token_list(trained) == naive_train(documents, 700)
+
+
+def test_merges_match_naive_trainer_on_random_unicode():
+    rng = random.Random(7)
+    documents = [random_text(rng) for _ in range(100)]
+    trained = Tokenizer.train(documents, 500, workers=1, progress=False)
+    assert token_list(trained) == naive_train(documents, 500)
+
+
+def test_not_enough_merges_says_how_many_were_possible():
+    documents = tie_corpus(0)
+    with pytest.raises(ValueError) as naive_error:
+        naive_train(documents, 100_000)
+    possible = naive_error.value.args[0]
+    with pytest.raises(InputError, match=f"supports only {possible} merges"):
+        Tokenizer.train(documents, 262 + possible + 1, workers=1, progress=False)
+    assert Tokenizer.train(documents, 262 + possible, workers=1, progress=False).vocab_size == 262 + possible
+
+
+def test_bad_training_requests():
+    with pytest.raises(InputError, match="at least 262"):
+        Tokenizer.train(["some text"], 261, workers=1, progress=False)
+    with pytest.raises(InputError, match="no text"):
+        Tokenizer.train([], 300, workers=1, progress=False)
+
+
+def test_one_and_two_workers_give_identical_tokenizers():
+    documents = stdlib_text(2_500_000)  # > 2 chunks of CHUNK_CHARS, so both workers count and results are merged
+    assert sum(map(len, documents)) > 2 * tk.CHUNK_CHARS
+    one = Tokenizer.train(documents, 2000, workers=1, progress=False)
+    two = Tokenizer.train(iter(documents), 2000, workers=2, progress=False)
+    assert one.ranks == two.ranks
+    assert one.fingerprint == two.fingerprint
+
+
+def test_long_pieces_are_capped():
+    documents = ["x" * 5000 + " " + "ab" * 3000, " " * 4000 + "end"] * 3
+    trained = Tokenizer.train(documents, 300, workers=1, progress=False)
+    assert max(map(len, trained.ranks)) == tk.MAX_PIECE_CHARS  # "x" * 5000 alone would give longer tokens
+    assert trained.decode(trained.encode(documents[0])) == documents[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoding
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained() -> Tokenizer:
+    documents = stdlib_text(300_000) + ["naïve café 日本語のテキスト 😀😀 <eos> 12345 ٣٤٥ " * 20]
+    return Tokenizer.train(documents, 1500, workers=1, progress=False)
+
+
+def random_text(rng: random.Random) -> str:
+    """Mixed scripts, emoji (ZWJ and skin tones), combining marks, controls, long whitespace runs, digits."""
+    pools = [
+        "the quick brown fox don't we'll ", "0123456789", "٣٤٥۶١２３", "😀🦊👍🏽👨‍👩‍👧🇫🇷", "中文字符日本語한국어",
+        "e\u0301a\u0300\u0302\u0323", "\x00\x01\x1b\x1f\x7f\x85", " \t\n\r\n\u3000\u00a0\u2028\u200b\ufeff",
+        "<eos><pad><start_of_turn>", "!?.,;:-_()[]{}'\"", "Ελληνικά кириллица עברית عربى",
+    ]
+    parts = []
+    for _ in range(rng.randint(1, 30)):
+        choice = rng.random()
+        if choice < 0.1:
+            parts.append(rng.choice(" \n\t") * rng.randint(2, 80))  # long whitespace runs
+        elif choice < 0.2:
+            code = rng.randint(0, 0x10FFFF)  # any code point except surrogates (not valid in UTF-8)
+            parts.append(chr(code if not 0xD800 <= code <= 0xDFFF else 0xFFFD))
+        else:
+            pool = rng.choice(pools)
+            parts.append("".join(rng.choice(pool) for _ in range(rng.randint(1, 12))))
+    return "".join(parts)
+
+
+def test_round_trip_and_reference_encoder_on_random_unicode(trained):
+    rng = random.Random(1234)
+    for _ in range(1500):
+        text = random_text(rng)
+        ids = trained.encode(text)
+        assert trained.decode(ids) == text
+        assert trained.decode_bytes(ids) == text.encode("utf-8")
+        assert trained.encode_reference(text) == ids, repr(text)
+
+
+def test_reference_encoder_on_source_code(trained):
+    text = (STDLIB / "textwrap.py").read_text(encoding="utf-8")
+    ids = trained.encode(text)
+    assert trained.encode_reference(text) == ids
+    assert len(ids) < len(text.encode("utf-8")) / 2  # the merges compress code it has seen similar text of
+    assert trained.encode_batch([text, "", "x"], num_threads=2) == [ids, [], trained.encode("x")]
+
+
+def test_vocab_layout_and_exact_size(trained):
+    assert trained.vocab_size == 1500 == len(trained.ranks) + 6
+    assert sorted(trained.ranks.values()) == list(range(6, 1500))
+    assert [trained.ranks[bytes([byte])] for byte in range(256)] == list(range(6, 262))
+    assert trained._encoding.n_vocab == 1500
+    assert max(trained.encode("".join(chr(c) for c in range(32, 0x2000)))) < 1500
+
+
+def test_special_tokens(trained):
+    assert (trained.pad_id, trained.eos_id, trained.bos_id, trained.unk_id) == (0, 1, 2, 3)
+    assert (trained.start_of_turn_id, trained.end_of_turn_id) == (4, 5)
+    text = "<start_of_turn>user\nhi<end_of_turn><eos>"
+    plain = trained.encode(text)
+    assert not set(plain) & set(range(6))  # merely containing "<eos>" is plain text
+    assert trained.decode(plain) == text
+    special = trained.encode(text, allow_special=True)
+    assert special[0] == 4 and special[-2:] == [5, 1]
+    assert trained.decode(special) == text
+    assert trained.encode_batch([text], allow_special=True) == [special]
+    assert trained.decode([trained.bos_id, trained.pad_id]) == "<bos><pad>"
+
+
+def test_decode_replaces_partial_utf8(trained):
+    ids = trained.encode("🦊")
+    first_byte = trained.decode_bytes(ids)[:1]
+    assert trained.decode([trained.ranks[first_byte]]) == "\ufffd"
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        trained.decode([1500])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenizer file
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    path = tmp_path / "sub" / "tok.txt"
+    trained.save(path)
+    assert [p.name for p in path.parent.iterdir()] == ["tok.txt"]  # no temporary file left behind
+    loaded = Tokenizer.load(path)
+    assert loaded.ranks == trained.ranks and loaded.pattern == trained.pattern
+    assert loaded.fingerprint == trained.fingerprint
+    assert loaded.encode("hello <eos>", allow_special=True) == trained.encode("hello <eos>", allow_special=True)
+    header = path.read_text(encoding="utf-8").split("tokens\n")[0]
+    assert "format fox1-bpe-1" in header and "<start_of_turn>" in header and "vocab_size 1500" in header
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncate_lines", "truncate_bytes", "header_only", "flip_token", "bad_base64", "bad_id", "binary", "empty"],
+)
+def test_corrupt_file_gives_one_clear_error(trained, tmp_path, damage):
+    path = tmp_path / "tok.txt"
+    trained.save(path)
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if damage == "truncate_lines":
+        data = b"\n".join(lines[:-100])
+    elif damage == "truncate_bytes":
+        data = data[: len(data) - 1234]
+    elif damage == "header_only":
+        data = b"\n".join(lines[:3])
+    elif damage == "flip_token":  # valid base64 of other bytes: only the fingerprint can notice
+        lines[700] = b"eHl6 " + lines[700].split(b" ", 1)[1]
+        data = b"\n".join(lines)
+    elif damage == "bad_base64":
+        lines[700] = b"!!!! " + lines[700].split(b" ", 1)[1]
+        data = b"\n".join(lines)
+    elif damage == "bad_id":
+        token, _, preview = lines[700].split(b" ", 2)
+        data = b"\n".join(lines[:700] + [token + b" 99999 " + preview] + lines[701:])
+    elif damage == "binary":
+        data = b"\xff\xfe" + data[2:]
+    else:
+        data = b""
+    path.write_bytes(data)
+    with pytest.raises(InputError) as error:
+        Tokenizer.load(path)
+    message = str(error.value)
+    assert str(path) in message and "\n" not in message
+    with pytest.raises(InputError, match="cannot read"):
+        Tokenizer.load(tmp_path / "missing.txt")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading documents
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_plain_text_documents_are_separated_by_two_blank_lines(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"\n\nfirst line\r\nsecond\r\n\r\nsame doc\n\n\nsecond doc\n  \n\t\nthird\n\n\n\n\n")
+    stats = ReadStats()
+    assert list(iter_documents([path], stats=stats)) == [
+        "first line\nsecond\n\nsame doc\n",
+        "second doc\n",
+        "third\n",
+    ]
+    assert stats.documents == 3 and stats.replaced_bytes == 0
+
+
+def test_gzip_and_undecodable_bytes(tmp_path):
+    path = tmp_path / "b.txt.gz"
+    path.write_bytes(gzip.compress("café \ufffd ok".encode() + b" bad \xff\xfe end\n\n\nnext"))
+    stats = ReadStats()
+    assert list(iter_documents([path], stats=stats)) == ["café \ufffd ok bad \ufffd\ufffd end\n", "next"]
+    assert stats.replaced_bytes == 2  # a U+FFFD already in the text is not counted
+    broken = tmp_path / "c.txt.gz"
+    compressed = gzip.compress(" ".join(map(str, range(5000))).encode())
+    broken.write_bytes(compressed[: len(compressed) // 2])
+    with pytest.raises(InputError, match="c.txt.gz: cannot read"):
+        list(iter_documents([broken]))
+
+
+def test_very_long_document_is_cut_at_line_boundaries(tmp_path):
+    path = tmp_path / "long.txt"
+    line = "y" * 999 + "\n"
+    path.write_text(line * 2500 + "z" * (tk.MAX_DOCUMENT_CHARS * 2), encoding="utf-8")
+    documents = list(iter_documents([path]))
+    assert "".join(documents) == path.read_text(encoding="utf-8")
+    assert len(documents) >= 4 and max(map(len, documents)) <= 2 * tk.MAX_DOCUMENT_CHARS
+    assert documents[0].endswith("\n") and len(documents[0]) >= tk.MAX_DOCUMENT_CHARS
+
+
+def test_jsonl_documents_and_bad_lines(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(
+        b'{"text": "one", "id": 1}\n\n{"text": "two \\ud83d"}\n[1, 2]\n{"text": 3}\n{"no_text": "x"}\n'
+        b'{broken\n{"text": "   "}\n{"text": "caf\xc3\xa9 \xff"}\n'
+    )
+    with pytest.raises(InputError, match=r"d\.jsonl:4: expected a JSON object"):
+        list(iter_documents([path]))
+    stats = ReadStats()
+    assert list(iter_documents([path], skip_bad_lines=True, stats=stats)) == ["one", "two \ufffd", "café \ufffd"]
+    assert (stats.documents, stats.bad_lines, stats.replaced_bytes) == (3, 4, 2)
+    for number, line in [(1, b'{"text": 1}'), (2, b"not json")]:
+        bad = tmp_path / f"bad{number}.jsonl.gz"
+        bad.write_bytes(gzip.compress(b'{"text": "fine"}\n' * (number - 1) + line + b"\n"))
+        with pytest.raises(InputError, match=rf"bad{number}\.jsonl\.gz:{number}: "):
+            list(iter_documents([bad]))
+
+
+def test_expand_inputs(tmp_path):
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    for name in ["a.txt", "sub/b.txt", "sub/deeper/c.txt", "sub/d.jsonl"]:
+        (tmp_path / name).write_text("x", encoding="utf-8")
+    found = expand_inputs([tmp_path / "**" / "*.txt", tmp_path / "a.txt"])
+    assert found == sorted([tmp_path / "a.txt", tmp_path / "sub/b.txt", tmp_path / "sub/deeper/c.txt"])
+    for bad, message in [("nothing*.txt", "no files match"), ("missing.txt", "no such file"), ("sub", "directory")]:
+        with pytest.raises(InputError, match=message):
+            expand_inputs([tmp_path / bad])
+    with pytest.raises(InputError, match="no input files"):
+        expand_inputs([])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_cli_train_and_encode(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for index, document in enumerate(stdlib_text(60_000)):
+        (corpus / f"part{index}.txt").write_text(document, encoding="utf-8")
+    (corpus / "chat.jsonl").write_text('{"text": "hello world"}\n', encoding="utf-8")
+    out = tmp_path / "tok.txt"
+    argv = ["train", "--input", f"{corpus}/*.txt", str(corpus / "chat.jsonl"), "--vocab-size", "500"]
+    assert tk.main(argv + ["--out", str(out), "--workers", "1", "--quiet"]) == 0
+    assert "trained 500 tokens" in capsys.readouterr().out
+    assert Tokenizer.load(out).vocab_size == 500
+    assert tk.main(["encode", "--tokenizer", str(out), "--allow-special", "hi<eos>"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split()[-1] == "1" and '"<eos>"' in printed[1]
+
+
+def test_cli_errors_are_one_line_with_exit_code_1(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{oops\n', encoding="utf-8")
+    train = ["train", "--input", str(tmp_path / "bad.jsonl"), "--vocab-size", "300", "--out", str(tmp_path / "t")]
+    encode = ["encode", "--tokenizer", str(tmp_path / "missing.txt"), "text"]
+    for argv, expected in [(train, "bad.jsonl:2: invalid JSON"), (encode, "missing.txt: cannot read")]:
+        result = subprocess.run([sys.executable, "tokenizer.py", *argv], cwd=REPO, capture_output=True, text=True)
+        assert result.returncode == 1
+        last_line = result.stderr.splitlines()[-1]  # earlier lines: progress bars
+        assert last_line.startswith("error: ") and expected in last_line, result.stderr
+        assert "Traceback" not in result.stderr
