@@ -185,6 +185,14 @@ def test_round_trip_and_reference_encoder_on_random_unicode(trained):
         assert trained.encode_reference(text) == ids, repr(text)
 
 
+def test_dropping_gpt4s_possessive_quantifiers_changes_no_split():
+    possessive = tk.DEFAULT_PATTERN.replace("]?\\p{L}", "]?+\\p{L}").replace("}]+[", "}]++[")
+    assert possessive.count("+") == tk.DEFAULT_PATTERN.count("+") + 2
+    rng = random.Random(5)
+    for text in [random_text(rng) for _ in range(1000)] + stdlib_text(200_000):
+        assert regex.findall(tk.DEFAULT_PATTERN, text) == regex.findall(possessive, text)
+
+
 def test_reference_encoder_on_source_code(trained):
     text = (STDLIB / "textwrap.py").read_text(encoding="utf-8")
     ids = trained.encode(text)
