@@ -256,12 +256,13 @@ def count_pretokens(documents: Iterable[str], pattern: str, workers: int, progre
     """Distinct pre-tokens (as UTF-8 bytes) -> frequency, over all documents. workers=1: no processes."""
     total: Counter[str] = Counter()
     with tqdm(desc="counting", unit="char", unit_scale=True, disable=not progress) as bar:
-        for counts, chars in _counted_chunks(documents, pattern, workers):
-            total.update(counts)
+        for chunk_counts, chars in _counted_chunks(documents, pattern, workers):
+            total.update(chunk_counts)
             bar.update(chars)
     counts: dict[bytes, int] = defaultdict(int)
-    for piece, count in total.items():  # "replace": a lone surrogate in a str cannot be UTF-8 encoded
-        counts[piece.encode("utf-8", "replace")] += count
+    while total:  # popitem: never hold both tables whole
+        piece, count = total.popitem()
+        counts[piece.encode("utf-8", "replace")] += count  # "replace": a lone surrogate can't be UTF-8 encoded
     return counts
 
 
@@ -269,7 +270,8 @@ def count_pretokens(documents: Iterable[str], pattern: str, workers: int, progre
 # Training step 2: learn merges with incremental pair counts
 # ----------------------------------------------------------------------------------------------------------------
 #
-# Each distinct pre-token ("word") is a list of token ids with a frequency. We keep
+# Each distinct pre-token ("word") is a list of token ids with a frequency (here byte b has id b and merges count
+# from 256; the Tokenizer shifts every id by the 6 special tokens). We keep
 #   pair_counts[(a, b)]  how often b follows a, summed over all words (times their frequency),
 #   pair_words[(a, b)]   the indices of the words that contain (a, b) (may hold stale entries; they are skipped),
 #   heap                 a max-heap of (-count, a, b) entries that may be stale ("lazy"): a popped entry whose count
@@ -433,7 +435,7 @@ class Tokenizer:
         """Ids -> the raw bytes (for streaming: a multi-byte character may be split across tokens)."""
         try:
             return self._encoding.decode_bytes(list(ids))
-        except KeyError as error:
+        except (KeyError, OverflowError) as error:  # OverflowError: a negative id
             raise ValueError(f"token id outside the vocabulary of {self.vocab_size}: {error}") from None
 
     def decode(self, ids: Iterable[int]) -> str:

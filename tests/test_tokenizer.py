@@ -227,8 +227,9 @@ def test_decode_replaces_partial_utf8(trained):
     ids = trained.encode("🦊")
     first_byte = trained.decode_bytes(ids)[:1]
     assert trained.decode([trained.ranks[first_byte]]) == "\ufffd"
-    with pytest.raises(ValueError, match="outside the vocabulary"):
-        trained.decode([1500])
+    for bad_id in (1500, -1):
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            trained.decode([bad_id])
 
 
 # ----------------------------------------------------------------------------------------------------------------
