@@ -421,7 +421,8 @@ class Stage:
 
 
 def curriculum(context_len: int, total_tokens: int, sources: list[str]) -> list[Stage]:
-    """Fox-1's three stages: seq_len context_len/4, /2, /1 and STAGE_TOKEN_FRACTIONS of total_tokens.
+    """Fox-1's three stages: seq_len context_len/4, /2, /1 and STAGE_TOKEN_FRACTIONS of total_tokens (40/45/15%;
+    the comment above that constant gives what the paper says and why this split differs from it).
 
     Mixture: the built-in sources use BUILTIN_MIXTURES. Otherwise sources are listed from broadest to highest
     quality and source i (0-based) gets weight proportional to (i + 1) ** (stage - 1): uniform in stage 1, a linear
