@@ -281,7 +281,8 @@ def count_pretokens(documents: Iterable[str], pattern: str, workers: int, progre
 # Tie-break (deterministic, independent of word order and worker count): the highest count wins; among equal counts
 # the pair with the smallest (left id, right id), i.e. the one made of older tokens.
 # If a pair's bytes already form a token (the same string reached by two merge paths), the pair merges into that
-# token instead of a duplicate, so every id has distinct bytes, as tiktoken's byte->rank map requires.
+# token instead of a duplicate (as Hugging Face's trainer does), so every id has distinct bytes, as tiktoken's
+# bytes -> rank map requires.
 
 
 def learn_merges(word_counts: dict[bytes, int], num_tokens: int, progress: bool = True) -> list[bytes]:
@@ -301,7 +302,10 @@ def learn_merges(word_counts: dict[bytes, int], num_tokens: int, progress: bool 
     id_of = {token: token_id for token_id, token in enumerate(vocab)}
     with tqdm(total=num_tokens, initial=len(vocab), desc="merging", unit="tok", disable=not progress) as bar:
         while len(vocab) < num_tokens:
-            a, b = _pop_best_pair(heap, pair_counts) or _not_enough_text(len(vocab), num_tokens)
+            pair = _pop_best_pair(heap, pair_counts)
+            if pair is None:
+                raise _not_enough_text(len(vocab), num_tokens)
+            a, b = pair
             token = vocab[a] + vocab[b]
             new = id_of.get(token)
             if new is None:
@@ -325,15 +329,17 @@ def _pop_best_pair(heap: list[tuple[int, int, int]], pair_counts: dict) -> tuple
     return None
 
 
-def _not_enough_text(tokens: int, wanted: int):
+def _not_enough_text(tokens: int, wanted: int) -> InputError:
     specials = len(SPECIAL_TOKENS)
-    raise InputError(
+    return InputError(
         f"the corpus supports only {tokens - 256} merges ({tokens + specials} tokens) but vocab_size "
         f"{wanted + specials} needs {wanted - 256}: give more (or more varied) text or ask for a smaller vocabulary"
     )
 
 
-def _apply_merge(a, b, new, words, freqs, pair_counts, pair_words) -> set[tuple[int, int]]:
+def _apply_merge(
+    a: int, b: int, new: int, words: list[list[int]], freqs: list[int], pair_counts: dict, pair_words: dict
+) -> set[tuple[int, int]]:
     """Merge (a, b) into `new` (left to right, non-overlapping) in every word containing it, updating the counts of
     the neighbouring pairs only; return the pairs that gained count (they all contain `new`)."""
     grown = set()
