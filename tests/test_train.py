@@ -1,0 +1,167 @@
+"""Tests for train.py: real FSDP2 over `torchrun --nproc_per_node=2` (gloo), checkpoints, exact resume.
+
+Every run trains the `tiny` preset on a small corpus made from standard-library files, with a 512-token
+tokenizer and a 1024-token global batch, so one step takes well under a second."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import data
+from tokenizer import Tokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+STDLIB = Path(os.__file__).parent
+SMALL_RUN = ["--tokens-per-step", "1024", "--micro-batch-tokens", "1024", "--eval-batches", "2", "--log-every", "1",
+             "--warmup-steps", "2", "--lr", "3e-3"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, Path]:
+    """(tokenizer file, data root) built once from ~40 standard-library modules."""
+    root = tmp_path_factory.mktemp("corpus")
+    files = sorted(STDLIB.glob("[a-m]*.py"))[:40]
+    tokenizer = Tokenizer.train((f.read_text(errors="replace") for f in files), 512, workers=1, progress=False)
+    tokenizer.save(root / "tok.txt")
+    data.prepare([str(f) for f in files], root / "tok.txt", root / "data", "stdlib", workers=1, val_fraction=0.1,
+                 progress=False)
+    return root / "tok.txt", root / "data"
+
+
+def train_command(corpus, out: Path, *args: str, nproc: int = 1) -> list[str]:
+    tokenizer, data_root = corpus
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return [*(launcher if nproc > 1 else [sys.executable]), str(REPO / "train.py"),
+            "--data", str(data_root), "--tokenizer", str(tokenizer), "--out", str(out), *SMALL_RUN, *args]
+
+
+def run_train(corpus, out: Path, *args: str, nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(out.parent / "inductor")}
+    result = subprocess.run(train_command(corpus, out, *args, nproc=nproc), capture_output=True, text=True,
+                            env=env, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def step_losses(out: Path, stage: int = 1) -> dict[int, float]:
+    """step -> training loss from metrics.jsonl; a resumed run rewrites steps, the last record counts."""
+    rows = [json.loads(line) for line in (out / f"stage{stage}" / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["loss"] for row in rows if "loss" in row}
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory) -> Path:
+    """One process, 10 steps of stage 1, the global batch as two accumulated micro-steps, a checkpoint every
+    4 steps. Tests that only read it share it; tests that damage a run copy it first."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    run_train(corpus, out, "--stage", "1", "--max-steps", "10", "--micro-batch-tokens", "512", "--save-every", "4")
+    return out
+
+
+def test_two_ranks_match_one_process_and_loss_decreases(corpus, reference, tmp_path):
+    out = tmp_path / "two"
+    result = run_train(corpus, out, "--stage", "1", "--max-steps", "6", nproc=2)
+    assert "2 process(es)" in result.stdout + result.stderr
+    two, one = step_losses(out), step_losses(reference)
+    assert sorted(two) == list(range(1, 7))
+    for step in two:  # 2 ranks x 1 micro-step == 1 process x 2 micro-steps over the same global batch
+        assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-4), step
+    assert one[10] < one[1] - 0.5
+    rank1 = [json.loads(line) for line in (out / "stage1" / "metrics.rank1.jsonl").read_text().splitlines()]
+    assert {row["step"]: row["loss"] for row in rank1 if "loss" in row} == two  # both ranks: the same loss
+    assert (out / "export" / "model.safetensors").exists() and (out / "export" / "tokenizer.txt").exists()
+
+
+def test_sigkill_then_resume_gives_identical_losses(corpus, reference, tmp_path):
+    killed = tmp_path / "killed"
+    args = ("--stage", "1", "--max-steps", "10", "--micro-batch-tokens", "512", "--save-every", "4")
+    process = subprocess.Popen(train_command(corpus, killed, *args), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    metrics = killed / "stage1" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and len(step_losses(killed)) >= 6:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (killed / "stage1" / "latest").read_text().strip() == "step_000004"
+    assert len(step_losses(killed)) < 10
+    resumed = run_train(corpus, killed, *args)
+    assert "resuming at step 4" in resumed.stdout + resumed.stderr
+    assert step_losses(killed) == step_losses(reference)  # bitwise: same data, same state, same kernels
+
+
+def test_stage_two_starts_from_stage_one_with_longer_sequences(corpus, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    result = run_train(corpus, out, "--stage", "2", "--max-steps", "2")
+    text = result.stdout + result.stderr
+    assert "stage 2: starting from" in text and "seq_len 512" in text
+    assert step_losses(out, 2)[1] < step_losses(out, 1)[10] + 0.5  # trained weights, not ln(512) = 6.2
+
+
+def test_stage_two_refuses_to_start_without_stage_one(corpus, tmp_path):
+    result = run_train(corpus, tmp_path / "run", "--stage", "2", "--max-steps", "2", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: stage 2 starts from stage 1")
+
+
+def test_sigterm_saves_and_exits_cleanly_then_resumes(corpus, tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen(train_command(corpus, out, "--stage", "1", "--max-steps", "40", "--save-every", "100"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = out / "stage1" / "metrics.jsonl"
+    while not (metrics.exists() and len(step_losses(out)) >= 3):
+        assert process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-2000:]
+    assert "stopped by SIGTERM" in output
+    saved = int((out / "stage1" / "latest").read_text().strip().removeprefix("step_"))
+    assert 3 <= saved < 40
+    result = run_train(corpus, out, "--stage", "1", "--max-steps", str(saved + 2), "--save-every", "100")
+    assert f"resuming at step {saved}" in result.stdout + result.stderr
+
+
+def test_corrupted_checkpoints_are_detected(corpus, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "stage1" / "latest").write_text("step_000099\n")
+    result = run_train(corpus, out, "--stage", "1", "--max-steps", "12", check=False)
+    assert result.returncode == 1 and "not a complete checkpoint" in result.stderr
+    (out / "stage1" / "latest").write_text("step_000010\n")
+    for shard in (out / "stage1" / "step_000010").glob("*.distcp"):
+        shard.write_bytes(b"corrupt")
+    result = run_train(corpus, out, "--stage", "1", "--max-steps", "12", check=False)
+    assert result.returncode == 1 and "cannot load checkpoint" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_checkpoint_from_another_preset_is_refused(corpus, reference):
+    result = run_train(corpus, reference, "--stage", "1", "--max-steps", "12", "--preset", "small", check=False)
+    assert result.returncode == 1
+    assert "was trained with preset 'tiny'" in result.stderr
+
+
+def test_non_finite_loss_stops_with_a_clear_message(corpus, tmp_path):
+    result = run_train(corpus, tmp_path / "run", "--stage", "1", "--max-steps", "6", "--lr", "1e9",
+                       "--warmup-steps", "1", check=False)
+    assert result.returncode == 1
+    assert "loss is nan" in result.stderr or "loss is inf" in result.stderr
+
+
+def test_compiled_blocks_match_eager(corpus, reference, tmp_path):
+    run_train(corpus, tmp_path / "compiled", "--stage", "1", "--max-steps", "2", "--micro-batch-tokens", "512",
+              "--compile")
+    compiled, eager = step_losses(tmp_path / "compiled"), step_losses(reference)
+    for step in compiled:
+        assert compiled[step] == pytest.approx(eager[step], rel=1e-3), step

@@ -1,0 +1,589 @@
+"""
+Fox-1 pre-training: the 3-stage curriculum (arXiv 2411.05281, sequence length 2K -> 4K -> 8K with rising
+data quality) on FSDP2, with exact resume.
+
+    python train.py                                   # the whole pipeline on a laptop CPU (preset tiny)
+    torchrun --nproc_per_node=8 train.py --preset fox-1.6b --data DATA --stage 1   # one stage on 8 GPUs
+
+With no arguments it trains a byte-level BPE tokenizer on this Python's standard library (if out/ has none),
+prepares the built-in corpus (data.py), trains `tiny` through stages 1 -> 2 -> 3 (256 -> 512 -> 1024 tokens),
+evaluates each stage, and leaves checkpoints under out/stage{1,2,3}/ and a Hugging Face export in out/export/.
+
+How it maps to the paper and why it is built this way:
+  * Stages. Stage S starts from stage S-1's final checkpoint (weights AND AdamW moments: the curriculum is one
+    continuous run cut in three, so dropping the moments would cause a loss spike) and trains on windows of its
+    own length from its own mixture. A stage that has a checkpoint of its own resumes from it instead.
+  * Schedule: warmup-stable-decay (WSD), not cosine. A cosine spans the whole 3T-token run, so the learning rate
+    of a stage would depend on budgets decided up front; WSD holds the peak through stages 1-2 and decays
+    linearly to 10% during stage 3, so the annealing coincides with the highest-quality data (the recipe
+    MiniCPM showed works well for data curricula) and any stage can be lengthened without replanning the rest.
+  * Batch. A fixed token budget per optimizer step whatever the sequence length (tiny: 4096 tokens = 16 x 256,
+    then 8 x 512, then 4 x 1024), split over ranks and gradient-accumulation micro-steps. The loss is the mean
+    over every counted target token of the global batch, so 1 process x 2 micro-steps equals 2 processes x 1.
+  * Parallelism: `fully_shard` (FSDP2) on every block and on the root, which holds the tied embedding / LM
+    head as one unit; bf16 params with fp32 gradient reduction on CUDA (NCCL), fp32 on CPU (gloo). Per-block
+    torch.compile and activation checkpointing are options. A plain `python train.py` is a 1-process group.
+  * Checkpoints: torch.distributed.checkpoint (sharded; reloadable at another world size), written to
+    step_N.tmp/ and renamed, then `latest` is replaced: a kill at any moment leaves the previous one intact.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed._composable import checkpoint as activation_checkpoint
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from tqdm import tqdm
+
+import data
+from model import CheckpointError, Fox, FoxConfig, write_json_atomic
+from tokenizer import InputError, Tokenizer
+
+# Dense bf16 matmul peak (FLOP/s) of common accelerators, for MFU. CPUs have no entry: their log shows tokens/s.
+GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run besides the model shape. Presets below; flags override fields."""
+
+    preset: str = "tiny"
+    out: str = "out"
+    data: str | None = None  # a data.py root of prepared sources; None = the built-in corpus under out/data
+    sources: str | None = None  # comma list, broadest to highest quality; None = every source under `data`
+    tokenizer: str | None = None  # None = out/tokenizer.txt (trained on the built-in corpus if missing)
+    total_tokens: int = 1_000_000  # the whole 3-stage budget, split by data.curriculum
+    tokens_per_step: int = 4096  # global batch, constant across stages
+    micro_batch_tokens: int = 4096  # per rank per forward: bounds activation memory
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # WSD ends stage 3 at lr * 0.1
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 1337
+    max_steps: int | None = None  # per stage; None = the stage's token budget / tokens_per_step
+    eval_every: int = 50
+    eval_batches: int = 8
+    save_every: int = 100
+    keep: int = 2  # checkpoints kept per stage
+    log_every: int = 10
+    compile: bool | None = None  # None = on for CUDA, off for CPU (a cold compile costs ~20 s per shape there)
+    activation_checkpointing: bool = False
+
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    # ~1M tokens: about 10 minutes on a 2-core CPU.
+    "tiny": TrainConfig(),
+    # 52M parameters, ~20 tokens per parameter (Chinchilla).
+    "small": TrainConfig(preset="small", total_tokens=1_000_000_000, tokens_per_step=131072,
+                         micro_batch_tokens=16384, lr=1e-3, warmup_steps=200, eval_every=500, save_every=1000),
+    # The released model: 3T tokens; 4M tokens per step (Llama's batch; the paper does not state its own).
+    "fox-1.6b": TrainConfig(preset="fox-1.6b", total_tokens=3_000_000_000_000, tokens_per_step=4 * 2**20,
+                            micro_batch_tokens=16384, lr=4e-4, warmup_steps=2000, eval_every=1000,
+                            save_every=1000, eval_batches=16, activation_checkpointing=True),
+}
+
+
+class TrainError(RuntimeError):
+    """A run that cannot go on (bad config, non-finite loss). The message is one line for the user."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Process group, model, optimizer
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """NCCL under torchrun on GPUs, gloo on CPU; a 1-process group when not launched by torchrun, so a
+    plain `python train.py` runs the very same FSDP2 code path."""
+    if "RANK" not in os.environ:  # not launched by torchrun: be rank 0 of 1 on a free local port
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(free_port()))
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+    else:
+        dist.init_process_group("gloo")
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    return Dist(dist.get_rank(), dist.get_world_size(), device)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_model(model_config: FoxConfig, cfg: TrainConfig, env: Dist) -> Fox:
+    """The same initial weights on every rank (same seed, built on the target device), then sharded.
+
+    Order matters: activation checkpointing and compile wrap each block first, FSDP2 shards last."""
+    torch.manual_seed(cfg.seed)
+    with env.device:
+        model = Fox(model_config)
+    use_compile = cfg.compile if cfg.compile is not None else env.device.type == "cuda"
+    on_cuda = env.device.type == "cuda"
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if on_cuda else torch.float32,
+                                  reduce_dtype=torch.float32)
+    for layer in model.layers:
+        if cfg.activation_checkpointing:
+            activation_checkpoint(layer)
+        if use_compile:
+            layer.compile()
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)  # the root unit: embedding = LM head, final norm
+    return model
+
+
+def build_optimizer(model: Fox, cfg: TrainConfig, env: Dist) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (norm gains are scales, decaying them toward 0 only hurts)."""
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    gains = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": gains, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), eps=1e-8,
+                             fused=env.device.type == "cuda")
+
+
+def learning_rate(cfg: TrainConfig, stage: int, step: int, stage_steps: int) -> float:
+    """Warmup-stable-decay: linear warmup over the first steps of stage 1, the peak through stages 1-2,
+    a linear decay to min_lr_ratio x peak across stage 3."""
+    if stage == 1 and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if stage == 3:
+        return cfg.lr * (1 - (1 - cfg.min_lr_ratio) * step / max(1, stage_steps))
+    return cfg.lr
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints: out/stage{S}/step_{N}/ (DCP shards + meta.json + rng_rank{r}.pt) and out/stage{S}/latest
+
+
+def stage_dir(cfg: TrainConfig, stage: int) -> Path:
+    return Path(cfg.out) / f"stage{stage}"
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The checkpoint `latest` names, or None when the stage has none. A broken one is an error, not a
+    silent restart from scratch."""
+    marker = directory / "latest"
+    if not marker.exists():
+        return None
+    path = directory / marker.read_text().strip()
+    if not (path / "meta.json").is_file() or not (path / ".metadata").is_file():
+        raise CheckpointError(f"{marker} names {path}, which is not a complete checkpoint; remove the marker "
+                              f"or point it at an earlier step_* directory")
+    return path
+
+
+def read_checkpoint_meta(path: Path, model_config: FoxConfig) -> dict:
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        stored = FoxConfig(**meta["model_config"])
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path / 'meta.json'}: corrupt checkpoint metadata ({e!r})") from None
+    if stored != model_config:
+        changed = [f.name for f in fields(FoxConfig) if getattr(stored, f.name) != getattr(model_config, f.name)]
+        raise CheckpointError(f"{path} was trained with preset {meta.get('preset')!r} and a different model "
+                              f"({', '.join(changed)} differ); use that preset or another --out")
+    return meta
+
+
+def save_checkpoint(model: Fox, optimizer, meta: dict, directory: Path, env: Dist, keep: int) -> Path:
+    """Sharded save into step_N.tmp/, rename to step_N/, then replace `latest`; prune to `keep`."""
+    final = directory / f"step_{meta['step']:06d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if env.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that was killed
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp)
+    torch.save(torch.get_rng_state(), tmp / f"rng_rank{env.rank}.pt")
+    dist.barrier()
+    if env.is_main:
+        write_json_atomic(tmp / "meta.json", meta)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        marker_tmp = directory / "latest.tmp"
+        marker_tmp.write_text(final.name + "\n")
+        os.replace(marker_tmp, directory / "latest")
+        for old in sorted(directory.glob("step_??????"))[:-keep]:
+            shutil.rmtree(old)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(model: Fox, optimizer, path: Path, env: Dist) -> None:
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optim": optim_state}
+    try:
+        dcp.load(state, checkpoint_id=path)
+    except (Exception, dcp.api.CheckpointException) as e:  # the latter wraps per-rank errors, a BaseException
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        raise CheckpointError(f"{path}: cannot load checkpoint, its files are damaged or incomplete "
+                              f"({lines[-1]})") from None
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    rng = path / f"rng_rank{env.rank}.pt"
+    if rng.exists():  # absent when resuming at a larger world size: that rank keeps its fresh seed
+        torch.set_rng_state(torch.load(rng, weights_only=True))
+
+
+def export_hf(model: Fox, model_config: FoxConfig, tokenizer_path: Path, cfg: TrainConfig, env: Dist) -> Path:
+    """Gather the full weights on rank 0 and write out/export/ (HF Llama format + tokenizer.txt)."""
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    export = Path(cfg.out) / "export"
+    if env.is_main:
+        with torch.device("meta"):
+            plain = Fox(model_config)
+        plain.load_state_dict(state, assign=True)
+        if env.device.type == "cuda":
+            plain = plain.to(torch.bfloat16)  # what the GPU computed in, and the released model's dtype
+        plain.save_pretrained(export)
+        tmp = export / "tokenizer.txt.tmp"
+        shutil.copyfile(tokenizer_path, tmp)
+        os.replace(tmp, export / "tokenizer.txt")
+    dist.barrier()
+    return export
+
+
+# --------------------------------------------------------------------------------------------------
+# Training one stage
+
+
+class StopFlag:
+    """Set by SIGTERM (what schedulers send before a kill); the loop saves and exits at the next step."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+
+@dataclass
+class StagePlan:
+    stage: data.Stage
+    steps: int
+    micro_batch: int  # windows per rank per micro-step
+    accumulation: int  # micro-steps per optimizer step
+
+
+def plan_stage(stage: data.Stage, cfg: TrainConfig, env: Dist) -> StagePlan:
+    """Split the global token batch into ranks x micro-steps x windows, refusing sizes that do not divide."""
+    windows = cfg.tokens_per_step // stage.seq_len
+    per_micro = max(1, cfg.micro_batch_tokens // stage.seq_len)
+    if cfg.tokens_per_step % stage.seq_len or windows % env.world_size:
+        raise TrainError(f"tokens_per_step {cfg.tokens_per_step} must be a multiple of seq_len {stage.seq_len} x "
+                         f"world size {env.world_size} (stage {stage.number})")
+    per_rank = windows // env.world_size
+    micro_batch = math.gcd(per_rank, per_micro)
+    steps = cfg.max_steps if cfg.max_steps is not None else max(1, stage.tokens // cfg.tokens_per_step)
+    return StagePlan(stage, steps, micro_batch, per_rank // micro_batch)
+
+
+def global_mean(values: list[float], env: Dist) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=env.device)
+    dist.all_reduce(t)
+    return (t / env.world_size).tolist()
+
+
+def train_step(model: Fox, optimizer, batches: list[data.Batch], lr: float, cfg: TrainConfig, env: Dist
+               ) -> tuple[float, float]:
+    """One optimizer step over this rank's micro-batches. Returns (global mean loss, grad norm).
+
+    Each micro-loss is weighted by its share of the global count of target tokens, so the gradient is the
+    exact token mean over the whole global batch however it is split. FSDP averages gradients over ranks,
+    hence the world_size factor."""
+    counts = torch.tensor([float((b.targets != -100).sum()) for b in batches], dtype=torch.float64)
+    total = counts.sum().to(env.device)
+    dist.all_reduce(total)
+    loss_sum = 0.0
+    for i, (batch, count) in enumerate(zip(batches, counts)):
+        b = [t.to(env.device, non_blocking=True) for t in (batch.inputs, batch.targets, batch.position_ids,
+                                                            batch.doc_ids)]
+        model.set_requires_gradient_sync(i == len(batches) - 1)  # reduce-scatter once, after the last micro-step
+        loss = model(b[0], b[1], position_ids=b[2], doc_ids=b[3])
+        weight = float(count / total) * env.world_size
+        (loss * weight).backward()
+        loss_sum += loss.item() * float(count)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    mean_loss = global_mean([loss_sum], env)[0] * env.world_size / float(total)
+    return mean_loss, float(grad_norm)
+
+
+@torch.no_grad()
+def evaluate(model: Fox, batches: list[data.Batch], env: Dist) -> float:
+    model.eval()
+    losses = [model(*(t.to(env.device) for t in (b.inputs, b.targets)), position_ids=b.position_ids.to(env.device),
+                    doc_ids=b.doc_ids.to(env.device)).item() for b in batches]
+    model.train()
+    return global_mean([sum(losses) / len(losses)], env)[0]
+
+
+def peak_flops(env: Dist) -> float | None:
+    if env.device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(env.device)
+    return next((flops for key, flops in GPU_PEAK_FLOPS.items() if key in name), None)
+
+
+class MetricsLog:
+    """One JSON object per line, appended: out/stage{S}/metrics.jsonl from rank 0, metrics.rank{R}.jsonl from
+    the others (their tokens/s shows a straggler; their losses must equal rank 0's)."""
+
+    def __init__(self, directory: Path, rank: int):
+        self.file = open(directory / ("metrics.jsonl" if rank == 0 else f"metrics.rank{rank}.jsonl"), "a")
+
+    def write(self, **row) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def train_stage(stage: data.Stage, model: Fox, optimizer, model_config: FoxConfig, cfg: TrainConfig,
+                env: Dist, data_root: Path, fingerprint: str, stop: StopFlag) -> float | None:
+    """Train one curriculum stage to its last step (resuming if it has a checkpoint). Returns the final eval
+    loss, or None when stopped early by SIGTERM."""
+    plan = plan_stage(stage, cfg, env)
+    directory = stage_dir(cfg, stage.number)
+    directory.mkdir(parents=True, exist_ok=True)
+    loader = data.Loader(data_root, stage, plan.micro_batch, rank=env.rank, world_size=env.world_size,
+                         seed=cfg.seed, fingerprint=fingerprint)
+    eval_set = data.eval_batches(data_root, stage, plan.micro_batch, rank=env.rank, world_size=env.world_size,
+                                 max_batches=cfg.eval_batches, fingerprint=fingerprint)
+    step = 0
+    resume = latest_checkpoint(directory)
+    if resume is not None:
+        meta = read_checkpoint_meta(resume, model_config)
+        load_checkpoint(model, optimizer, resume, env)
+        loader.load_state_dict(meta["loader"])
+        step = meta["step"]
+    tokens_seen = step * cfg.tokens_per_step
+    if env.is_main:
+        packing = "; ".join(f"{name} {s.windows:,} windows/epoch, {s.docs_per_window:.1f} docs/window, "
+                            f"{s.documents_cut:,} of {s.documents:,} docs cut" for name, s in loader.stats.items())
+        tqdm.write(f"stage {stage.number}: seq_len {stage.seq_len}, {plan.steps} steps of {cfg.tokens_per_step} tokens "
+                   f"({env.world_size} rank(s) x {plan.accumulation} micro-steps x {plan.micro_batch} windows)"
+                   + (f", resuming at step {step}" if step else "")
+                   + f"\n  mixture {stage.mixture}\n  packing: {packing}")
+    log = MetricsLog(directory, env.rank)
+    flops = model.flops_per_token(stage.seq_len)
+    peak = peak_flops(env)
+    bar = tqdm(total=plan.steps, initial=step, desc=f"stage {stage.number}", unit="step", disable=not env.is_main,
+               dynamic_ncols=True)
+    batches = iter(loader)
+    eval_loss = None
+    timer = time.perf_counter()
+    while step < plan.steps:
+        lr = learning_rate(cfg, stage.number, step, plan.steps)
+        loss, grad_norm = train_step(model, optimizer, [next(batches) for _ in range(plan.accumulation)], lr, cfg, env)
+        step += 1
+        tokens_seen += cfg.tokens_per_step
+        elapsed, timer = time.perf_counter() - timer, time.perf_counter()
+        if not math.isfinite(loss):
+            raise TrainError(f"stage {stage.number} step {step}: loss is {loss}; stopping. The last good checkpoint "
+                             f"is {latest_checkpoint(directory) or 'none (this stage has not saved yet)'}")
+        tokens_per_s = cfg.tokens_per_step / elapsed
+        row = {"stage": stage.number, "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+               "tokens_per_s": tokens_per_s, "tokens": tokens_seen}
+        if peak:
+            row["mfu"] = flops * tokens_per_s / (peak * env.world_size)
+        log.write(**row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_s:,.0f}")
+        if env.is_main and (step % cfg.log_every == 0 or step == 1):
+            tqdm.write(f"stage {stage.number} step {step:>6}/{plan.steps} | loss {loss:.4f} | lr {lr:.2e} | "
+                       f"grad {grad_norm:.3f} | {tokens_per_s:,.0f} tok/s"
+                       + (f" | MFU {row['mfu']:.1%}" if peak else ""))
+        last = step == plan.steps
+        if step % cfg.eval_every == 0 or last:
+            eval_loss = evaluate(model, eval_set, env)
+            log.write(stage=stage.number, step=step, eval_loss=eval_loss)
+            if env.is_main:
+                tqdm.write(f"stage {stage.number} step {step:>6} | eval loss {eval_loss:.4f}")
+        stop_now = global_mean([float(stop.requested)], env)[0] > 0  # every rank stops at the same step
+        if step % cfg.save_every == 0 or last or stop_now:
+            meta = {"preset": cfg.preset, "model_config": asdict(model_config), "stage": stage.number, "step": step,
+                    "stage_steps": plan.steps, "complete": last, "world_size": env.world_size,
+                    "loader": loader.state_dict(), "train_config": asdict(cfg)}
+            save_checkpoint(model, optimizer, meta, directory, env, cfg.keep)
+        if stop_now:
+            break
+        timer = time.perf_counter()  # eval and saving are not training time
+    bar.close()
+    log.close()
+    if step < plan.steps:
+        return None
+    return eval_loss
+
+
+def start_from_previous_stage(stage: int, model: Fox, optimizer, model_config: FoxConfig, cfg: TrainConfig,
+                              env: Dist) -> None:
+    """Stage S > 1 without its own checkpoint begins from stage S-1's final checkpoint."""
+    previous = latest_checkpoint(stage_dir(cfg, stage - 1))
+    if previous is None:
+        raise TrainError(f"stage {stage} starts from stage {stage - 1}'s final checkpoint, but "
+                         f"{stage_dir(cfg, stage - 1)} has none; run --stage {stage - 1} first")
+    meta = read_checkpoint_meta(previous, model_config)
+    if not meta["complete"]:
+        raise TrainError(f"stage {stage - 1} is not finished ({previous.name} of {meta['stage_steps']} steps); "
+                         f"run --stage {stage - 1} to completion first")
+    load_checkpoint(model, optimizer, previous, env)
+    if env.is_main:
+        tqdm.write(f"stage {stage}: starting from {previous}")
+
+
+# --------------------------------------------------------------------------------------------------
+# The pipeline
+
+
+def prepare_inputs(cfg: TrainConfig, preset_vocab: int, env: Dist) -> tuple[Path, Path, list[str]]:
+    """Tokenizer and data: the built-in corpus is made on first use; a user --data root must exist."""
+    out = Path(cfg.out)
+    tokenizer_path = Path(cfg.tokenizer) if cfg.tokenizer else out / "tokenizer.txt"
+    data_root = Path(cfg.data) if cfg.data else out / "data"
+    if env.is_main and cfg.data is None:
+        out.mkdir(parents=True, exist_ok=True)
+        if not tokenizer_path.exists():
+            tqdm.write(f"training a {preset_vocab}-token BPE tokenizer on the standard library -> {tokenizer_path}")
+            Tokenizer.train(data.builtin_documents(), preset_vocab).save(tokenizer_path)
+        data.prepare_builtin(tokenizer_path, data_root)
+    dist.barrier()
+    if not tokenizer_path.exists():
+        raise TrainError(f"tokenizer {tokenizer_path} not found; pass --tokenizer (the one used by data.py prepare)")
+    if cfg.sources:
+        sources = cfg.sources.split(",")
+    elif cfg.data is None:
+        sources = list(data.BUILTIN)
+    else:
+        sources = sorted(p.parent.name for p in data_root.glob("*/meta.json"))
+    if not sources:
+        raise TrainError(f"{data_root}: no prepared sources (run `python data.py prepare ... --out {data_root}`)")
+    return tokenizer_path, data_root, sources
+
+
+def run(cfg: TrainConfig, stages: list[int]) -> None:
+    env = init_distributed()
+    stop = StopFlag()
+    model = optimizer = None
+    try:
+        preset_vocab = FoxConfig.from_preset(cfg.preset).vocab_size
+        tokenizer_path, data_root, sources = prepare_inputs(cfg, preset_vocab, env)
+        tokenizer = Tokenizer.load(tokenizer_path)
+        model_config = FoxConfig.from_preset(cfg.preset, vocab_size=tokenizer.vocab_size)
+        plan = data.curriculum(model_config.context_len, cfg.total_tokens, sources)
+        model = build_model(model_config, cfg, env)
+        optimizer = build_optimizer(model, cfg, env)
+        if env.is_main:
+            tqdm.write(f"fox1 {cfg.preset}: {model.num_params():,} parameters, vocab {model_config.vocab_size}, "
+                       f"{env.world_size} process(es) on {env.device.type}")
+        results = {}
+        started = time.perf_counter()
+        for number in stages:
+            if number > 1 and latest_checkpoint(stage_dir(cfg, number)) is None:
+                start_from_previous_stage(number, model, optimizer, model_config, cfg, env)
+            results[number] = train_stage(plan[number - 1], model, optimizer, model_config, cfg, env, data_root,
+                                          tokenizer.fingerprint, stop)
+            if results[number] is None:
+                if env.is_main:
+                    print(f"stopped by SIGTERM in stage {number}; checkpoint saved. Run the same command to resume.")
+                return
+            export = export_hf(model, model_config, tokenizer_path, cfg, env)
+        if env.is_main:
+            summary = ", ".join(f"stage {s} {loss:.4f}" for s, loss in results.items())
+            print(f"done in {time.perf_counter() - started:,.0f} s: eval loss {summary}; exported to {export}")
+            print(f'try:  python sample.py --ckpt {export} --prompt "def "')
+    finally:
+        del model, optimizer  # FSDP2 on CPU can abort at exit if these outlive the process group
+        gc.collect()
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[int]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Examples:\n  python train.py\n"
+                                            "  torchrun --nproc_per_node=8 train.py --preset fox-1.6b --data DATA --stage 1")
+    parser.add_argument("--preset", default="tiny", choices=list(TRAIN_PRESETS), help="model + training preset")
+    parser.add_argument("--stage", type=int, choices=(1, 2, 3), help="run one stage (default: 1 -> 2 -> 3)")
+    parser.add_argument("--data", help="data.py root of prepared sources (default: the built-in corpus in OUT/data)")
+    parser.add_argument("--sources", help="comma list of sources under --data, broadest first (default: all)")
+    parser.add_argument("--tokenizer", help="tokenizer file (default: OUT/tokenizer.txt, trained if missing)")
+    parser.add_argument("--out", help="output directory for checkpoints, logs and the export (default: out)")
+    parser.add_argument("--max-steps", type=int, help="steps per stage (default: stage token budget / batch)")
+    parser.add_argument("--total-tokens", type=int, help="token budget of all 3 stages")
+    parser.add_argument("--tokens-per-step", type=int, help="global batch in tokens")
+    parser.add_argument("--micro-batch-tokens", type=int, help="tokens per rank per forward (memory)")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--warmup-steps", type=int, help="linear warmup steps at the start of stage 1")
+    parser.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices")
+    parser.add_argument("--grad-clip", type=float, help="max global gradient norm")
+    parser.add_argument("--seed", type=int, help="seed for init and data order")
+    parser.add_argument("--eval-every", type=int, help="steps between evaluations (and at each stage end)")
+    parser.add_argument("--eval-batches", type=int, help="validation batches per rank per evaluation")
+    parser.add_argument("--save-every", type=int, help="steps between checkpoints (and at each stage end)")
+    parser.add_argument("--keep", type=int, help="checkpoints kept per stage")
+    parser.add_argument("--log-every", type=int, help="steps between log lines")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile each block (default: on for CUDA, off for CPU)")
+    parser.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                        help="recompute block activations in backward (default: on for fox-1.6b)")
+    args = parser.parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if f.name != "preset" and getattr(args, f.name, None) is not None}
+    cfg = replace(TRAIN_PRESETS[args.preset], **overrides)
+    return cfg, [args.stage] if args.stage else [1, 2, 3]
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, stages = parse_args(argv)
+    try:
+        run(cfg, stages)
+    except (TrainError, CheckpointError, InputError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
