@@ -419,6 +419,8 @@ class Tokenizer:
         """
         if vocab_size < FIRST_MERGE_ID:
             raise InputError(f"vocab_size must be at least {FIRST_MERGE_ID} (6 special + 256 byte tokens)")
+        if workers is not None and workers < 1:
+            raise InputError(f"workers must be at least 1, got {workers}")
         workers = workers or os.cpu_count() or 1
         word_counts = count_pretokens(documents, pattern, workers, progress)
         if not word_counts:
@@ -488,10 +490,13 @@ class Tokenizer:
         for token, token_id in sorted(self.ranks.items(), key=lambda item: item[1]):
             preview = json.dumps(token.decode("utf-8", errors="replace"), ensure_ascii=False)
             lines.append(f"{base64.b64encode(token).decode('ascii')} {token_id} {preview}")
-        path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            os.replace(temporary, path)
+        except OSError as error:
+            raise InputError(f"{path}: cannot write tokenizer file ({error})") from None
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:

@@ -125,6 +125,8 @@ def test_bad_training_requests():
         Tokenizer.train(["some text"], 261, workers=1, progress=False)
     with pytest.raises(InputError, match="no text"):
         Tokenizer.train([], 300, workers=1, progress=False)
+    with pytest.raises(InputError, match="workers must be at least 1"):
+        Tokenizer.train(["some text"], 300, workers=0, progress=False)
 
 
 def test_one_and_two_workers_give_identical_tokenizers():
@@ -284,6 +286,8 @@ def test_corrupt_file_gives_one_clear_error(trained, tmp_path, damage):
     assert str(path) in message and "\n" not in message
     with pytest.raises(InputError, match="cannot read"):
         Tokenizer.load(tmp_path / "missing.txt")
+    with pytest.raises(InputError, match="cannot write"):
+        trained.save(path / "inside_a_file.txt")
 
 
 # ----------------------------------------------------------------------------------------------------------------
