@@ -52,7 +52,7 @@ import torch
 from tqdm import tqdm
 
 from model import IGNORE_INDEX
-from tokenizer import CHUNK_CHARS, InputError, ReadStats, Tokenizer, _chunks, expand_inputs, iter_documents
+from tokenizer import CHUNK_CHARS, InputError, ReadStats, Tokenizer, document_chunks, expand_inputs, iter_documents
 
 FORMAT = "fox1-token-shards-v1"
 TOKEN_DTYPE = np.dtype("<u4")  # uint32, little-endian on disk whatever the machine: ids up to 4G, 4 bytes a token
@@ -304,7 +304,7 @@ def _tokenize_into(directory: Path, documents: Iterable[str], tokenizer_path: Pa
                    name: str) -> dict:
     writers = {split: _ShardWriter(directory, split, shard_tokens) for split in ("train", "val")}
     every = round(1 / val_fraction) if val_fraction > 0 else 0
-    jobs = ((str(tokenizer_path), batch) for batch in _chunks(documents, CHUNK_CHARS))
+    jobs = ((str(tokenizer_path), batch) for batch in document_chunks(documents, CHUNK_CHARS))
     if workers is None:  # a spawned worker takes ~3 s to start (importing torch via this module): not worth it for
         small = total_bytes is not None and total_bytes < PARALLEL_MIN_BYTES  # 10 MB that 1 process encodes in ~2 s
         workers = 1 if small else os.cpu_count() or 1

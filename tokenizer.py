@@ -217,7 +217,7 @@ def _count_pieces(pattern: str, documents: list[str]) -> Counter[str]:
     return counts
 
 
-def _chunks(documents: Iterable[str], chunk_chars: int) -> Iterator[list[str]]:
+def document_chunks(documents: Iterable[str], chunk_chars: int) -> Iterator[list[str]]:
     chunk: list[str] = []
     size = 0
     for document in documents:
@@ -236,7 +236,7 @@ def _counted_chunks(documents: Iterable[str], pattern: str, workers: int) -> Ite
     Chunks are read here and handed to the pool with at most 2 per worker in flight (Pool.imap would read the
     whole input ahead into memory); results come back in order.
     """
-    chunks = _chunks(documents, CHUNK_CHARS)
+    chunks = document_chunks(documents, CHUNK_CHARS)
     if workers == 1:
         for chunk in chunks:
             yield _count_pieces(pattern, chunk), sum(map(len, chunk))

@@ -53,6 +53,9 @@ import data
 from model import CheckpointError, Fox, FoxConfig, write_json_atomic
 from tokenizer import InputError, Tokenizer
 
+# The standard library (10.7 MB of text) supports about 77K BPE merges: enough for tiny (8K) and small (32K).
+BUILTIN_MAX_VOCAB = 65536
+
 # Dense bf16 matmul peak (FLOP/s) of common accelerators, for MFU. CPUs have no entry: their log shows tokens/s.
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
 
@@ -82,7 +85,7 @@ class TrainConfig:
     seed: int = 1337
     max_steps: int | None = None  # per stage; None = the stage's token budget / tokens_per_step
     eval_every: int = 50
-    eval_batches: int = 8
+    eval_batches: int = 4
     save_every: int = 100
     keep: int = 2  # checkpoints kept per stage
     log_every: int = 10
@@ -396,6 +399,10 @@ def train_stage(stage: data.Stage, model: Fox, optimizer, model_config: FoxConfi
         load_checkpoint(model, optimizer, resume, env)
         loader.load_state_dict(meta["loader"])
         step = meta["step"]
+        if step >= plan.steps:
+            if env.is_main:
+                tqdm.write(f"stage {stage.number}: already complete at {resume} (eval loss {meta['eval_loss']:.4f})")
+            return meta["eval_loss"]
     tokens_seen = step * cfg.tokens_per_step
     if env.is_main:
         packing = "; ".join(f"{name} {s.windows:,} windows/epoch, {s.docs_per_window:.1f} docs/window, "
@@ -442,7 +449,7 @@ def train_stage(stage: data.Stage, model: Fox, optimizer, model_config: FoxConfi
         stop_now = global_mean([float(stop.requested)], env)[0] > 0  # every rank stops at the same step
         if step % cfg.save_every == 0 or last or stop_now:
             meta = {"preset": cfg.preset, "model_config": asdict(model_config), "stage": stage.number, "step": step,
-                    "stage_steps": plan.steps, "complete": last, "world_size": env.world_size,
+                    "stage_steps": plan.steps, "complete": last, "eval_loss": eval_loss, "world_size": env.world_size,
                     "loader": loader.state_dict(), "train_config": asdict(cfg)}
             save_checkpoint(model, optimizer, meta, directory, env, cfg.keep)
         if stop_now:
@@ -480,9 +487,14 @@ def prepare_inputs(cfg: TrainConfig, preset_vocab: int, env: Dist) -> tuple[Path
     out = Path(cfg.out)
     tokenizer_path = Path(cfg.tokenizer) if cfg.tokenizer else out / "tokenizer.txt"
     data_root = Path(cfg.data) if cfg.data else out / "data"
+    train_tokenizer = cfg.data is None and not tokenizer_path.exists()
+    if train_tokenizer and preset_vocab > BUILTIN_MAX_VOCAB:
+        raise TrainError(f"the built-in corpus supports vocabularies up to {BUILTIN_MAX_VOCAB:,} tokens; preset "
+                         f"{cfg.preset} needs {preset_vocab:,}: prepare your corpus with data.py and pass --data "
+                         f"and --tokenizer")
     if env.is_main and cfg.data is None:
         out.mkdir(parents=True, exist_ok=True)
-        if not tokenizer_path.exists():
+        if train_tokenizer:
             tqdm.write(f"training a {preset_vocab}-token BPE tokenizer on the standard library -> {tokenizer_path}")
             Tokenizer.train(data.builtin_documents(), preset_vocab).save(tokenizer_path)
         data.prepare_builtin(tokenizer_path, data_root)
