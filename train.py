@@ -403,34 +403,25 @@ def train_stage(stage: data.Stage, model: Fox, optimizer, model_config: FoxConfi
             if env.is_main:
                 tqdm.write(f"stage {stage.number}: already complete at {resume} (eval loss {meta['eval_loss']:.4f})")
             return meta["eval_loss"]
-    tokens_seen = step * cfg.tokens_per_step
     if env.is_main:
-        packing = "; ".join(f"{name} {s.windows:,} windows/epoch, {s.docs_per_window:.1f} docs/window, "
-                            f"{s.documents_cut:,} of {s.documents:,} docs cut" for name, s in loader.stats.items())
-        tqdm.write(f"stage {stage.number}: seq_len {stage.seq_len}, {plan.steps} steps of {cfg.tokens_per_step} tokens "
-                   f"({env.world_size} rank(s) x {plan.accumulation} micro-steps x {plan.micro_batch} windows)"
-                   + (f", resuming at step {step}" if step else "")
-                   + f"\n  mixture {stage.mixture}\n  packing: {packing}")
+        describe_stage(plan, loader, cfg, env, step)
     log = MetricsLog(directory, env.rank)
-    flops = model.flops_per_token(stage.seq_len)
-    peak = peak_flops(env)
+    flops, peak = model.flops_per_token(stage.seq_len), peak_flops(env)
     bar = tqdm(total=plan.steps, initial=step, desc=f"stage {stage.number}", unit="step", disable=not env.is_main,
                dynamic_ncols=True)
     batches = iter(loader)
     eval_loss = None
-    timer = time.perf_counter()
     while step < plan.steps:
         lr = learning_rate(cfg, stage.number, step, plan.steps)
+        started = time.perf_counter()
         loss, grad_norm = train_step(model, optimizer, [next(batches) for _ in range(plan.accumulation)], lr, cfg, env)
+        tokens_per_s = cfg.tokens_per_step / (time.perf_counter() - started)
         step += 1
-        tokens_seen += cfg.tokens_per_step
-        elapsed, timer = time.perf_counter() - timer, time.perf_counter()
         if not math.isfinite(loss):
             raise TrainError(f"stage {stage.number} step {step}: loss is {loss}; stopping. The last good checkpoint "
                              f"is {latest_checkpoint(directory) or 'none (this stage has not saved yet)'}")
-        tokens_per_s = cfg.tokens_per_step / elapsed
         row = {"stage": stage.number, "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-               "tokens_per_s": tokens_per_s, "tokens": tokens_seen}
+               "tokens_per_s": tokens_per_s, "tokens": step * cfg.tokens_per_step}
         if peak:
             row["mfu"] = flops * tokens_per_s / (peak * env.world_size)
         log.write(**row)
@@ -454,12 +445,19 @@ def train_stage(stage: data.Stage, model: Fox, optimizer, model_config: FoxConfi
             save_checkpoint(model, optimizer, meta, directory, env, cfg.keep)
         if stop_now:
             break
-        timer = time.perf_counter()  # eval and saving are not training time
     bar.close()
     log.close()
-    if step < plan.steps:
-        return None
-    return eval_loss
+    return eval_loss if step == plan.steps else None
+
+
+def describe_stage(plan: StagePlan, loader: data.Loader, cfg: TrainConfig, env: Dist, step: int) -> None:
+    stage = plan.stage
+    packing = "; ".join(f"{name} {s.windows:,} windows/epoch, {s.docs_per_window:.1f} docs/window, "
+                        f"{s.documents_cut:,} of {s.documents:,} docs cut" for name, s in loader.stats.items())
+    tqdm.write(f"stage {stage.number}: seq_len {stage.seq_len}, {plan.steps} steps of {cfg.tokens_per_step} tokens "
+               f"({env.world_size} rank(s) x {plan.accumulation} micro-steps x {plan.micro_batch} windows)"
+               + (f", resuming at step {step}" if step else "")
+               + f"\n  mixture {stage.mixture}\n  packing: {packing}")
 
 
 def start_from_previous_stage(stage: int, model: Fox, optimizer, model_config: FoxConfig, cfg: TrainConfig,
