@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,20 +49,24 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seconds_per_call(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1,
-                     best: bool = False) -> float:
-    """Wall time of one fn() after `warmup` untimed calls: the mean of `repeats` calls, or the fastest
-    one (for machine peaks, where the fastest run is the one least disturbed by other processes)."""
+def best_seconds(calls: dict[str, Callable[[], object]], device: torch.device, repeats: int,
+                 warmup: int = 1) -> dict[str, float]:
+    """The fastest of `repeats` timed runs of each call, after `warmup` untimed ones (compilation, caches).
+
+    The calls take turns (a, b, a, b, ...): other processes on a shared machine come and go, and taking
+    turns spreads their load over every contender alike; the fastest run is the least disturbed one."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for call in calls.values():
+            call()
+    best = dict.fromkeys(calls, float("inf"))
     for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return min(times) if best else sum(times) / len(times)
+        for name, call in calls.items():
+            synchronize(device)
+            start = time.perf_counter()
+            call()
+            synchronize(device)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 # --------------------------------------------------------------------------------------------------
@@ -74,7 +78,7 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     2 cores), 8192^3 on a GPU (1.1 TFLOP, ~1 ms on an H100-class chip)."""
     n = 8192 if device.type == "cuda" else 2048
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    return 2 * n**3 / seconds_per_call(lambda: a @ b, device, repeats=5, warmup=2, best=True)
+    return 2 * n**3 / best_seconds({"matmul": lambda: a @ b}, device, repeats=5, warmup=2)["matmul"]
 
 
 def copy_bandwidth(device: torch.device) -> float:
@@ -84,16 +88,15 @@ def copy_bandwidth(device: torch.device) -> float:
     size = (4 << 30) if device.type == "cuda" else (256 << 20)
     src = torch.ones(size // 4, device=device)
     dst = torch.empty_like(src)
-    return 2 * size / seconds_per_call(lambda: dst.copy_(src), device, repeats=5, warmup=1, best=True)
+    return 2 * size / best_seconds({"copy": lambda: dst.copy_(src)}, device, repeats=5)["copy"]
 
 
 # --------------------------------------------------------------------------------------------------
 # Training step
 
 
-def training_step_seconds(model: torch.nn.Module, loss_fn: Callable, batch: torch.Tensor, device: torch.device,
-                          steps: int) -> float:
-    """Mean time of forward + backward + AdamW step + zero_grad, the whole step train.py runs."""
+def training_step(model: torch.nn.Module, loss_fn: Callable, batch: torch.Tensor) -> Callable[[], None]:
+    """forward + backward + AdamW step + zero_grad: the whole step train.py runs."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step() -> None:
@@ -101,7 +104,7 @@ def training_step_seconds(model: torch.nn.Module, loss_fn: Callable, batch: torc
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return seconds_per_call(step, device, repeats=steps, warmup=1)
+    return step
 
 
 def fox_loss(model: Fox, batch: torch.Tensor) -> torch.Tensor:
@@ -128,28 +131,36 @@ def hf_llama(config: FoxConfig, dtype: torch.dtype, device: torch.device) -> tor
 # Generation
 
 
-def fox_generation_speed(model: Fox, prompt: torch.Tensor, new_tokens: int, compile: bool) -> tuple[float, float]:
-    """(prefill tokens/s, decode tokens/s), greedy with no <eos> so every run decodes new_tokens tokens.
-    The first call warms up (cache allocation, compilation); the second is measured."""
-    for _ in range(2):
-        result = sample.generate(model, prompt, new_tokens, temperature=0, compile=compile)
-    return result.prefill_tokens_per_s, result.decode_tokens_per_s
+def generation_calls(model: Fox, hf: torch.nn.Module | None, prompt: torch.Tensor, new_tokens: int,
+                     compiled: bool) -> dict[str, Callable[[], object]]:
+    """Greedy generation of 1 token ("... prefill") and of new_tokens tokens, by fox1 (sample.generate,
+    eager and, if `compiled`, with the compiled decode step) and by transformers' generate (its default
+    dynamic cache), with no <eos> so every run makes all its tokens. All are timed the same way, from
+    outside: prefill = t(1 token), decode = (t(new_tokens) - t(1 token)) / (new_tokens - 1)."""
+
+    def fox1(count: int, compile: bool = False) -> Callable[[], object]:
+        return lambda: sample.generate(model, prompt, count, temperature=0, compile=compile)
+
+    def transformers(count: int) -> Callable[[], object]:
+        return lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=count,
+                                   min_new_tokens=count, do_sample=False, pad_token_id=0)
+
+    calls = {"fox1 prefill": fox1(1), "fox1": fox1(new_tokens)}
+    if compiled:
+        calls["fox1 compiled"] = fox1(new_tokens, compile=True)
+    if hf is not None:
+        calls.update({"hf prefill": transformers(1), "hf": transformers(new_tokens)})
+    return calls
 
 
-def hf_generation_speed(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int,
-                        device: torch.device) -> tuple[float, float]:
-    """(prefill tokens/s, decode tokens/s) of transformers' generate (greedy, its default dynamic cache).
-    generate times prefill and decode together, so decode = (t(new_tokens) - t(1)) / (new_tokens - 1)."""
-
-    def run(count: int) -> Callable[[], object]:
-        return lambda: model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=count,
-                                      min_new_tokens=count, do_sample=False, pad_token_id=0)
-
-    with torch.inference_mode():
-        first = seconds_per_call(run(1), device, repeats=2)
-        full = seconds_per_call(run(new_tokens), device, repeats=1)
-    decode = max(full - first, 1e-9)
-    return prompt.numel() / first, prompt.size(0) * (new_tokens - 1) / decode
+def compile_works(model: Fox, prompt: torch.Tensor, new_tokens: int) -> str | None:
+    """Compile the decode step once (the cold compile takes ~30-70 s for `small` on 2 cores); None if it
+    worked, else why not (e.g. no C++ compiler for inductor)."""
+    try:
+        sample.generate(model, prompt, new_tokens, temperature=0, compile=True)
+    except Exception as error:  # noqa: BLE001 - any compiler failure just drops the compiled row
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:100]
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,18 +322,22 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on cuda, float32 on cpu")
     p.add_argument("--batch-size", type=int, help="training batch (default: 4 on cpu, 8 on cuda)")
     p.add_argument("--seq-len", type=int, help="training sequence length (default: 256 on cpu, 2048 on cuda)")
-    p.add_argument("--steps", type=int, default=3, help="timed training steps, after one warm-up step")
+    p.add_argument("--steps", type=int, default=3,
+                   help="timed runs of each training step and generation (best counts), after one warm-up")
     p.add_argument("--prompt-len", type=int, default=128, help="prefill length for the generation rows")
     p.add_argument("--new-tokens", type=int, default=64, help="decoded tokens for the generation rows")
-    p.add_argument("--compile", action="store_true", help="torch.compile fox1's decode step")
+    p.add_argument("--no-compile", action="store_true", help="skip the row of fox1's compiled decode step")
     p.add_argument("--loss-tokens", type=int, default=8192,
                    help="tokens in the loss-memory rows (8192 = one Fox-1 context)")
     p.add_argument("--tokenizer-mb", type=float, default=4.0, help="MB of text for the tokenizer rows")
     p.add_argument("--tokenizer-vocab", type=int, default=8192, help="vocabulary trained in the tokenizer rows")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="CPU threads for torch (1 is steadier while other processes share the cores)")
     p.add_argument("--skip-tokenizer", action="store_true")
     p.add_argument("--skip-reference", action="store_true", help="skip the Hugging Face rows")
     args = p.parse_args()
     args.device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
     args.dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.type == "cuda" else "float32"))
     args.batch_size = args.batch_size or (8 if args.device.type == "cuda" else 4)
     args.seq_len = args.seq_len or (2048 if args.device.type == "cuda" else 256)
@@ -331,24 +346,36 @@ def parse_args() -> argparse.Namespace:
 
 @dataclass
 class Machine:
-    matmul_flops: float  # FLOP/s
-    copy_bandwidth: float  # bytes/s
+    """The machine's peaks, measured in this run. Other processes on a shared machine can slow one
+    measurement down, so each section re-measures and the best values are kept (MFU and bandwidth
+    utilisation against a depressed peak would read above the truth, even over 100%)."""
 
+    device: torch.device
+    dtype: torch.dtype
+    matmul_flops: float = 0.0  # FLOP/s
+    copy_bandwidth: float = 0.0  # bytes/s, read + write
 
-def bench_machine(args: argparse.Namespace, report: Report) -> Machine:
-    machine = Machine(matmul_peak_flops(args.device, args.dtype), copy_bandwidth(args.device))
-    report.numbers.update(matmul_tflops=machine.matmul_flops / 1e12, copy_gb_per_s=machine.copy_bandwidth / GB)
-    report.add("machine peak", f"matmul {machine.matmul_flops / 1e9:,.1f} GFLOP/s",
-               note=f"copy {machine.copy_bandwidth / GB:.1f} GB/s (read+write)")
-    return machine
+    def measure(self) -> Machine:
+        self.matmul_flops = max(self.matmul_flops, matmul_peak_flops(self.device, self.dtype))
+        self.copy_bandwidth = max(self.copy_bandwidth, copy_bandwidth(self.device))
+        return self
+
+    def report(self, report: Report) -> None:
+        report.numbers.update(matmul_tflops=self.matmul_flops / 1e12, copy_gb_per_s=self.copy_bandwidth / GB)
+        report.rows.insert(0, ("machine peak", f"matmul {self.matmul_flops / 1e9:,.1f} GFLOP/s", "", "",
+                               f"copy {self.copy_bandwidth / GB:.1f} GB/s (read+write); best of 3 measurements"))
 
 
 def bench_training(args: argparse.Namespace, report: Report, machine: Machine, model: Fox,
                    hf: torch.nn.Module | None) -> None:
     batch = torch.randint(model.config.vocab_size, (args.batch_size, args.seq_len + 1), device=args.device)
+    steps = {"fox1": training_step(model, fox_loss, batch)}
+    if hf is not None:
+        steps["hf"] = training_step(hf, hf_loss, batch)
+    best = best_seconds(steps, args.device, repeats=args.steps)
+    machine.measure()
     tokens = args.batch_size * args.seq_len
-    ours = tokens / training_step_seconds(model, fox_loss, batch, args.device, args.steps)
-    theirs = None if hf is None else tokens / training_step_seconds(hf, hf_loss, batch, args.device, args.steps)
+    ours, theirs = tokens / best["fox1"], tokens / best["hf"] if hf is not None else None
     mfu = ours * model.flops_per_token(args.seq_len) / machine.matmul_flops
     report.numbers.update(params=model.num_params(), train_tokens_per_s=ours, mfu=mfu, hf_train_tokens_per_s=theirs)
     report.add(f"train step (b={args.batch_size}, T={args.seq_len})", *versus(ours, theirs, "tok/s"), f"MFU {mfu:.1%}")
@@ -358,17 +385,28 @@ def bench_generation(args: argparse.Namespace, report: Report, machine: Machine,
                      hf: torch.nn.Module | None) -> None:
     model.eval()
     prompt = torch.randint(model.config.vocab_size, (1, args.prompt_len), device=args.device)
-    prefill, decode = fox_generation_speed(model, prompt, args.new_tokens, args.compile)
-    hf_prefill, hf_decode = (None, None) if hf is None else hf_generation_speed(hf, prompt, args.new_tokens,
-                                                                                args.device)
+    with torch.inference_mode():
+        compile_error = None if args.no_compile else compile_works(model, prompt, args.new_tokens)
+        compiled = not args.no_compile and compile_error is None
+        calls = generation_calls(model, hf, prompt, args.new_tokens, compiled)
+        best = best_seconds(calls, args.device, repeats=args.steps)
+    machine.measure()
+    speed = {name: (args.new_tokens - 1) / max(best[name] - best[name.split()[0] + " prefill"], 1e-9)
+             for name in best if not name.endswith("prefill")}  # "fox1 compiled" - "fox1 prefill", ...
+    prefill = {name: prompt.numel() / best[f"{name} prefill"] for name in ("fox1", "hf") if f"{name} prefill" in best}
     weight_bytes = model.num_params() * model.embed_tokens.weight.element_size()
     bound = machine.copy_bandwidth / weight_bytes  # tokens/s if each step only streamed the weights once
-    report.numbers.update(prefill_tokens_per_s=prefill, decode_tokens_per_s=decode, hf_prefill_tokens_per_s=hf_prefill,
-                          hf_decode_tokens_per_s=hf_decode, decode_bandwidth_utilisation=decode / bound)
-    report.add(f"prefill (b=1, T={args.prompt_len})", *versus(prefill, hf_prefill, "tok/s"))
-    report.add(f"decode (b=1, {args.new_tokens} tokens{', compiled' if args.compile else ''})",
-               *versus(decode, hf_decode, "tok/s"), f"{decode / bound:.0%} of the bandwidth bound {bound:,.1f} "
-               f"tok/s ({weight_bytes / 1e6:,.0f} MB of weights)")
+    report.numbers.update(prefill_tokens_per_s=prefill["fox1"], hf_prefill_tokens_per_s=prefill.get("hf"),
+                          decode_tokens_per_s=speed["fox1"], compiled_decode_tokens_per_s=speed.get("fox1 compiled"),
+                          hf_decode_tokens_per_s=speed.get("hf"), decode_bound_tokens_per_s=bound)
+    report.add(f"prefill (b=1, T={args.prompt_len})", *versus(prefill["fox1"], prefill.get("hf"), "tok/s"))
+    for name, label in (("fox1", "decode (b=1, eager)"), ("fox1 compiled", "decode (b=1, torch.compile)")):
+        if name in speed:
+            report.add(label, *versus(speed[name], speed.get("hf"), "tok/s"),
+                       f"{speed[name] / bound:.0%} of the bandwidth bound {bound:,.1f} tok/s "
+                       f"({weight_bytes / 1e6:,.0f} MB of weights)")
+    if compile_error:
+        report.add("decode (b=1, torch.compile)", "failed", note=compile_error)
 
 
 def bench_loss_memory(args: argparse.Namespace, report: Report, config: FoxConfig) -> None:
@@ -401,13 +439,14 @@ def main() -> None:
     config = FoxConfig.from_preset(args.preset)
     report = Report()
     report.numbers.update(preset=args.preset, device=str(args.device), dtype=str(args.dtype).removeprefix("torch."),
-                          batch_size=args.batch_size, seq_len=args.seq_len, load_before=os.getloadavg()[0])
+                          batch_size=args.batch_size, seq_len=args.seq_len, threads=args.threads,
+                          load_before=os.getloadavg()[0])
     sections = ["machine", "training", "generation", "loss memory"] + ([] if args.skip_tokenizer else ["tokenizer"])
     bar = tqdm(sections, desc="bench", file=sys.stderr)
     for section in bar:
         bar.set_description(section)
         if section == "machine":
-            machine = bench_machine(args, report)
+            machine = Machine(args.device, args.dtype).measure()
         elif section == "training":
             torch.manual_seed(0)
             model = Fox(config).to(device=args.device, dtype=args.dtype)
@@ -421,9 +460,10 @@ def main() -> None:
         else:
             bench_tokenizer(args, report)
     bar.close()
+    machine.report(report)
     report.numbers["load_after"] = os.getloadavg()[0]
     report.print(f"fox1 bench: preset {args.preset}, {report.numbers['params']:,} parameters, {args.device} "
-                 f"{report.numbers['dtype']}, batch {args.batch_size} x {args.seq_len}; load average "
+                 f"{report.numbers['dtype']}, {args.threads} threads, batch {args.batch_size} x {args.seq_len}; load average "
                  f"{report.numbers['load_before']:.1f} -> {report.numbers['load_after']:.1f} (2 cores: above ~0.5 "
                  f"the numbers are disturbed)")
 

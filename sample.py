@@ -2,9 +2,10 @@
 Generate text from a Fox model: a static KV cache, the prompt prefilled in one forward, then one token per
 step through a decode step that `torch.compile` can turn into a single graph (gpt-fast style).
 
-Fox-1's deployment claim (arXiv 2411.05281, Sec. 4) is speed: more than 200 output tokens/s for the 1.6B
-model, thanks to its 4x smaller GQA KV cache. Decoding one token reads every weight once, so a decode step
-is bound by memory bandwidth; `python bench.py` compares the tokens/s printed here with that bound.
+Fox-1's deployment claim (arXiv 2411.05281) is speed: more than 200 output tokens/s for the 1.6B model,
+helped by grouped-query attention, whose KV cache is 4x smaller than full multi-head attention's.
+Decoding one token reads every weight once, so a decode step is bound by memory bandwidth; `python bench.py`
+compares the tokens/s printed here with that bound.
 
     python sample.py --prompt "def "                      # latest export of train.py (out/export)
     python sample.py --ckpt DIR --tokenizer tok.txt       # any Llama-format Hugging Face directory
@@ -117,14 +118,14 @@ def compiled_decode_step(device: torch.device) -> Callable:
     return torch.compile(decode_step, mode=mode, fullgraph=True)
 
 
-def ensure_kv_cache(model: Fox, batch_size: int, max_len: int) -> None:
-    """Give the model a static KV cache of this shape, reusing the one it has when it fits exactly:
-    stale entries are harmless (the mask hides every slot past the current position) and reusing the
-    same buffers keeps a compiled step (or a captured CUDA graph) valid across calls."""
+def ensure_kv_cache(model: Fox, batch_size: int, min_len: int) -> None:
+    """Give the model a static KV cache for batch_size rows of at least min_len positions, reusing the one
+    it has when that is long enough: stale entries are harmless (the mask hides every slot past the
+    current position), and the same buffers keep a compiled step (or a captured CUDA graph) valid."""
     cache = model.layers[0].self_attn.kv_cache
     dtype = model.embed_tokens.weight.dtype
-    if cache is None or cache.k.shape[0] != batch_size or cache.k.shape[2] != max_len or cache.k.dtype != dtype:
-        model.setup_kv_cache(batch_size, max_len, dtype)
+    if cache is None or cache.k.shape[0] != batch_size or cache.k.shape[2] < min_len or cache.k.dtype != dtype:
+        model.setup_kv_cache(batch_size, min_len, dtype)
 
 
 def check_fits(model: Fox, prompt_len: int, max_new_tokens: int) -> None:
