@@ -13,7 +13,7 @@ Fox-1's deployment claim (arXiv 2411.05281) is speed (>200 output tokens/s for t
   * the same rows for Hugging Face `transformers.LlamaForCausalLM` (same config, precision and batch) and
     `tokenizers` when they are installed (they are not dependencies of fox1; rows are skipped without them).
 
-    python bench.py --preset small                  # ~3-5 minutes on a 2-core CPU
+    python bench.py --preset small                  # ~3 minutes on a 2-core CPU
     python bench.py --preset fox-1.6b --device cuda # bf16 on a GPU
 
 It prints a readable table, then one JSON line with every number (the last line, for scripts).
@@ -69,6 +69,18 @@ def best_seconds(calls: dict[str, Callable[[], object]], device: torch.device, r
     return best
 
 
+def failure(call: Callable[[], object]) -> str | None:
+    """Run call once: None if it worked, else a one-line reason. A contender that cannot run here (out of
+    memory, no C++ compiler for inductor, ...) loses its row instead of ending the whole bench."""
+    try:
+        call()
+    except Exception as error:  # noqa: BLE001 - whatever went wrong is reported in the row
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # give back what the failed call had reserved
+        return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"[:120]
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # The machine
 
@@ -89,6 +101,16 @@ def copy_bandwidth(device: torch.device) -> float:
     src = torch.ones(size // 4, device=device)
     dst = torch.empty_like(src)
     return 2 * size / best_seconds({"copy": lambda: dst.copy_(src)}, device, repeats=5)["copy"]
+
+
+def last_level_cache_bytes() -> int:
+    """Size of the CPU's largest cache (Linux sysfs; 0 if unknown). Weights that fit in it are not read
+    from DRAM at all, so the copy-bandwidth bound does not apply to them."""
+    sizes = [0]
+    for level in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = level.read_text().strip()  # e.g. "32768K"
+        sizes.append(int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20}[text[-1]] if text[-1] in "KM" else int(text))
+    return max(sizes)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -153,16 +175,6 @@ def generation_calls(model: Fox, hf: torch.nn.Module | None, prompt: torch.Tenso
     return calls
 
 
-def compile_works(model: Fox, prompt: torch.Tensor, new_tokens: int) -> str | None:
-    """Compile the decode step once (the cold compile takes ~30-70 s for `small` on 2 cores); None if it
-    worked, else why not (e.g. no C++ compiler for inductor)."""
-    try:
-        sample.generate(model, prompt, new_tokens, temperature=0, compile=True)
-    except Exception as error:  # noqa: BLE001 - any compiler failure just drops the compiled row
-        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:100]
-    return None
-
-
 # --------------------------------------------------------------------------------------------------
 # Loss memory, measured in a fresh process so nothing else is in the peak
 
@@ -203,9 +215,10 @@ def loss_peak_bytes(kind: str, tokens: int, hidden_size: int, vocab_size: int, d
     return _resident_kb("VmHWM") * 1024 - baseline
 
 
-def loss_memory(config: FoxConfig, tokens: int, dtype: torch.dtype, device: torch.device) -> dict[str, float]:
+def loss_memory(config: FoxConfig, tokens: int, dtype: torch.dtype,
+                device: torch.device) -> dict[str, float | None]:
     """{kind: peak bytes} for the chunked and the naive loss, each in its own spawned process. A kind
-    that dies (out of memory) is reported as NaN."""
+    whose process dies (killed when out of memory) is None."""
     peaks = {}
     for kind in ("chunked", "naive"):
         context = multiprocessing.get_context("spawn")
@@ -215,7 +228,7 @@ def loss_memory(config: FoxConfig, tokens: int, dtype: torch.dtype, device: torc
             try:
                 peaks[kind] = float(job.result())
             except concurrent.futures.process.BrokenProcessPool:
-                peaks[kind] = float("nan")
+                peaks[kind] = None
     return peaks
 
 
@@ -354,31 +367,39 @@ class Machine:
     dtype: torch.dtype
     matmul_flops: float = 0.0  # FLOP/s
     copy_bandwidth: float = 0.0  # bytes/s, read + write
+    measurements: int = 0
 
     def measure(self) -> Machine:
         self.matmul_flops = max(self.matmul_flops, matmul_peak_flops(self.device, self.dtype))
         self.copy_bandwidth = max(self.copy_bandwidth, copy_bandwidth(self.device))
+        self.measurements += 1
         return self
 
     def report(self, report: Report) -> None:
         report.numbers.update(matmul_tflops=self.matmul_flops / 1e12, copy_gb_per_s=self.copy_bandwidth / GB)
         report.rows.insert(0, ("machine peak", f"matmul {self.matmul_flops / 1e9:,.1f} GFLOP/s", "", "",
-                               f"copy {self.copy_bandwidth / GB:.1f} GB/s (read+write); best of 3 measurements"))
+                               f"copy {self.copy_bandwidth / GB:.1f} GB/s (read+write); best of {self.measurements} "
+                               "measurements"))
 
 
 def bench_training(args: argparse.Namespace, report: Report, machine: Machine, model: Fox,
                    hf: torch.nn.Module | None) -> None:
     batch = torch.randint(model.config.vocab_size, (args.batch_size, args.seq_len + 1), device=args.device)
     steps = {"fox1": training_step(model, fox_loss, batch)}
+    hf_error = None
     if hf is not None:
         steps["hf"] = training_step(hf, hf_loss, batch)
+        hf_error = failure(steps["hf"])
+        if hf_error:  # e.g. its full-vocabulary logits do not fit in memory
+            del steps["hf"]
     best = best_seconds(steps, args.device, repeats=args.steps)
     machine.measure()
     tokens = args.batch_size * args.seq_len
-    ours, theirs = tokens / best["fox1"], tokens / best["hf"] if hf is not None else None
+    ours, theirs = tokens / best["fox1"], tokens / best["hf"] if "hf" in best else None
     mfu = ours * model.flops_per_token(args.seq_len) / machine.matmul_flops
-    report.numbers.update(params=model.num_params(), train_tokens_per_s=ours, mfu=mfu, hf_train_tokens_per_s=theirs)
-    report.add(f"train step (b={args.batch_size}, T={args.seq_len})", *versus(ours, theirs, "tok/s"), f"MFU {mfu:.1%}")
+    report.numbers.update(params=model.num_params(), train_tokens_per_s=ours, hf_train_tokens_per_s=theirs, mfu=mfu)
+    row = f"train step (b={args.batch_size}, T={args.seq_len})"
+    report.add(row, *versus(ours, theirs, "tok/s"), f"MFU {mfu:.1%}" + (f"; HF: {hf_error}" if hf_error else ""))
 
 
 def bench_generation(args: argparse.Namespace, report: Report, machine: Machine, model: Fox,
@@ -386,37 +407,44 @@ def bench_generation(args: argparse.Namespace, report: Report, machine: Machine,
     model.eval()
     prompt = torch.randint(model.config.vocab_size, (1, args.prompt_len), device=args.device)
     with torch.inference_mode():
-        compile_error = None if args.no_compile else compile_works(model, prompt, args.new_tokens)
+        # the cold compile takes ~30-70 s for `small` on 2 cores; it happens here, untimed
+        compile_error = None if args.no_compile else failure(
+            lambda: sample.generate(model, prompt, args.new_tokens, temperature=0, compile=True))
         compiled = not args.no_compile and compile_error is None
         calls = generation_calls(model, hf, prompt, args.new_tokens, compiled)
         best = best_seconds(calls, args.device, repeats=args.steps)
     machine.measure()
     speed = {name: (args.new_tokens - 1) / max(best[name] - best[name.split()[0] + " prefill"], 1e-9)
              for name in best if not name.endswith("prefill")}  # "fox1 compiled" - "fox1 prefill", ...
-    prefill = {name: prompt.numel() / best[f"{name} prefill"] for name in ("fox1", "hf") if f"{name} prefill" in best}
+    prefill = {name: prompt.numel() / best[f"{name} prefill"] for name in ("fox1", "hf")
+               if f"{name} prefill" in best}
     weight_bytes = model.num_params() * model.embed_tokens.weight.element_size()
     bound = machine.copy_bandwidth / weight_bytes  # tokens/s if each step only streamed the weights once
+    cache = last_level_cache_bytes() if args.device.type == "cpu" else 0
+    caveat = f"; they fit in the {cache >> 20} MB cache: DRAM does not bound them" if weight_bytes < cache else ""
     report.numbers.update(prefill_tokens_per_s=prefill["fox1"], hf_prefill_tokens_per_s=prefill.get("hf"),
-                          decode_tokens_per_s=speed["fox1"], compiled_decode_tokens_per_s=speed.get("fox1 compiled"),
-                          hf_decode_tokens_per_s=speed.get("hf"), decode_bound_tokens_per_s=bound)
+                          decode_tokens_per_s=speed["fox1"], hf_decode_tokens_per_s=speed.get("hf"),
+                          compiled_decode_tokens_per_s=speed.get("fox1 compiled"), decode_bound_tokens_per_s=bound)
     report.add(f"prefill (b=1, T={args.prompt_len})", *versus(prefill["fox1"], prefill.get("hf"), "tok/s"))
     for name, label in (("fox1", "decode (b=1, eager)"), ("fox1 compiled", "decode (b=1, torch.compile)")):
         if name in speed:
             report.add(label, *versus(speed[name], speed.get("hf"), "tok/s"),
                        f"{speed[name] / bound:.0%} of the bandwidth bound {bound:,.1f} tok/s "
-                       f"({weight_bytes / 1e6:,.0f} MB of weights)")
+                       f"({weight_bytes / 1e6:,.0f} MB of weights{caveat})")
     if compile_error:
         report.add("decode (b=1, torch.compile)", "failed", note=compile_error)
 
 
 def bench_loss_memory(args: argparse.Namespace, report: Report, config: FoxConfig) -> None:
     peaks = loss_memory(config, args.loss_tokens, args.dtype, args.device)
-    report.numbers.update(loss_tokens=args.loss_tokens, chunked_loss_peak_mb=peaks["chunked"] / 1e6,
-                          naive_loss_peak_mb=peaks["naive"] / 1e6)
+    mb = {kind: None if peak is None else peak / 1e6 for kind, peak in peaks.items()}
+    report.numbers.update(loss_tokens=args.loss_tokens, chunked_loss_peak_mb=mb["chunked"],
+                          naive_loss_peak_mb=mb["naive"])
+    shown = {kind: "died (out of memory?)" if value is None else f"{value:,.0f} MB" for kind, value in mb.items()}
     method = "max_memory_allocated" if args.device.type == "cuda" else "peak RSS"
-    report.add(f"loss peak memory ({args.loss_tokens} tok, V={config.vocab_size})",
-               f"{peaks['chunked'] / 1e6:,.0f} MB", f"naive {peaks['naive'] / 1e6:,.0f} MB",
-               ratio(peaks["chunked"], peaks["naive"]), f"{method}, forward+backward, each in a fresh process")
+    report.add(f"loss peak memory ({args.loss_tokens} tok, V={config.vocab_size})", shown["chunked"],
+               f"naive {shown['naive']}", ratio(mb["chunked"], mb["naive"]) if None not in mb.values() else "",
+               f"{method}, forward+backward, each in a fresh process")
 
 
 def bench_tokenizer(args: argparse.Namespace, report: Report) -> None:
@@ -438,8 +466,8 @@ def main() -> None:
     args = parse_args()
     config = FoxConfig.from_preset(args.preset)
     report = Report()
-    report.numbers.update(preset=args.preset, device=str(args.device), dtype=str(args.dtype).removeprefix("torch."),
-                          batch_size=args.batch_size, seq_len=args.seq_len, threads=args.threads,
+    report.numbers.update(preset=args.preset, device=str(args.device), batch_size=args.batch_size,
+                          dtype=str(args.dtype).removeprefix("torch."), seq_len=args.seq_len, threads=args.threads,
                           load_before=os.getloadavg()[0])
     sections = ["machine", "training", "generation", "loss memory"] + ([] if args.skip_tokenizer else ["tokenizer"])
     bar = tqdm(sections, desc="bench", file=sys.stderr)
@@ -463,9 +491,9 @@ def main() -> None:
     machine.report(report)
     report.numbers["load_after"] = os.getloadavg()[0]
     report.print(f"fox1 bench: preset {args.preset}, {report.numbers['params']:,} parameters, {args.device} "
-                 f"{report.numbers['dtype']}, {args.threads} threads, batch {args.batch_size} x {args.seq_len}; load average "
-                 f"{report.numbers['load_before']:.1f} -> {report.numbers['load_after']:.1f} (2 cores: above ~0.5 "
-                 f"the numbers are disturbed)")
+                 f"{report.numbers['dtype']}, {args.threads} threads, batch {args.batch_size} x {args.seq_len}; "
+                 f"load average {report.numbers['load_before']:.1f} -> {report.numbers['load_after']:.1f} on "
+                 f"{os.cpu_count()} cores (other processes' load slows every number)")
 
 
 if __name__ == "__main__":
