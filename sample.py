@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import os
 import random
 import sys
 import time
@@ -312,6 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SampleError, CheckpointError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while streaming: stop without a traceback
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader left (`| head`); point stdout at /dev/null so the exit flush is quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     print(f"prefill: {result.prompt_tokens} tokens at {result.prefill_tokens_per_s:.1f} tokens/s | "
           f"decode: {sum(map(len, result.tokens))} tokens in {len(result.tokens)} sample(s) at "
           f"{result.decode_tokens_per_s:.1f} tokens/s", file=sys.stderr)
