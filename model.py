@@ -307,7 +307,7 @@ class Fox(nn.Module):
         return 6 * self.num_params() + 12 * c.num_layers * c.num_heads * c.head_dim * seq_len
 
     def setup_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> None:
-        """Preallocate a static KV cache in every layer for generation (None: remove the caches)."""
+        """Preallocate a static KV cache in every layer for generation; forward(..., input_pos=...) uses it."""
         max_len = max_len or self.config.context_len
         dtype = dtype or self.embed_tokens.weight.dtype
         device = self.embed_tokens.weight.device
