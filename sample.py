@@ -268,19 +268,19 @@ def check_checkpoint(ckpt: Path) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Generate text from a Fox checkpoint (KV-cached, optionally compiled).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ckpt", default=DEFAULT_CKPT, help="our export or a Llama-format Hugging Face directory")
+    p = argparse.ArgumentParser(description="Generate text from a Fox checkpoint (KV-cached, optionally compiled).")
+    p.add_argument("--ckpt", default=DEFAULT_CKPT, help="our export or a Llama-format Hugging Face directory (default: %(default)s)")
     p.add_argument("--tokenizer", help="tokenizer file (default: <ckpt>/tokenizer.txt)")
     p.add_argument("--prompt", default="", help="prompt text, or @FILE to read it from a UTF-8 file")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens, 0 = off (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, 1 = off (default: %(default)s)")
     p.add_argument("--seed", type=int, help="sample r uses seed+r (default: random, printed)")
-    p.add_argument("--num-samples", type=int, default=1, help="samples, generated as one batch")
+    p.add_argument("--num-samples", type=int, default=1, help="samples, generated as one batch (default: %(default)s)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow start)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda, cuda:1 ... (default: %(default)s)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="weights and KV cache (default: bfloat16 on cuda, float32 on cpu)")
     args = p.parse_args(argv)

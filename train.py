@@ -50,7 +50,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from tqdm import tqdm
 
 import data
-from model import CheckpointError, Fox, FoxConfig, write_json_atomic
+from model import IGNORE_INDEX, CheckpointError, Fox, FoxConfig, write_json_atomic
 from tokenizer import InputError, Tokenizer
 
 # The standard library (10.7 MB of text) supports about 77K BPE merges: enough for tiny (8K) and small (32K).
@@ -183,7 +183,7 @@ def learning_rate(cfg: TrainConfig, stage: int, step: int, stage_steps: int) -> 
     if stage == 1 and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if stage == 3:
-        return cfg.lr * (1 - (1 - cfg.min_lr_ratio) * step / max(1, stage_steps))
+        return cfg.lr * (1 - (1 - cfg.min_lr_ratio) * (step + 1) / stage_steps)
     return cfg.lr
 
 
@@ -212,6 +212,9 @@ def read_checkpoint_meta(path: Path, model_config: FoxConfig) -> dict:
     try:
         meta = json.loads((path / "meta.json").read_text())
         stored = FoxConfig(**meta["model_config"])
+        missing = [key for key in ("step", "stage_steps", "complete", "eval_loss", "loader") if key not in meta]
+        if missing:
+            raise KeyError(missing[0])
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path / 'meta.json'}: corrupt checkpoint metadata ({e!r})") from None
     if stored != model_config:
@@ -226,11 +229,13 @@ def save_checkpoint(model: Fox, optimizer, meta: dict, directory: Path, env: Dis
     final = directory / f"step_{meta['step']:06d}"
     tmp = final.with_name(final.name + ".tmp")
     if env.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that was killed
+        for debris in directory.glob("step_*.tmp"):  # saves that were killed half-way
+            shutil.rmtree(debris)
         tmp.mkdir(parents=True)
     dist.barrier()
     model_state, optim_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp)
+    # Training draws no random numbers today; the RNG is saved so that adding dropout keeps resume exact.
     torch.save(torch.get_rng_state(), tmp / f"rng_rank{env.rank}.pt")
     dist.barrier()
     if env.is_main:
@@ -240,7 +245,8 @@ def save_checkpoint(model: Fox, optimizer, meta: dict, directory: Path, env: Dis
         marker_tmp = directory / "latest.tmp"
         marker_tmp.write_text(final.name + "\n")
         os.replace(marker_tmp, directory / "latest")
-        for old in sorted(directory.glob("step_??????"))[:-keep]:
+        saved = sorted((p for p in directory.glob("step_*") if p.suffix != ".tmp"), key=lambda p: int(p.name[5:]))
+        for old in saved[:-keep]:
             shutil.rmtree(old)
     dist.barrier()
     return final
@@ -328,7 +334,7 @@ def train_step(model: Fox, optimizer, batches: list[data.Batch], lr: float, cfg:
     Each micro-loss is weighted by its share of the global count of target tokens, so the gradient is the
     exact token mean over the whole global batch however it is split. FSDP averages gradients over ranks,
     hence the world_size factor."""
-    counts = torch.tensor([float((b.targets != -100).sum()) for b in batches], dtype=torch.float64)
+    counts = torch.tensor([float((b.targets != IGNORE_INDEX).sum()) for b in batches], dtype=torch.float64)
     total = counts.sum().to(env.device)
     dist.all_reduce(total)
     loss_sum = 0.0
@@ -367,11 +373,18 @@ def peak_flops(env: Dist) -> float | None:
 
 
 class MetricsLog:
-    """One JSON object per line, appended: out/stage{S}/metrics.jsonl from rank 0, metrics.rank{R}.jsonl from
-    the others (their tokens/s shows a straggler; their losses must equal rank 0's)."""
+    """One JSON object per line: out/stage{S}/metrics.jsonl from rank 0, metrics.rank{R}.jsonl from the others
+    (their tokens/s shows a straggler; their losses must equal rank 0's). On resume, rows past the checkpoint's
+    step (written before a kill) are dropped first, so the file reads as one uninterrupted run."""
 
-    def __init__(self, directory: Path, rank: int):
-        self.file = open(directory / ("metrics.jsonl" if rank == 0 else f"metrics.rank{rank}.jsonl"), "a")
+    def __init__(self, directory: Path, rank: int, resume_step: int):
+        path = directory / ("metrics.jsonl" if rank == 0 else f"metrics.rank{rank}.jsonl")
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)
+        self.file = open(path, "a")
 
     def write(self, **row) -> None:
         self.file.write(json.dumps(row) + "\n")
@@ -399,13 +412,16 @@ def train_stage(stage: data.Stage, model: Fox, optimizer, model_config: FoxConfi
         load_checkpoint(model, optimizer, resume, env)
         loader.load_state_dict(meta["loader"])
         step = meta["step"]
-        if step >= plan.steps:
+        if meta["complete"]:
             if env.is_main:
                 tqdm.write(f"stage {stage.number}: already complete at {resume} (eval loss {meta['eval_loss']:.4f})")
             return meta["eval_loss"]
+        if step >= plan.steps:
+            raise TrainError(f"{resume} is at step {step}, not before this run's last step {plan.steps}; "
+                             f"raise --max-steps to continue it")
     if env.is_main:
         describe_stage(plan, loader, cfg, env, step)
-    log = MetricsLog(directory, env.rank)
+    log = MetricsLog(directory, env.rank, step)
     flops, peak = model.flops_per_token(stage.seq_len), peak_flops(env)
     bar = tqdm(total=plan.steps, initial=step, desc=f"stage {stage.number}", unit="step", disable=not env.is_main,
                dynamic_ncols=True)
@@ -545,7 +561,8 @@ def run(cfg: TrainConfig, stages: list[int]) -> None:
         del model, optimizer  # FSDP2 on CPU can abort at exit if these outlive the process group
         gc.collect()
         if dist.is_initialized():
-            dist.barrier()
+            if sys.exc_info()[0] is None:  # after an error another rank may never reach this barrier
+                dist.barrier()
             dist.destroy_process_group()
 
 
@@ -579,6 +596,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[int]]:
     parser.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                         help="recompute block activations in backward (default: on for fox-1.6b)")
     args = parser.parse_args(argv)
+    for name in ("max_steps", "total_tokens", "tokens_per_step", "micro_batch_tokens", "eval_every", "eval_batches",
+                 "save_every", "keep", "log_every"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if (args.lr is not None and args.lr <= 0) or (args.warmup_steps is not None and args.warmup_steps < 0):
+        parser.error("--lr must be positive and --warmup-steps at least 0")
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if f.name != "preset" and getattr(args, f.name, None) is not None}
     cfg = replace(TRAIN_PRESETS[args.preset], **overrides)

@@ -165,3 +165,25 @@ def test_compiled_blocks_match_eager(corpus, reference, tmp_path):
     compiled, eager = step_losses(tmp_path / "compiled"), step_losses(reference)
     for step in compiled:
         assert compiled[step] == pytest.approx(eager[step], rel=1e-3), step
+
+
+def test_activation_checkpointing_gives_the_same_losses(corpus, reference, tmp_path):
+    run_train(corpus, tmp_path / "ac", "--stage", "1", "--max-steps", "2", "--micro-batch-tokens", "512",
+              "--activation-checkpointing")
+    checkpointed, plain = step_losses(tmp_path / "ac"), step_losses(reference)
+    for step in checkpointed:
+        assert checkpointed[step] == pytest.approx(plain[step], rel=1e-5), step
+
+
+def test_resume_rewrites_metrics_past_the_checkpoint(corpus, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "stage1" / "latest").write_text("step_000008\n")  # as if killed after step 10 but before its save
+    (out / "stage1" / "step_000010").rename(out / "stage1" / "step_000010.tmp")
+    result = run_train(corpus, out, "--stage", "1", "--max-steps", "10", "--micro-batch-tokens", "512",
+                       "--save-every", "4")
+    assert "resuming at step 8" in result.stdout + result.stderr
+    steps = [json.loads(line)["step"] for line in (out / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in steps if s in (9, 10)] == [9, 10, 10]  # losses of 9, 10 once each (+ the final eval row)
+    assert step_losses(out) == step_losses(reference)
+    assert not list((out / "stage1").glob("*.tmp"))  # the killed save's debris is gone
