@@ -159,20 +159,12 @@ def test_non_finite_loss_stops_with_a_clear_message(corpus, tmp_path):
     assert "loss is nan" in result.stderr or "loss is inf" in result.stderr
 
 
-def test_compiled_blocks_match_eager(corpus, reference, tmp_path):
-    run_train(corpus, tmp_path / "compiled", "--stage", "1", "--max-steps", "2", "--micro-batch-tokens", "512",
-              "--compile")
-    compiled, eager = step_losses(tmp_path / "compiled"), step_losses(reference)
-    for step in compiled:
-        assert compiled[step] == pytest.approx(eager[step], rel=1e-3), step
-
-
-def test_activation_checkpointing_gives_the_same_losses(corpus, reference, tmp_path):
-    run_train(corpus, tmp_path / "ac", "--stage", "1", "--max-steps", "2", "--micro-batch-tokens", "512",
-              "--activation-checkpointing")
-    checkpointed, plain = step_losses(tmp_path / "ac"), step_losses(reference)
-    for step in checkpointed:
-        assert checkpointed[step] == pytest.approx(plain[step], rel=1e-5), step
+@pytest.mark.parametrize("flag, tolerance", [("--compile", 1e-3), ("--activation-checkpointing", 1e-5)])
+def test_compiled_or_checkpointed_blocks_give_the_same_losses(corpus, reference, tmp_path, flag, tolerance):
+    run_train(corpus, tmp_path / "run", "--stage", "1", "--max-steps", "2", "--micro-batch-tokens", "512", flag)
+    losses, plain = step_losses(tmp_path / "run"), step_losses(reference)
+    for step in losses:
+        assert losses[step] == pytest.approx(plain[step], rel=tolerance), step
 
 
 def test_resume_rewrites_metrics_past_the_checkpoint(corpus, reference, tmp_path):
