@@ -29,7 +29,6 @@ import argparse
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import queue
 import re
@@ -41,7 +40,6 @@ import threading
 import time
 import tokenize
 import zlib
-from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -52,7 +50,8 @@ import torch
 from tqdm import tqdm
 
 from model import IGNORE_INDEX
-from tokenizer import CHUNK_CHARS, InputError, ReadStats, Tokenizer, document_chunks, expand_inputs, iter_documents
+from tokenizer import (CHUNK_CHARS, InputError, ReadStats, Tokenizer, document_chunks, expand_inputs, iter_documents,
+                       ordered_map)
 
 FORMAT = "fox1-token-shards-v1"
 TOKEN_DTYPE = np.dtype("<u4")  # uint32, little-endian on disk whatever the machine: ids up to 4G, 4 bytes a token
@@ -216,23 +215,6 @@ def _encode_documents(job: tuple[str, list[str]]) -> tuple[np.ndarray, np.ndarra
     return np.concatenate(pieces), np.array(lengths, dtype=np.int64), size
 
 
-def _ordered_map(function, jobs: Iterable, workers: int) -> Iterator:
-    """function over jobs, results in order, in a process pool when workers > 1. At most 2 jobs per worker are in
-    flight: Pool.imap would read the whole (possibly 1 TB) input ahead into memory."""
-    if workers <= 1:
-        yield from map(function, jobs)
-        return
-    # spawn, not fork: the parent may hold threads (tqdm's monitor, a data loader) that fork would copy mid-lock.
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        in_flight: deque = deque()
-        for job in jobs:
-            in_flight.append(pool.apply_async(function, (job,)))
-            if len(in_flight) >= 2 * workers:
-                yield in_flight.popleft().get()
-        while in_flight:
-            yield in_flight.popleft().get()
-
-
 class _ShardWriter:
     """Appends documents to one split: a flat token stream cut into files of shard_tokens tokens (a document may
     continue in the next file) plus the stream offset where each document starts."""
@@ -308,7 +290,7 @@ def _tokenize_into(directory: Path, documents: Iterable[str], tokenizer_path: Pa
     if workers is None:  # a spawned worker takes ~3 s to start (importing torch via this module): not worth it for
         small = total_bytes is not None and total_bytes < PARALLEL_MIN_BYTES  # 10 MB that 1 process encodes in ~2 s
         workers = 1 if small else os.cpu_count() or 1
-    results = _ordered_map(_encode_documents, jobs, workers)
+    results = ordered_map(_encode_documents, jobs, workers)
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenizing {name}", disable=not progress)
     try:
         first_document = 0

@@ -34,8 +34,9 @@ import time
 import zlib
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import regex
 import tiktoken
@@ -230,33 +231,34 @@ def document_chunks(documents: Iterable[str], chunk_chars: int) -> Iterator[list
         yield chunk
 
 
-def _counted_chunks(documents: Iterable[str], pattern: str, workers: int) -> Iterator[tuple[Counter[str], int]]:
-    """(pre-token counts, characters) per chunk of documents, counted in-process or by a pool of `workers`.
-
-    Chunks are read here and handed to the pool with at most 2 per worker in flight (Pool.imap would read the
-    whole input ahead into memory); results come back in order.
-    """
-    chunks = document_chunks(documents, CHUNK_CHARS)
-    if workers == 1:
-        for chunk in chunks:
-            yield _count_pieces(pattern, chunk), sum(map(len, chunk))
+def ordered_map(function: Callable, jobs: Iterable, workers: int) -> Iterator:
+    """function over jobs, results in order, in a process pool when workers > 1. At most 2 jobs per worker are in
+    flight: Pool.imap would read the whole (possibly 1 TB) input ahead into memory. Used by data.py too."""
+    if workers <= 1:
+        yield from map(function, jobs)
         return
+    # spawn, not fork: the parent may hold threads (tqdm's monitor, a data loader) that fork would copy mid-lock.
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         in_flight: deque = deque()
-        for chunk in chunks:
-            in_flight.append((pool.apply_async(_count_pieces, (pattern, chunk)), sum(map(len, chunk))))
+        for job in jobs:
+            in_flight.append(pool.apply_async(function, (job,)))
             if len(in_flight) >= 2 * workers:
-                result, chars = in_flight.popleft()
-                yield result.get(), chars
-        for result, chars in in_flight:
-            yield result.get(), chars
+                yield in_flight.popleft().get()
+        while in_flight:
+            yield in_flight.popleft().get()
+
+
+def _count_chunk(pattern: str, chunk: list[str]) -> tuple[Counter[str], int]:
+    """In a worker: (pre-token counts, characters) of one chunk of documents."""
+    return _count_pieces(pattern, chunk), sum(map(len, chunk))
 
 
 def count_pretokens(documents: Iterable[str], pattern: str, workers: int, progress: bool) -> dict[bytes, int]:
     """Distinct pre-tokens (as UTF-8 bytes) -> frequency, over all documents. workers=1: no processes."""
     total: Counter[str] = Counter()
     with tqdm(desc="counting", unit="char", unit_scale=True, disable=not progress) as bar:
-        for chunk_counts, chars in _counted_chunks(documents, pattern, workers):
+        chunks = document_chunks(documents, CHUNK_CHARS)
+        for chunk_counts, chars in ordered_map(partial(_count_chunk, pattern), chunks, workers):
             total.update(chunk_counts)
             bar.update(chars)
     counts: dict[bytes, int] = defaultdict(int)
