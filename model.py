@@ -362,9 +362,9 @@ class Fox(nn.Module):
         directory = Path(directory)
         config, stored_dtype = config_from_hf(directory / "config.json")
         tensors = read_safetensors(directory)
-        state = hf_to_fox_state_dict(tensors, config, directory)
         with torch.device("meta"):
             model = cls(config)
+        state = hf_to_fox_state_dict(tensors, model, directory)
         model.load_state_dict(state, strict=True, assign=True)
         model.rope_cos, model.rope_sin = rope_tables(config)
         return model.to(device=device, dtype=dtype or stored_dtype)
@@ -476,13 +476,12 @@ def read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def hf_to_fox_state_dict(tensors: dict[str, torch.Tensor], config: FoxConfig, directory: Path) -> dict:
+def hf_to_fox_state_dict(tensors: dict[str, torch.Tensor], model: Fox, directory: Path) -> dict:
     """Map `model.X` names to ours and check every tensor's presence and shape.
 
     `lm_head.weight` is accepted and ignored: the head is tied to the embedding (as HF does when
     tie_word_embeddings is true); RoPE's `inv_freq`, which old exports store, is recomputed."""
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in Fox(config).state_dict().items()}
+    expected = {k: v.shape for k, v in model.state_dict().items()}
     state = {}
     for name, tensor in tensors.items():
         if name == "lm_head.weight" or name.endswith("rotary_emb.inv_freq"):
