@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import copy
 import json
 import multiprocessing
 import os
@@ -339,7 +340,7 @@ def parse_args() -> argparse.Namespace:
                    help="timed runs of each training step and generation (best counts), after one warm-up")
     p.add_argument("--prompt-len", type=int, default=128, help="prefill length for the generation rows")
     p.add_argument("--new-tokens", type=int, default=64, help="decoded tokens for the generation rows")
-    p.add_argument("--no-compile", action="store_true", help="skip the row of fox1's compiled decode step")
+    p.add_argument("--no-compile", action="store_true", help="skip fox1's compiled rows (training step and decode)")
     p.add_argument("--loss-tokens", type=int, default=8192,
                    help="tokens in the loss-memory rows (8192 = one Fox-1 context)")
     p.add_argument("--tokenizer-mb", type=float, default=4.0, help="MB of text for the tokenizer rows")
@@ -384,27 +385,48 @@ class Machine:
 
 def bench_training(args: argparse.Namespace, report: Report, machine: Machine, model: Fox,
                    hf: torch.nn.Module | None) -> None:
+    """fox1's step eager and with every block compiled (`train.py --compile`), next to HF's eager step."""
     batch = torch.randint(model.config.vocab_size, (args.batch_size, args.seq_len + 1), device=args.device)
     steps = {"fox1": training_step(model, fox_loss, batch)}
+    compiled = None
+    if not args.no_compile:
+        compiled = copy.deepcopy(model)
+        for layer in compiled.layers:
+            layer.compile()
+        steps["fox1 compiled"] = training_step(compiled, fox_loss, batch)
     hf_error = None
     if hf is not None:
         steps["hf"] = training_step(hf, hf_loss, batch)
         hf_error = failure(steps["hf"])
         if hf_error:  # e.g. its full-vocabulary logits do not fit in memory
             del steps["hf"]
+    compile_error = failure(steps["fox1 compiled"]) if compiled is not None else None  # the cold compile
+    if compile_error:
+        del steps["fox1 compiled"]
     best = best_seconds(steps, args.device, repeats=args.steps)
+    del compiled, steps
     machine.measure()
     tokens = args.batch_size * args.seq_len
-    ours, theirs = tokens / best["fox1"], tokens / best["hf"] if "hf" in best else None
-    mfu = ours * model.flops_per_token(args.seq_len) / machine.matmul_flops
-    report.numbers.update(params=model.num_params(), train_tokens_per_s=ours, hf_train_tokens_per_s=theirs, mfu=mfu)
-    row = f"train step (b={args.batch_size}, T={args.seq_len})"
-    report.add(row, *versus(ours, theirs, "tok/s"), f"MFU {mfu:.1%}" + (f"; HF: {hf_error}" if hf_error else ""))
+    speed = {name: tokens / seconds for name, seconds in best.items()}
+    mfu = {name: value * model.flops_per_token(args.seq_len) / machine.matmul_flops for name, value in speed.items()}
+    report.numbers.update(params=model.num_params(), train_tokens_per_s=speed["fox1"],
+                          compiled_train_tokens_per_s=speed.get("fox1 compiled"),
+                          hf_train_tokens_per_s=speed.get("hf"), mfu=mfu["fox1"], compiled_mfu=mfu.get("fox1 compiled"))
+    hf_note = f"; HF: {hf_error}" if hf_error else ""
+    shape = f"b={args.batch_size}, T={args.seq_len}"
+    report.add(f"train step ({shape}, eager)", *versus(speed["fox1"], speed.get("hf"), "tok/s"),
+               f"MFU {mfu['fox1']:.1%}{hf_note}")
+    if "fox1 compiled" in speed:
+        report.add(f"train step ({shape}, compiled)", *versus(speed["fox1 compiled"], speed.get("hf"), "tok/s"),
+                   f"MFU {mfu['fox1 compiled']:.1%}; every block torch.compiled, as `train.py --compile`")
+    if compile_error:
+        report.add(f"train step ({shape}, compiled)", "failed", note=compile_error)
 
 
 def bench_generation(args: argparse.Namespace, report: Report, machine: Machine, model: Fox,
                      hf: torch.nn.Module | None) -> None:
     model.eval()
+    model.use_decode_layout()  # as sample.py does; training is over
     prompt = torch.randint(model.config.vocab_size, (1, args.prompt_len), device=args.device)
     with torch.inference_mode():
         # the cold compile takes ~30-70 s for `small` on 2 cores; it happens here, untimed

@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import torch
 
 from model import CheckpointError, Fox
-from tokenizer import InputError, Tokenizer
+from tokenizer import SPECIAL_TOKENS, InputError, Tokenizer
 
 DEFAULT_CKPT = "out/export"  # train.py exports the latest weights and tokenizer.txt here after every stage
 
@@ -150,14 +150,16 @@ def _synchronize(device: torch.device) -> None:
 def generate(model: Fox, prompt_ids: torch.Tensor | Sequence[int], max_new_tokens: int, *,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              seed: int | None = None, eos_id: int | None = None, vocab_limit: int | None = None,
-             compile: bool = False, on_token: Callable[[list[int]], None] | None = None) -> Generation:
+             compile: bool = False, first_allowed: Sequence[int] | None = None,
+             on_token: Callable[[list[int]], None] | None = None) -> Generation:
     """Continue every row of prompt_ids (B, T), or one prompt given as a list of ids, by up to
     max_new_tokens tokens.
 
     temperature 0 is greedy; top_k / top_p restrict sampling (None: off). seed: row r uses a generator
     seeded seed + r (None: a random seed). eos_id: a row stops at it, and generation stops when every row
     has; finished rows keep emitting eos_id in the batch. vocab_limit: only ids below it are generated (a
-    tokenizer smaller than the model's vocabulary cannot decode the rest). on_token(ids) is called after
+    tokenizer smaller than the model's vocabulary cannot decode the rest). first_allowed: the first new
+    token is chosen among these ids only (token healing, see `heal_prompt`). on_token(ids) is called after
     each step with the new token of every row. compile: run the decode step through torch.compile."""
     device = model.embed_tokens.weight.device
     prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
@@ -175,7 +177,12 @@ def generate(model: Fox, prompt_ids: torch.Tensor | Sequence[int], max_new_token
 
     _synchronize(device)
     start = time.perf_counter()
-    token = choose(model(prompt, input_pos=torch.arange(prompt_len, device=device), last_only=True)[:, -1])
+    logits = model(prompt, input_pos=torch.arange(prompt_len, device=device), last_only=True)[:, -1]
+    if first_allowed is not None:
+        blocked = torch.ones(logits.size(-1), dtype=torch.bool, device=device)
+        blocked[torch.as_tensor(first_allowed, dtype=torch.long, device=device)] = False
+        logits = logits.masked_fill(blocked, float("-inf"))
+    token = choose(logits)
     new_tokens = [token]
     done = token == eos_id if eos_id is not None else None
     if on_token is not None:
@@ -208,17 +215,36 @@ def generate(model: Fox, prompt_ids: torch.Tensor | Sequence[int], max_new_token
 class TextStream:
     """Token ids in, text out, one token at a time. A character whose UTF-8 bytes span several tokens
     (byte-level BPE splits rare characters into their bytes) is held back until its last byte arrives;
-    bytes that never form a character become U+FFFD."""
+    bytes that never form a character become U+FFFD. `already_shown`: bytes the first tokens start with
+    that are on screen already (the prompt's tail that token healing regenerates)."""
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: Tokenizer, already_shown: bytes = b""):
         self.tokenizer = tokenizer
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.to_skip = len(already_shown)
 
     def push(self, token_id: int) -> str:
-        return self.decoder.decode(self.tokenizer.decode_bytes([token_id]))
+        data = self.tokenizer.decode_bytes([token_id])
+        skipped = min(self.to_skip, len(data))
+        self.to_skip -= skipped
+        return self.decoder.decode(data[skipped:])
 
     def finish(self) -> str:
         return self.decoder.decode(b"", final=True)
+
+
+def heal_prompt(tokenizer: Tokenizer, ids: list[int]) -> tuple[list[int], bytes, list[int] | None]:
+    """Token healing: drop the prompt's last token and let the model choose it again, among the tokens
+    that begin with its bytes. Returns (shorter ids, the dropped bytes, the ids allowed first).
+
+    Why: BPE pieces carry their leading space (" foo"), so a prompt that ends in a space ends in a lone
+    " " token that training text almost never has before a word: after "def " the model is off its
+    data and writes noise. Healed, it continues from "def" with " __init__", " main", ... as it has
+    learned to. Prompts that end in a special token are left alone."""
+    if len(ids) < 2 or ids[-1] < len(SPECIAL_TOKENS):
+        return ids, b"", None
+    tail = tokenizer.decode_bytes(ids[-1:])
+    return ids[:-1], tail, tokenizer.ids_starting_with(tail)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,6 +305,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="sample r uses seed+r (default: random, printed)")
     p.add_argument("--num-samples", type=int, default=1, help="samples, generated as one batch (default: %(default)s)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow start)")
+    p.add_argument("--token-healing", action=argparse.BooleanOptionalAction, default=True,
+                   help="regenerate the prompt's last token, so a prompt ending mid-word or in a space "
+                        "continues naturally (default: on)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda, cuda:1 ... (default: %(default)s)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
@@ -301,15 +330,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_checkpoint(ckpt)
         tokenizer = load_tokenizer(ckpt, args.tokenizer)
         model = Fox.from_pretrained(ckpt, dtype=dtype, device=device).eval()
+        model.use_decode_layout()
         if tokenizer.vocab_size > model.config.vocab_size:
             raise SampleError(f"tokenizer has {tokenizer.vocab_size} tokens but the model in {ckpt} only "
                               f"{model.config.vocab_size}: they do not belong together")
         prompt = [tokenizer.bos_id] + tokenizer.encode(text, allow_special=True)  # chat tokens may be typed
+        tail, first_allowed = b"", None
+        if args.token_healing:
+            prompt, tail, first_allowed = heal_prompt(tokenizer, prompt)
         check_fits(model, len(prompt), args.max_new_tokens)
         seed = random.randrange(2**31) if args.seed is None else args.seed
-        print(f"{ckpt}: {model.num_params():,} parameters, {dtype} on {device}; prompt {len(prompt)} tokens; "
-              f"seed {seed}", file=sys.stderr)
-        result = run_and_print(model, tokenizer, text, prompt, args, seed)
+        healing = f"; token healing regenerates {tail.decode('utf-8', errors='replace')!r}" if tail else ""
+        print(f"{ckpt}: {model.num_params():,} parameters, {dtype} on {device}; prompt {len(prompt)} tokens"
+              f"{healing}; seed {seed}", file=sys.stderr)
+        result = run_and_print(model, tokenizer, text, prompt, args, seed, tail=tail, first_allowed=first_allowed)
     except (SampleError, CheckpointError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -326,10 +360,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_and_print(model: Fox, tokenizer: Tokenizer, text: str, prompt: list[int], args: argparse.Namespace,
-                  seed: int) -> Generation:
-    """Generate; one sample streams to stdout token by token, several are printed one after another."""
+                  seed: int, *, tail: bytes = b"", first_allowed: list[int] | None = None) -> Generation:
+    """Generate; one sample streams to stdout token by token, several are printed one after another.
+    tail / first_allowed: the prompt's healed last token (`heal_prompt`); its bytes, shown with the
+    prompt, are not printed again."""
     streaming = args.num_samples == 1
-    stream = TextStream(tokenizer)
+    stream = TextStream(tokenizer, already_shown=tail)
 
     def print_token(ids: list[int]) -> None:  # a single row stops at its <eos>, the last token it is given
         if ids[0] != tokenizer.eos_id:
@@ -340,13 +376,14 @@ def run_and_print(model: Fox, tokenizer: Tokenizer, text: str, prompt: list[int]
         sys.stdout.write(text)
     result = generate(model, [prompt] * args.num_samples, args.max_new_tokens, temperature=args.temperature,
                       top_k=args.top_k or None, top_p=args.top_p, seed=seed, eos_id=tokenizer.eos_id,
-                      vocab_limit=tokenizer.vocab_size, compile=args.compile,
+                      vocab_limit=tokenizer.vocab_size, compile=args.compile, first_allowed=first_allowed,
                       on_token=print_token if streaming else None)
     if streaming:
         sys.stdout.write(stream.finish() + "\n")
     else:
         for row, tokens in enumerate(result.tokens):
-            sys.stdout.write(f"--- sample {row} (seed {seed + row}) ---\n{text}{tokenizer.decode(tokens)}\n")
+            continuation = tokenizer.decode_bytes(tokens)[len(tail):].decode("utf-8", errors="replace")
+            sys.stdout.write(f"--- sample {row} (seed {seed + row}) ---\n{text}{continuation}\n")
     sys.stdout.flush()
     return result
 

@@ -452,6 +452,10 @@ class Tokenizer:
         """Ids -> text. Bytes that are not valid UTF-8 (a character cut by the end of `ids`) become U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
+    def ids_starting_with(self, prefix: bytes) -> list[int]:
+        """Ids of the ordinary tokens whose bytes begin with `prefix` (for token healing in sample.py)."""
+        return sorted(token_id for token, token_id in self.ranks.items() if token.startswith(prefix))
+
     def encode_reference(self, text: str) -> list[int]:
         """Pure-Python encoder giving the same ids as encode() (no special tokens), to show what tiktoken does.
 

@@ -61,9 +61,10 @@ def test_gqa_equals_multi_head_attention_with_repeated_kv_heads():
     gqa, mha = Fox(gqa_config), Fox(mha_config)
     state = gqa.state_dict()
     hd = gqa_config.head_dim
-    for name in ("k_proj", "v_proj"):  # kv head j serves query heads 2j and 2j+1
-        w = state[f"layers.0.self_attn.{name}.weight"].view(2, hd, -1)
-        state[f"layers.0.self_attn.{name}.weight"] = w.repeat_interleave(2, dim=0).reshape(4 * hd, -1)
+    q, k, v = state["layers.0.self_attn.qkv_proj.weight"].split([4 * hd, 2 * hd, 2 * hd])
+    # kv head j serves query heads 2j and 2j+1
+    k, v = (w.view(2, hd, -1).repeat_interleave(2, dim=0).reshape(4 * hd, -1) for w in (k, v))
+    state["layers.0.self_attn.qkv_proj.weight"] = torch.cat([q, k, v])
     mha.load_state_dict(state)
     idx = torch.randint(0, 320, (2, 12))
     torch.testing.assert_close(gqa(idx), mha(idx))
@@ -99,6 +100,22 @@ def test_kv_cached_decode_equals_full_forward(micro):
     steps = [micro(idx[:, t:t + 1], input_pos=torch.tensor([t])) for t in range(12, 20)]
     cached = torch.cat([prefill] + steps, dim=1)
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_layout_keeps_values_and_the_model_trainable(micro):
+    idx = torch.randint(0, MICRO.vocab_size, (2, 10))
+    before = {name: tensor.clone() for name, tensor in micro.state_dict().items()}
+    logits = micro(idx)
+    with torch.inference_mode():  # as sample.py calls it; the weights must not become inference tensors
+        micro.use_decode_layout()
+    head = micro.embed_tokens.weight
+    assert head.shape == (MICRO.vocab_size, MICRO.hidden_size) and head.stride() == (1, MICRO.vocab_size)
+    assert micro.layers[0].mlp.down_proj.weight.t().is_contiguous()
+    for name, tensor in micro.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    torch.testing.assert_close(micro(idx), logits)
+    micro(idx, idx).backward()
+    assert micro.layers[0].self_attn.qkv_proj.weight.grad is not None
 
 
 def test_chunked_loss_equals_naive_loss_value_and_gradients(monkeypatch):
@@ -159,6 +176,24 @@ def test_save_pretrained_round_trip_is_bitwise(micro, tmp_path):
     assert torch.equal(micro(idx), loaded(idx))
 
 
+def test_checkpoint_has_exactly_the_llama_tensor_names_and_shapes(micro, tmp_path):
+    from safetensors.torch import load_file
+    micro.save_pretrained(tmp_path)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    d, hd, ffn = MICRO.hidden_size, MICRO.head_dim, MICRO.intermediate_size
+    layer = {"input_layernorm.weight": (d,), "post_attention_layernorm.weight": (d,),
+             "self_attn.q_proj.weight": (MICRO.num_heads * hd, d), "self_attn.k_proj.weight": (MICRO.num_kv_heads * hd, d),
+             "self_attn.v_proj.weight": (MICRO.num_kv_heads * hd, d), "self_attn.o_proj.weight": (d, MICRO.num_heads * hd),
+             "mlp.gate_proj.weight": (ffn, d), "mlp.up_proj.weight": (ffn, d), "mlp.down_proj.weight": (d, ffn)}
+    expected = {f"model.layers.{i}.{name}": shape for i in range(MICRO.num_layers) for name, shape in layer.items()}
+    expected.update({"model.embed_tokens.weight": (MICRO.vocab_size, d), "model.norm.weight": (d,)})
+    assert {name: tuple(t.shape) for name, t in tensors.items()} == expected
+    # the fused matrices are HF's stacked by rows, in q, k, v and gate, up order
+    qkv = micro.layers[1].self_attn.qkv_proj.weight
+    assert torch.equal(tensors["model.layers.1.self_attn.v_proj.weight"], qkv[-MICRO.num_kv_heads * hd:])
+    assert torch.equal(tensors["model.layers.1.mlp.up_proj.weight"], micro.layers[1].mlp.gate_up_proj.weight[ffn:])
+
+
 def test_bf16_save_and_load_keeps_dtype(micro, tmp_path):
     micro.to(torch.bfloat16).save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == "bfloat16"
@@ -167,7 +202,7 @@ def test_bf16_save_and_load_keeps_dtype(micro, tmp_path):
 
 def test_loads_untied_lm_head_copy_and_sharded_index(micro, tmp_path):
     from safetensors.torch import save_file
-    tensors = {"model." + k: v.contiguous() for k, v in micro.state_dict().items()}
+    tensors = {k: v.contiguous() for k, v in model.fox_to_hf(micro.state_dict(), MICRO).items()}
     tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
     names = sorted(tensors)
     shards = {"model-00001-of-00002.safetensors": names[:5], "model-00002-of-00002.safetensors": names[5:]}
@@ -190,7 +225,7 @@ def test_loads_untied_lm_head_copy_and_sharded_index(micro, tmp_path):
 def test_mismatched_checkpoint_gives_one_clear_error(micro, tmp_path, corrupt, message):
     from safetensors.torch import save_file
     cfg = model.config_to_hf(MICRO, torch.float32)
-    tensors = {"model." + k: v.contiguous() for k, v in micro.state_dict().items()}
+    tensors = {k: v.contiguous() for k, v in model.fox_to_hf(micro.state_dict(), MICRO).items()}
     corrupt(cfg, tensors)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     save_file(tensors, str(tmp_path / "model.safetensors"))

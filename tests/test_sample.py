@@ -206,13 +206,37 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_streams_the_greedy_text_and_reports_speeds(ckpt, tokenizer):
     result = run_cli("--ckpt", str(ckpt), "--prompt", "def main():\n", "--max-new-tokens", "20",
-                     "--temperature", "0")
+                     "--temperature", "0", "--no-token-healing")
     assert result.returncode == 0, result.stderr
     model = Fox.from_pretrained(ckpt).eval()
     prompt = [tokenizer.bos_id] + tokenizer.encode("def main():\n")
     expected = generate(model, prompt, 20, temperature=0, eos_id=tokenizer.eos_id).tokens[0]
     assert result.stdout == "def main():\n" + tokenizer.decode(expected) + "\n"
     assert "prefill:" in result.stderr and "decode:" in result.stderr and "tokens/s" in result.stderr
+
+
+def test_heal_prompt_drops_the_last_token_and_allows_its_extensions(tokenizer):
+    ids = [tokenizer.bos_id] + tokenizer.encode("def ")
+    healed, tail, allowed = sample.heal_prompt(tokenizer, ids)
+    assert healed == ids[:-1] and tail == b" " and ids[-1] in allowed
+    assert all(tokenizer.decode_bytes([i]).startswith(b" ") for i in allowed)
+    assert len(allowed) == sum(token.startswith(b" ") for token in tokenizer.ranks)  # all of them
+    special_end = [tokenizer.bos_id] + tokenizer.encode("hi<end_of_turn>", allow_special=True)
+    assert sample.heal_prompt(tokenizer, special_end) == (special_end, b"", None)
+    assert sample.heal_prompt(tokenizer, [tokenizer.bos_id]) == ([tokenizer.bos_id], b"", None)
+
+
+def test_cli_token_healing_continues_the_prompt_text_exactly(ckpt, tokenizer, capsys):
+    model = Fox.from_pretrained(ckpt).eval()
+    for seed in range(4):
+        assert sample.main(["--ckpt", str(ckpt), "--prompt", "def ", "--max-new-tokens", "12",
+                            "--temperature", "1.0", "--top-k", "0", "--top-p", "1", "--seed", str(seed)]) == 0
+        out = capsys.readouterr().out
+        ids, tail, allowed = sample.heal_prompt(tokenizer, [tokenizer.bos_id] + tokenizer.encode("def "))
+        tokens = generate(model, ids, 12, temperature=1.0, seed=seed,
+                          eos_id=tokenizer.eos_id, vocab_limit=tokenizer.vocab_size, first_allowed=allowed).tokens[0]
+        assert tokenizer.decode_bytes(tokens[:1]).startswith(b" ")  # the first token re-creates the space
+        assert out == "def " + tokenizer.decode_bytes(tokens)[1:].decode("utf-8", errors="replace") + "\n"
 
 
 def test_cli_num_samples_equal_single_runs_with_consecutive_seeds(ckpt, capsys):
@@ -242,7 +266,7 @@ def one_line_error(capsys, argv: list[str]) -> str:
 
 def test_cli_errors(ckpt, tmp_path, capsys, tokenizer):
     too_long = one_line_error(capsys, ["--ckpt", str(ckpt), "--prompt", "x", "--max-new-tokens", str(CONTEXT)])
-    assert f"+ {CONTEXT} new tokens = {CONTEXT + 2}" in too_long and f"context of {CONTEXT}" in too_long
+    assert f"+ {CONTEXT} new tokens = {CONTEXT + 1}" in too_long  # <bos>; "x" is healed (regenerated) and f"context of {CONTEXT}" in too_long
 
     latin1 = tmp_path / "prompt.txt"
     latin1.write_bytes("café".encode("latin-1"))
