@@ -75,6 +75,16 @@ def test_greedy_equals_argmax_of_the_uncached_forward_at_every_step(model, token
     assert torch.equal(logits[:, T - 1:-1].argmax(dim=-1), new)
 
 
+def test_compiled_decode_step_gives_the_eager_tokens(model, tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # a cold compile, ~10 s
+    prompt = prompts(tokenizer, ["def main(argv):\n"])
+    eager = generate(model, prompt, 12, temperature=0)
+    compiled = generate(model, prompt, 12, temperature=0, compile=True)
+    assert compiled.tokens == eager.tokens
+    assert compiled.compile_seconds > 0 and eager.compile_seconds == 0
+    assert compiled.decode_steps == 10 and eager.decode_steps == 11  # the compiling step is not timed
+
+
 def test_same_seed_same_tokens_other_seed_other_tokens(model, tokenizer):
     prompt = prompts(tokenizer, ["for i in range"])
     run = lambda seed: generate(model, prompt, 30, temperature=1.0, seed=seed).tokens  # noqa: E731
