@@ -336,7 +336,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on cuda, float32 on cpu")
     p.add_argument("--batch-size", type=int, help="training batch (default: 4 on cpu, 8 on cuda)")
     p.add_argument("--seq-len", type=int, help="training sequence length (default: 256 on cpu, 2048 on cuda)")
-    p.add_argument("--steps", type=int, default=3,
+    p.add_argument("--steps", type=int, default=5,
                    help="timed runs of each training step and generation (best counts), after one warm-up")
     p.add_argument("--prompt-len", type=int, default=128, help="prefill length for the generation rows")
     p.add_argument("--new-tokens", type=int, default=64, help="decoded tokens for the generation rows")
