@@ -426,7 +426,6 @@ def bench_training(args: argparse.Namespace, report: Report, machine: Machine, m
 def bench_generation(args: argparse.Namespace, report: Report, machine: Machine, model: Fox,
                      hf: torch.nn.Module | None) -> None:
     model.eval()
-    model.use_decode_layout()  # as sample.py does; training is over
     prompt = torch.randint(model.config.vocab_size, (1, args.prompt_len), device=args.device)
     with torch.inference_mode():
         # the cold compile takes ~30-70 s for `small` on 2 cores; it happens here, untimed

@@ -15,8 +15,6 @@ Text goes to stdout as it is produced (one sample streams; several are printed w
 Documents in training are wrapped `<bos> ... <eos>`, so the prompt gets a leading `<bos>` and a sample ends
 at its first `<eos>`. The prompt's last token is regenerated (token healing, `heal_prompt`): "def " ends in a
 lone " " token that training text hardly ever has, and healing lets the model pick " main" instead.
-On CPU the weights are first stored transposed (`Fox.use_decode_layout`), which makes a one-token step of
-`small` 1.15x faster eager and 1.3x compiled.
 
 Randomness is per row: row r of a batch draws from its own generator seeded `seed + r`, and draws the same
 amount whatever the other rows do, so sample r of `--num-samples N --seed S` is exactly the single sample of
@@ -117,8 +115,9 @@ def decode_step(model: Fox, tokens: torch.Tensor, input_pos: torch.Tensor) -> to
 
 def compiled_decode_step(device: torch.device) -> Callable:
     """decode_step through torch.compile. On CUDA "reduce-overhead" also captures it as a CUDA graph,
-    which removes the launch overhead of ~10 kernels per layer; on CPU plain inductor fuses the
-    elementwise work (norms, RoPE, SiLU) around the matmuls."""
+    which removes the launch overhead of ~10 kernels per layer. On CPU inductor fuses the elementwise
+    work (norms, RoPE, SiLU) into its own dot-product loops for the one-row matmuls (`model.linear`),
+    which stream the weights ~1.5x faster than MKL does."""
     mode = "reduce-overhead" if device.type == "cuda" else None
     return torch.compile(decode_step, mode=mode, fullgraph=True)
 
@@ -341,7 +340,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_checkpoint(ckpt)
         tokenizer = load_tokenizer(ckpt, args.tokenizer)
         model = Fox.from_pretrained(ckpt, dtype=dtype, device=device).eval()
-        model.use_decode_layout()
         if tokenizer.vocab_size > model.config.vocab_size:
             raise SampleError(f"tokenizer has {tokenizer.vocab_size} tokens but the model in {ckpt} only "
                               f"{model.config.vocab_size}: they do not belong together")

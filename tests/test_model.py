@@ -102,22 +102,6 @@ def test_kv_cached_decode_equals_full_forward(micro):
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
 
 
-def test_decode_layout_keeps_values_and_the_model_trainable(micro):
-    idx = torch.randint(0, MICRO.vocab_size, (2, 10))
-    before = {name: tensor.clone() for name, tensor in micro.state_dict().items()}
-    logits = micro(idx)
-    with torch.inference_mode():  # as sample.py calls it; the weights must not become inference tensors
-        micro.use_decode_layout()
-    head = micro.embed_tokens.weight
-    assert head.shape == (MICRO.vocab_size, MICRO.hidden_size) and head.stride() == (1, MICRO.vocab_size)
-    assert micro.layers[0].mlp.down_proj.weight.t().is_contiguous()
-    for name, tensor in micro.state_dict().items():
-        assert torch.equal(tensor, before[name]), name
-    torch.testing.assert_close(micro(idx), logits)
-    micro(idx, idx).backward()
-    assert micro.layers[0].self_attn.qkv_proj.weight.grad is not None
-
-
 def test_chunked_loss_equals_naive_loss_value_and_gradients(monkeypatch):
     monkeypatch.setattr(model, "LOSS_CHUNK_ELEMENTS", 7 * 50)  # force 7-token chunks, an uneven split
     torch.manual_seed(0)
