@@ -18,7 +18,8 @@ What else is here and why:
   * `position_ids` / `doc_ids`: packed training windows hold several documents; RoPE restarts at
     each document and attention is masked block-diagonally so documents never see each other.
   * `KVCache`: a static, preallocated cache (as in gpt-fast) so decoding is one fixed-shape step
-    that `torch.compile` can turn into a single graph.
+    that `torch.compile` can turn into a single graph; `linear` lets inductor write that step's
+    one-row matmuls on CPU as its own dot-product loops, which stream the weights faster than MKL.
   * `from_pretrained` / `save_pretrained`: the Hugging Face Llama checkpoint layout. Module names
     match it (`embed_tokens`, `self_attn.o_proj`, ...) except two fused matrices, `qkv_proj` and
     `gate_up_proj`, which are HF's q/k/v and gate/up projections stacked by rows (`hf_names`).
