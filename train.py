@@ -260,8 +260,9 @@ def load_checkpoint(model: Fox, optimizer, path: Path, env: Dist) -> None:
         dcp.load(state, checkpoint_id=path)
     except (Exception, dcp.api.CheckpointException) as e:  # the latter wraps per-rank errors, a BaseException
         lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-        raise CheckpointError(f"{path}: cannot load checkpoint, its files are damaged or incomplete "
-                              f"({lines[-1]})") from None
+        reason = ("it was written by a model with other parameters" if "Missing key" in lines[-1]
+                  else "its files are damaged or incomplete")
+        raise CheckpointError(f"{path}: cannot load checkpoint, {reason} ({lines[-1]})") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     rng = path / f"rng_rank{env.rank}.pt"
     if rng.exists():  # absent when resuming at a larger world size: that rank keeps its fresh seed
