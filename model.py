@@ -510,7 +510,8 @@ def read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
 def hf_names(name: str, config: FoxConfig) -> list[tuple[str, int]]:
     """The Hugging Face tensors that our tensor `name` holds, stacked by rows in this order, with their
     row counts: ('layers.0.self_attn.qkv_proj.weight') -> [('model.layers.0.self_attn.q_proj.weight',
-    2048), (... k_proj ..., 512), (... v_proj ..., 512)]; every other name is itself under `model.`."""
+    2048), (... k_proj ..., 512), (... v_proj ..., 512)]; every other name is itself under `model.`,
+    with row count -1 (the whole tensor)."""
     q_rows, kv_rows = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
     fused = {"self_attn.qkv_proj": [("self_attn.q_proj", q_rows), ("self_attn.k_proj", kv_rows),
                                     ("self_attn.v_proj", kv_rows)],
