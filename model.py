@@ -538,7 +538,8 @@ def hf_to_fox_state_dict(tensors: dict[str, torch.Tensor], model: Fox, directory
 
     `lm_head.weight` is accepted and ignored: the head is tied to the embedding (as HF does when
     tie_word_embeddings is true); RoPE's `inv_freq`, which old exports store, is recomputed."""
-    expected = {k: v.shape for k, v in fox_to_hf(model.state_dict(), model.config).items()}
+    ours = model.state_dict()
+    expected = {k: v.shape for k, v in fox_to_hf(ours, model.config).items()}
     hf = {}
     for name, tensor in tensors.items():
         if name == "lm_head.weight" or name.endswith("rotary_emb.inv_freq"):
@@ -553,7 +554,7 @@ def hf_to_fox_state_dict(tensors: dict[str, torch.Tensor], model: Fox, directory
     if missing:
         raise CheckpointError(f"{directory}: missing tensor {missing[0]!r} ({len(missing)} missing)")
     state = {}
-    for name in model.state_dict():
+    for name in ours:
         parts = [hf[hf_name] for hf_name, _ in hf_names(name, model.config)]
         state[name] = torch.cat(parts) if len(parts) > 1 else parts[0]
     return state

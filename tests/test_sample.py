@@ -238,11 +238,11 @@ def test_heal_prompt_drops_the_last_token_and_allows_its_extensions(tokenizer):
 
 def test_cli_token_healing_continues_the_prompt_text_exactly(ckpt, tokenizer, capsys):
     model = Fox.from_pretrained(ckpt).eval()
+    ids, tail, allowed = sample.heal_prompt(tokenizer, [tokenizer.bos_id] + tokenizer.encode("def "))
     for seed in range(4):
         assert sample.main(["--ckpt", str(ckpt), "--prompt", "def ", "--max-new-tokens", "12",
                             "--temperature", "1.0", "--top-k", "0", "--top-p", "1", "--seed", str(seed)]) == 0
         out = capsys.readouterr().out
-        ids, tail, allowed = sample.heal_prompt(tokenizer, [tokenizer.bos_id] + tokenizer.encode("def "))
         tokens = generate(model, ids, 12, temperature=1.0, seed=seed,
                           eos_id=tokenizer.eos_id, vocab_limit=tokenizer.vocab_size, first_allowed=allowed).tokens[0]
         assert tokenizer.decode_bytes(tokens[:1]).startswith(b" ")  # the first token re-creates the space
