@@ -30,13 +30,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 
 from model import CheckpointError, Fox
 from tokenizer import SPECIAL_TOKENS, InputError, Tokenizer
 
+Result = TypeVar("Result")
 DEFAULT_CKPT = "out/export"  # train.py exports the latest weights and tokenizer.txt here after every stage
 
 
@@ -104,22 +105,28 @@ def sample_next(logits: torch.Tensor, generators: Sequence[torch.Generator], tem
 
 
 # --------------------------------------------------------------------------------------------------
-# Generation
+# Generation: prefill the prompt, then decode one token at a time (gpt-fast's shape)
 
 
-def decode_step(model: Fox, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-    """One cached forward: tokens (B, 1) at position input_pos (1,) -> next-token logits (B, V).
-    Every shape is fixed (the cache is static), so a compiled version never recompiles."""
+def prefill(model: Fox, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """The prompt tokens (B, T) at positions input_pos (T,) in one forward that fills the KV cache ->
+    the next-token logits (B, V). Only the last position goes through the LM head (`last_only`)."""
     return model(tokens, input_pos=input_pos, last_only=True)[:, -1]
 
 
-def compiled_decode_step(device: torch.device) -> Callable:
-    """decode_step through torch.compile. On CUDA "reduce-overhead" also captures it as a CUDA graph,
+def decode_one_token(model: Fox, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """One cached forward: tokens (B, 1) at position input_pos (1,) -> next-token logits (B, V).
+    Every shape is fixed (the cache is static), so its compiled version never recompiles."""
+    return model(token, input_pos=input_pos, last_only=True)[:, -1]
+
+
+def compiled_decode_one_token(device: torch.device) -> Callable:
+    """decode_one_token through torch.compile. On CUDA "reduce-overhead" also captures it as a CUDA graph,
     which removes the launch overhead of ~10 kernels per layer. On CPU inductor fuses the elementwise
     work (norms, RoPE, SiLU) into its own dot-product loops for the one-row matmuls (`model.linear`),
     which stream the weights ~1.5x faster than MKL does."""
     mode = "reduce-overhead" if device.type == "cuda" else None
-    return torch.compile(decode_step, mode=mode, fullgraph=True)
+    return torch.compile(decode_one_token, mode=mode, fullgraph=True)
 
 
 def ensure_kv_cache(model: Fox, batch_size: int, min_len: int) -> None:
@@ -144,9 +151,59 @@ def check_fits(model: Fox, prompt_len: int, max_new_tokens: int) -> None:
                           f"{prompt_len + max_new_tokens} is longer than the model's context of {context}")
 
 
-def _synchronize(device: torch.device) -> None:
+def new_seed() -> int:
+    """A fresh random seed, for runs that were not given one (the CLI prints it, so a run can be repeated)."""
+    return random.randrange(2**31)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so wall-clock time measures it (a no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed(call: Callable[[], Result], device: torch.device) -> tuple[Result, float]:
+    """(call(), its wall-clock seconds), with the device's work included."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = call()
+    synchronize(device)
+    return result, time.perf_counter() - start
+
+
+def decode_step(model: Fox, compile: bool, token: torch.Tensor, input_pos: torch.Tensor) -> tuple[Callable, float]:
+    """(the decode step to use, seconds spent compiling it). The compiled step is called once here, untimed
+    as decoding, so it compiles now; the call writes the same cache slot the first real step writes again."""
+    if not compile:
+        return decode_one_token, 0.0
+    device = token.device
+    step = compiled_decode_one_token(device)
+    if device.type == "cuda":
+        torch.compiler.cudagraph_mark_step_begin()
+    _, seconds = timed(lambda: step(model, token[:, None], input_pos), device)
+    return step, seconds
+
+
+def decode(model: Fox, step: Callable, token: torch.Tensor, input_pos: torch.Tensor, count: int,
+           choose: Callable[[torch.Tensor], torch.Tensor], eos_id: int | None,
+           on_token: Callable[[list[int]], None] | None) -> list[torch.Tensor]:
+    """Up to count tokens after `token` (B,), one step each, until every row has produced eos_id.
+    A finished row keeps emitting eos_id, so the rows stay one batch."""
+    done = token == eos_id if eos_id is not None else torch.zeros_like(token, dtype=torch.bool)
+    input_pos = input_pos.clone()
+    new_tokens = []
+    while len(new_tokens) < count and not bool(done.all()):
+        if token.device.type == "cuda" and step is not decode_one_token:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
+        token = choose(step(model, token[:, None], input_pos))
+        if eos_id is not None:
+            token = token.masked_fill(done, eos_id)
+            done |= token == eos_id
+        new_tokens.append(token)
+        input_pos += 1
+        if on_token is not None:
+            on_token(token.tolist())
+    return new_tokens
 
 
 @torch.inference_mode()
@@ -156,10 +213,10 @@ def generate(model: Fox, prompt_ids: torch.Tensor | Sequence[int], max_new_token
              compile: bool = False, first_allowed: Sequence[int] | None = None,
              on_token: Callable[[list[int]], None] | None = None) -> Generation:
     """Continue every row of prompt_ids (B, T), or one prompt given as a list of ids, by up to
-    max_new_tokens tokens.
+    max_new_tokens tokens: `prefill`, then `decode` with `decode_one_token`.
 
     temperature 0 is greedy; top_k / top_p restrict sampling (None: off). seed: row r uses a generator
-    seeded seed + r (None: a random seed). eos_id: a row stops at it, and generation stops when every row
+    seeded seed + r (None: `new_seed()`). eos_id: a row stops at it, and generation stops when every row
     has; finished rows keep emitting eos_id in the batch. vocab_limit: only ids below it are generated (a
     tokenizer smaller than the model's vocabulary cannot decode the rest). first_allowed: the first new
     token is chosen among these ids only (token healing, see `heal_prompt`). on_token(ids) is called after
@@ -169,55 +226,30 @@ def generate(model: Fox, prompt_ids: torch.Tensor | Sequence[int], max_new_token
     prompt = prompt[None] if prompt.dim() == 1 else prompt
     rows, prompt_len = prompt.shape
     check_fits(model, prompt_len, max_new_tokens)
-    seed = random.randrange(2**62) if seed is None else seed
+    seed = new_seed() if seed is None else seed
     generators = [torch.Generator(device).manual_seed(seed + row) for row in range(rows)]
 
-    def choose(logits: torch.Tensor) -> torch.Tensor:
+    def choose(logits: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, float("-inf"))
         return sample_next(logits[:, :vocab_limit], generators, temperature, top_k, top_p)
 
-    step = compiled_decode_step(device) if compile else decode_step
     ensure_kv_cache(model, rows, prompt_len + max_new_tokens)
-
-    _synchronize(device)
-    start = time.perf_counter()
-    logits = model(prompt, input_pos=torch.arange(prompt_len, device=device), last_only=True)[:, -1]
+    allowed = None
     if first_allowed is not None:
-        blocked = torch.ones(logits.size(-1), dtype=torch.bool, device=device)
-        blocked[torch.as_tensor(first_allowed, dtype=torch.long, device=device)] = False
-        logits = logits.masked_fill(blocked, float("-inf"))
-    token = choose(logits)
-    new_tokens = [token]
-    done = token == eos_id if eos_id is not None else None
+        allowed = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
+        allowed[torch.as_tensor(first_allowed, dtype=torch.long, device=device)] = True
+    positions = torch.arange(prompt_len, device=device)
+    first, prefill_seconds = timed(lambda: choose(prefill(model, prompt, positions), allowed), device)
     if on_token is not None:
-        on_token(token.tolist())
-    _synchronize(device)
-    prefill_seconds = time.perf_counter() - start
-
-    input_pos = torch.tensor([prompt_len], device=device)
-    warmup_steps = 1 if compile else 0  # the first compiled call compiles: keep it out of the speed
-    decode_steps, compile_seconds, decode_start = 0, 0.0, time.perf_counter()
-    while len(new_tokens) < max_new_tokens and not (done is not None and bool(done.all())):
-        if compile and device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
-        token = choose(step(model, token[:, None], input_pos))
-        if done is not None:
-            token = token.masked_fill(done, eos_id)
-            done |= token == eos_id
-        new_tokens.append(token)
-        input_pos += 1
-        decode_steps += 1
-        if on_token is not None:
-            on_token(token.tolist())
-        if decode_steps == warmup_steps:
-            _synchronize(device)
-            compile_seconds, decode_start = time.perf_counter() - decode_start, time.perf_counter()
-    _synchronize(device)
-    decode_seconds = time.perf_counter() - decode_start
-
-    columns = torch.stack(new_tokens, dim=1).tolist()
+        on_token(first.tolist())
+    input_pos = positions[-1:] + 1
+    step, compile_seconds = decode_step(model, compile and max_new_tokens > 1, first, input_pos)
+    rest, decode_seconds = timed(lambda: decode(model, step, first, input_pos, max_new_tokens - 1, choose, eos_id,
+                                                on_token), device)
+    columns = torch.stack([first, *rest], dim=1).tolist()
     tokens = [row[:row.index(eos_id)] if eos_id in row else row for row in columns]
-    return Generation(tokens, rows * prompt_len, prefill_seconds, max(0, decode_steps - warmup_steps), decode_seconds,
-                      compile_seconds)
+    return Generation(tokens, rows * prompt_len, prefill_seconds, len(rest), decode_seconds, compile_seconds)
 
 
 class TextStream:
@@ -348,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.token_healing:
             prompt, tail, first_allowed = heal_prompt(tokenizer, prompt)
         check_fits(model, len(prompt), args.max_new_tokens)
-        seed = random.randrange(2**31) if args.seed is None else args.seed
+        seed = new_seed() if args.seed is None else args.seed
         healing = f"; token healing regenerates {tail.decode('utf-8', errors='replace')!r}" if tail else ""
         print(f"{ckpt}: {model.num_params():,} parameters, {dtype} on {device}; prompt {len(prompt)} tokens"
               f"{healing}; seed {seed}", file=sys.stderr)

@@ -82,7 +82,7 @@ def test_compiled_decode_step_gives_the_eager_tokens(model, tokenizer, tmp_path,
     compiled = generate(model, prompt, 12, temperature=0, compile=True)
     assert compiled.tokens == eager.tokens
     assert compiled.compile_seconds > 0 and eager.compile_seconds == 0
-    assert compiled.decode_steps == 10 and eager.decode_steps == 11  # the compiling step is not timed
+    assert compiled.decode_steps == eager.decode_steps == 11  # compiled by an untimed call before decoding
 
 
 def test_same_seed_same_tokens_other_seed_other_tokens(model, tokenizer):
