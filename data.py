@@ -9,7 +9,8 @@ Fox-1 (arXiv 2411.05281) is pre-trained on 3T tokens with a 3-stage data curricu
               to a temporary directory that replaces DATA/NAME only when complete; a re-run on the same inputs
               (paths, sizes, mtimes) with the same tokenizer does no work.
   curriculum  the three stages (sequence length, token budget, source mixture) as a small table of `Stage`s.
-  Loader      cuts each source's token stream into windows of seq_len+1 tokens (no padding), shuffles them per epoch,
+  Loader      cuts each source's token stream into windows of seq_len+1 tokens that overlap by one token (every
+              next-token pair is trained; no padding), on a grid shifted each epoch, shuffles them per epoch,
               draws the source of every slot by weight, splits each global batch across ranks, prefetches in a
               thread, and resumes exactly from `state_dict()`.
 
@@ -50,8 +51,8 @@ import torch
 from tqdm import tqdm
 
 from model import IGNORE_INDEX
-from tokenizer import (CHUNK_CHARS, InputError, ReadStats, Tokenizer, document_chunks, expand_inputs, iter_documents,
-                       ordered_map)
+from tokenizer import (CHUNK_CHARS, InputError, ReadStats, Tokenizer, _replace_lone_surrogates, document_chunks,
+                       expand_inputs, iter_documents, ordered_map)
 
 FORMAT = "fox1-token-shards-v1"
 TOKEN_DTYPE = np.dtype("<u4")  # uint32, little-endian on disk whatever the machine: ids up to 4G, 4 bytes a token
@@ -102,14 +103,16 @@ def builtin_files() -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def builtin_documents(source: str | None = None) -> Iterator[str]:
-    """Each built-in file as one document: all of them, or only those of one BUILTIN source."""
-    return _read_files(builtin_files() if source is None else _split_builtin(builtin_files())[source])
+def builtin_documents(source: str | None = None, stats: ReadStats | None = None) -> Iterator[str]:
+    """Each built-in file as one document: all of them, or only those of one BUILTIN source. Undecodable bytes
+    become U+FFFD, counted in stats."""
+    return _read_files(builtin_files() if source is None else _split_builtin(builtin_files())[source],
+                       stats or ReadStats())
 
 
-def _read_files(files: list[Path]) -> Iterator[str]:
+def _read_files(files: list[Path], stats: ReadStats) -> Iterator[str]:
     for path in files:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = _replace_lone_surrogates(path.read_bytes().decode("utf-8", errors="surrogateescape"), stats)
         if text.strip():  # an empty __init__.py would only teach "<bos> is followed by <eos>"
             yield text
 
@@ -143,9 +146,10 @@ def prepare_builtin(tokenizer_path: Path, data_root: Path, *, workers: int | Non
     if all(_is_prepared(Path(data_root) / name, key) for name in BUILTIN):
         return list(BUILTIN)
     for name, group in _split_builtin(files).items():
-        _build_source(_read_files(group), tokenizer, Path(tokenizer_path), Path(data_root) / name, key=key,
+        stats = ReadStats()
+        _build_source(_read_files(group, stats), tokenizer, Path(tokenizer_path), Path(data_root) / name, key=key,
                       val_fraction=BUILTIN_VAL_FRACTION, workers=workers, shard_tokens=SHARD_TOKENS,
-                      total_bytes=sum(path.stat().st_size for path in group), progress=progress)
+                      total_bytes=sum(path.stat().st_size for path in group), progress=progress, read_stats=stats)
     return list(BUILTIN)
 
 
@@ -158,8 +162,9 @@ def prepare(inputs: list[str], tokenizer_path: Path, data_root: Path, name: str,
             progress: bool = True) -> Path:
     """Tokenize files/globs into data_root/name (see module docstring); return that directory.
 
-    Train/val split: document number i (0-based, in input order) goes to val when i % k == k - 1, k = round(1 /
-    val_fraction): exact, deterministic and independent of the number of workers.
+    Train/val split: document number i (0-based, in input order) goes to val when floor((i + 1) * val_fraction) >
+    floor(i * val_fraction): the requested share (0.4 holds out 2 of every 5), deterministic and independent of the
+    number of workers.
     """
     if not NAME_PATTERN.fullmatch(name):
         raise DataError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")
@@ -254,8 +259,12 @@ class _ShardWriter:
 def _build_source(documents: Iterable[str], tokenizer: Tokenizer, tokenizer_path: Path, directory: Path, *, key: str,
                   val_fraction: float, workers: int | None, shard_tokens: int, total_bytes: int | None,
                   progress: bool, read_stats: ReadStats | None = None) -> None:
+    _check_replaceable(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    for debris in directory.parent.glob(f".{directory.name}.tmp-*"):  # left by a killed earlier run
+        shutil.rmtree(debris, ignore_errors=True)
     temporary = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    temporary.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; a prepared source is as shared as any other output
     try:
         start = time.perf_counter()
         splits = _tokenize_into(temporary, documents, tokenizer_path, val_fraction, workers, shard_tokens,
@@ -285,7 +294,6 @@ def _tokenize_into(directory: Path, documents: Iterable[str], tokenizer_path: Pa
                    workers: int | None, shard_tokens: int, total_bytes: int | None, progress: bool,
                    name: str) -> dict:
     writers = {split: _ShardWriter(directory, split, shard_tokens) for split in ("train", "val")}
-    every = round(1 / val_fraction) if val_fraction > 0 else 0
     jobs = ((str(tokenizer_path), batch) for batch in document_chunks(documents, CHUNK_CHARS))
     if workers is None:  # a spawned worker takes ~3 s to start (importing torch via this module): not worth it for
         small = total_bytes is not None and total_bytes < PARALLEL_MIN_BYTES  # 10 MB that 1 process encodes in ~2 s
@@ -296,7 +304,7 @@ def _tokenize_into(directory: Path, documents: Iterable[str], tokenizer_path: Pa
         first_document = 0
         for tokens, lengths, size in results:
             numbers = np.arange(first_document, first_document + len(lengths))
-            is_val = (numbers % every == every - 1) if every else np.zeros(len(lengths), bool)
+            is_val = np.floor((numbers + 1) * val_fraction) > np.floor(numbers * val_fraction)
             token_is_val = np.repeat(is_val, lengths)
             writers["train"].write(tokens[~token_is_val], lengths[~is_val])
             writers["val"].write(tokens[token_is_val], lengths[is_val])
@@ -308,6 +316,25 @@ def _tokenize_into(directory: Path, documents: Iterable[str], tokenizer_path: Pa
         bar.close()
         results.close()  # stops the pool early on an error
     return {split: writer.close() for split, writer in writers.items()}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_replaceable(directory: Path) -> None:
+    """Refuse to replace a directory that is not a prepared source: it may hold a user's own files."""
+    if not directory.exists():
+        return
+    try:
+        ours = json.loads((directory / "meta.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise DataError(f"{directory} exists and is not a prepared source (no {FORMAT} meta.json); "
+                        f"choose another --name or --out, or move it away")
 
 
 def _replace_directory(new: Path, target: Path) -> None:
@@ -339,17 +366,25 @@ class TokenSplit:
             raise DataError(f"{directory / 'meta.json'}: corrupt ({error})") from None
         if self.meta.get("format") != FORMAT:
             raise DataError(f"{directory}: format {self.meta.get('format')!r}, expected {FORMAT!r}; prepare it again")
-        if fingerprint is not None and self.meta["tokenizer_fingerprint"] != fingerprint:
-            raise DataError(f"{directory} was prepared with tokenizer {self.meta['tokenizer_fingerprint'][:12]}, "
-                            f"not {fingerprint[:12]}; prepare it again with this tokenizer")
-        info = self.meta["splits"][split]
-        self.name, self.split, self.tokens, self.bos_id = name, split, info["tokens"], self.meta["bos_id"]
-        self.shard_paths = [directory / shard["file"] for shard in info["shards"]]
-        for path, shard in zip(self.shard_paths, info["shards"]):
-            if not path.is_file() or path.stat().st_size != shard["tokens"] * TOKEN_DTYPE.itemsize:
-                raise DataError(f"{path}: missing or truncated (expected {shard['tokens']:,} tokens); prepare again")
-        self.shard_starts = np.cumsum([0] + [shard["tokens"] for shard in info["shards"]])
-        self.doc_starts = np.load(directory / info["doc_starts"], mmap_mode="r")
+        try:
+            if fingerprint is not None and self.meta["tokenizer_fingerprint"] != fingerprint:
+                raise DataError(f"{directory} was prepared with tokenizer {self.meta['tokenizer_fingerprint'][:12]}, "
+                                f"not {fingerprint[:12]}; prepare it again with this tokenizer")
+            info = self.meta["splits"][split]
+            self.name, self.split, self.tokens, self.bos_id = name, split, info["tokens"], self.meta["bos_id"]
+            shards, doc_starts = info["shards"], directory / info["doc_starts"]
+            self.shard_paths = [directory / shard["file"] for shard in shards]
+            shard_tokens = [int(shard["tokens"]) for shard in shards]
+        except (KeyError, TypeError) as error:
+            raise DataError(f"{directory / 'meta.json'}: missing or malformed field {error}; prepare it again") from None
+        for path, tokens in zip(self.shard_paths, shard_tokens):
+            if not path.is_file() or path.stat().st_size != tokens * TOKEN_DTYPE.itemsize:
+                raise DataError(f"{path}: missing or truncated (expected {tokens:,} tokens); prepare again")
+        self.shard_starts = np.cumsum([0] + shard_tokens)
+        try:
+            self.doc_starts = np.load(doc_starts, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as error:
+            raise DataError(f"{doc_starts}: unreadable or truncated ({error}); prepare again") from None
         # Each memory map holds a file descriptor: keep the recently used ones, not all of a 3T-token corpus's 23K.
         self.shard = lru_cache(maxsize=64)(lambda index: np.memmap(self.shard_paths[index], TOKEN_DTYPE, mode="r"))
 
@@ -368,23 +403,28 @@ class TokenSplit:
 
 @dataclass(frozen=True)
 class PackingStats:
-    """How a split packs into windows of seq_len+1 tokens (every window is full: there is no padding)."""
+    """How a split packs into windows of seq_len+1 tokens, one every seq_len tokens (neighbours share a token, so
+    no next-token pair is lost at a border). Every window is full: there is no padding."""
 
-    windows: int  # windows per epoch
-    tokens_dropped: int  # tail tokens after the last full window
+    windows: int  # windows per epoch: (tokens - 1) // seq_len
+    tokens_dropped: int  # tokens outside every window in an epoch (fewer than seq_len; the Loader moves them)
     documents: int
     documents_cut: int  # documents spread over two or more windows (or into the dropped tail)
     docs_per_window: float  # mean number of documents (or document pieces) in a window
 
 
+def window_count(tokens: int, seq_len: int) -> int:
+    """Windows of seq_len+1 tokens, one every seq_len tokens, that fit in a stream of `tokens` tokens."""
+    return max(0, (tokens - 1) // seq_len)
+
+
 def packing_stats(split: TokenSplit, seq_len: int) -> PackingStats:
-    width = seq_len + 1
-    windows = split.tokens // width
+    windows = window_count(split.tokens, seq_len)
     starts = np.asarray(split.doc_starts, dtype=np.int64)
     ends = np.append(starts[1:], split.tokens)
-    cut = int(np.count_nonzero(starts // width != (ends - 1) // width))
-    inner_starts = np.count_nonzero((starts < windows * width) & (starts % width != 0))
-    return PackingStats(windows, split.tokens - windows * width, len(starts), cut,
+    cut = int(np.count_nonzero(starts // seq_len != (ends - 1) // seq_len))
+    inner_starts = np.count_nonzero((starts < windows * seq_len) & (starts % seq_len != 0))
+    return PackingStats(windows, split.tokens - 1 - windows * seq_len, len(starts), cut,
                         (windows + inner_starts) / windows if windows else 0.0)
 
 
@@ -461,11 +501,10 @@ def _open_mixture(data_root: Path, stage: Stage, split: str, fingerprint: str | 
     sources = [TokenSplit(data_root, name, split, fingerprint) for name in names]
     if len({s.meta["tokenizer_fingerprint"] for s in sources}) > 1:
         raise DataError(f"sources {names} were prepared with different tokenizers; prepare them with one")
-    width = stage.seq_len + 1
     for source in sources:
-        if source.tokens < width:
+        if window_count(source.tokens, stage.seq_len) < 1:
             raise DataError(f"source {source.name!r}: its {split} split has {source.tokens:,} tokens, fewer than one "
-                            f"window of {width:,} (stage {stage.number})")
+                            f"window of {stage.seq_len + 1:,} (stage {stage.number})")
     weights = np.array([stage.mixture[name] for name in names], dtype=np.float64)
     return sources, weights / weights.sum()
 
@@ -475,7 +514,8 @@ class Loader:
 
     The global stream is a sequence of slots. Slot g's source is drawn by weight from an RNG keyed by (seed, stage,
     g // MIX_BLOCK); each source hands out its windows in a seeded per-epoch permutation and starts a new epoch when
-    it runs out. A global batch is world_size * batch_size consecutive slots and rank r takes the r-th block of
+    it runs out. Window w of an epoch starts at token offset + w * seq_len, where the epoch's seeded offset (0 up to
+    the tokens left over by the grid) moves the grid, so the same tail is not left out of every epoch. A global batch is world_size * batch_size consecutive slots and rank r takes the r-th block of
     batch_size: ranks are disjoint and together see every window of a source exactly once per epoch, dropping none.
     State is (slots consumed, each source's epoch and position), so a resumed job -- even with another world size or
     batch size -- continues the same global stream; another stage, seed or data is refused.
@@ -490,12 +530,12 @@ class Loader:
         self.seed, self.prefetch = seed, prefetch
         self.sources, self.weights = _open_mixture(data_root, stage, split, fingerprint)
         self.width = stage.seq_len + 1
-        self.windows = [source.tokens // self.width for source in self.sources]
+        self.windows = [window_count(source.tokens, stage.seq_len) for source in self.sources]
         self.stats = {source.name: packing_stats(source, stage.seq_len) for source in self.sources}
         self._state = {"slot": 0, "epochs": [0] * len(self.sources), "positions": [0] * len(self.sources)}
         self._stop = threading.Event()  # set to retire the current prefetch thread
         self._thread: threading.Thread | None = None
-        self._permutations: dict[tuple[int, int], np.ndarray] = {}  # (source, epoch) -> window order
+        self._grids: dict[tuple[int, int], np.ndarray] = {}  # (source, epoch) -> window starts in shuffled order
 
     def state_dict(self) -> dict:
         """Position after the last batch handed out (not after what the prefetch thread has read ahead)."""
@@ -547,10 +587,10 @@ class Loader:
         """Advance state by one global batch; read and pack this rank's slots."""
         size = self.world_size * self.batch_size
         chosen = self._slot_sources(state["slot"], size)
-        picks = [(s, self._next_window(state, s)) for s in chosen]
+        picks = [(s, self._next_window_start(state, s)) for s in chosen]
         state["slot"] += size
         mine = picks[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        windows = np.stack([self.sources[s].read(w * self.width, (w + 1) * self.width) for s, w in mine])
+        windows = np.stack([self.sources[s].read(start, start + self.width) for s, start in mine])
         return pack(windows, self.sources[0].bos_id)
 
     def _slot_sources(self, first: int, count: int) -> np.ndarray:
@@ -561,21 +601,23 @@ class Loader:
         offset = first - blocks[0] * MIX_BLOCK
         return draws[offset:offset + count]
 
-    def _next_window(self, state: dict, source: int) -> int:
+    def _next_window_start(self, state: dict, source: int) -> int:
+        """Token offset of the source's next window in this epoch's shuffled, shifted grid; advances state."""
         epoch, position = state["epochs"][source], state["positions"][source]
-        order = self._permutations.get((source, epoch))
-        if order is None:
+        grid = self._grids.get((source, epoch))
+        if grid is None:
             name_key = zlib.crc32(self.sources[source].name.encode())
-            order = np.random.default_rng([self.seed, name_key, self.stage.seq_len, epoch]).permutation(
-                self.windows[source])
-            others = {k: v for k, v in self._permutations.items() if k[0] != source}  # keep one epoch per source
-            self._permutations = {**others, (source, epoch): order}
-        window = int(order[position])
+            rng = np.random.default_rng([self.seed, name_key, self.stage.seq_len, epoch])
+            order = rng.permutation(self.windows[source])
+            spare = self.sources[source].tokens - 1 - self.windows[source] * self.stage.seq_len
+            grid = int(rng.integers(0, spare + 1)) + order * self.stage.seq_len
+            others = {k: v for k, v in self._grids.items() if k[0] != source}  # keep one epoch per source
+            self._grids = {**others, (source, epoch): grid}
         if position + 1 == self.windows[source]:
             state["epochs"][source], state["positions"][source] = epoch + 1, 0
         else:
             state["positions"][source] = position + 1
-        return window
+        return int(grid[position])
 
 
 def _put_unless_stopped(results: queue.Queue, item, stop: threading.Event) -> None:
@@ -600,19 +642,19 @@ def eval_batches(data_root: Path, stage: Stage, batch_size: int, *, rank: int = 
     evenly over the split; ranks take disjoint blocks of every global batch, and a partial last batch is dropped.
     """
     sources, weights = _open_mixture(data_root, stage, "val", fingerprint)
-    width, size = stage.seq_len + 1, world_size * batch_size
+    seq_len, size = stage.seq_len, world_size * batch_size
     picks = []
     for s, (source, weight) in enumerate(zip(sources, weights)):
-        available = source.tokens // width
+        available = window_count(source.tokens, seq_len)
         count = min(available, round(weight * max_batches * size))
         picks += [(s, int(w)) for w in np.unique(np.linspace(0, available - 1, count).round())]
     batches = []
     for first in range(0, len(picks) - size + 1, size):
         mine = picks[first + rank * batch_size:first + (rank + 1) * batch_size]
-        windows = np.stack([sources[s].read(w * width, (w + 1) * width) for s, w in mine])
+        windows = np.stack([sources[s].read(w * seq_len, w * seq_len + seq_len + 1) for s, w in mine])
         batches.append(pack(windows, sources[0].bos_id))
     if not batches:
-        raise DataError(f"stage {stage.number}: the val splits hold {len(picks)} windows of {width} tokens, fewer "
+        raise DataError(f"stage {stage.number}: the val splits hold {len(picks)} windows of {seq_len + 1} tokens, fewer "
                         f"than one global batch of {size}; prepare with a larger val fraction")
     return batches[:max_batches]
 

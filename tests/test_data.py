@@ -68,9 +68,11 @@ def raw_stream(root: Path, name: str, split: str) -> np.ndarray:
     return np.concatenate([np.fromfile(f, dtype="<u4") for f in files]).astype(np.int64)
 
 
-def corpus_windows(root: Path, name: str, seq_len: int, split: str = "train") -> list[tuple]:
-    stream, width = raw_stream(root, name, split), seq_len + 1
-    return [tuple(stream[i * width:(i + 1) * width]) for i in range(len(stream) // width)]
+def corpus_windows(root: Path, name: str, seq_len: int, split: str = "train", offset: int = 0) -> list[tuple]:
+    """The windows of seq_len+1 tokens, one every seq_len tokens from `offset`, at offset 0's window count."""
+    stream = raw_stream(root, name, split)
+    count = (len(stream) - 1) // seq_len
+    return [tuple(stream[offset + i * seq_len:offset + i * seq_len + seq_len + 1]) for i in range(count)]
 
 
 def batch_windows(batch, bos_id: int) -> list[tuple]:
@@ -273,8 +275,10 @@ def test_every_window_appears_exactly_once_per_epoch_across_ranks(corpus, tokeni
                 for r in range(world_size)]
     slots = [window for step in range(steps) for rank in range(world_size)  # global slot order
              for window in batch_windows(per_rank[rank][step], tokenizer.bos_id)]
-    assert Counter(slots[:len(expected)]) == Counter(expected)
-    assert slots[:len(expected)] != expected  # shuffled
+    grids = [corpus_windows(root, "src", 16, offset=offset) for offset in range(16)]
+    grids = [grid for grid in grids if len(grid[-1]) == 17]  # offsets that fit before the end of the stream
+    assert Counter(slots[:len(expected)]) in [Counter(grid) for grid in grids]
+    assert slots[:len(expected)] not in grids  # shuffled
     assert len(set(slots[len(expected):])) == len(slots) - len(expected)  # the next epoch has begun, no repeats
 
 
@@ -282,7 +286,7 @@ def test_mixture_proportions_follow_weights(tmp_path, tokenizer_path, tokenizer)
     for name, seed in (("a", 10), ("b", 11)):
         source = write_jsonl(tmp_path / f"{name}.jsonl", make_documents(40, seed=seed, tag=name))
         prepare([str(source)], tokenizer_path, tmp_path, name, workers=1, val_fraction=0.1, progress=False)
-    owner = {w: name for name in ("a", "b") for w in corpus_windows(tmp_path, name, 8)}
+    owner = {w: name for name in ("a", "b") for offset in range(8) for w in corpus_windows(tmp_path, name, 8, offset=offset)}
     batches = take(Loader(tmp_path, Stage(2, 8, 0, {"a": 0.25, "b": 0.75}), 50, seed=1), 40)
     counts = Counter(owner[w] for batch in batches for w in batch_windows(batch, tokenizer.bos_id))
     # 2000 draws at p = 0.25: standard deviation 0.0097, so 0.04 is a 4-sigma band
@@ -359,8 +363,8 @@ def test_packing_stats_count_cut_documents(corpus):
     stats = data.packing_stats(split, 16)
     starts = np.asarray(split.doc_starts)
     ends = np.append(starts[1:], split.tokens)
-    cut = sum(1 for s, e in zip(starts, ends) if s // 17 != (e - 1) // 17)
-    assert stats.windows == split.tokens // 17 and stats.tokens_dropped == split.tokens % 17
+    cut = sum(1 for s, e in zip(starts, ends) if s // 16 != (e - 1) // 16)
+    assert stats.windows == (split.tokens - 1) // 16 and stats.tokens_dropped == (split.tokens - 1) % 16
     assert stats.documents == len(starts) and stats.documents_cut == cut and stats.docs_per_window > 1
 
 
@@ -396,3 +400,86 @@ def test_prepare_builtin_splits_the_stdlib_into_two_disjoint_sources_and_reruns_
     before = [(tmp_path / name / "meta.json").stat().st_mtime_ns for name in names]
     assert data.prepare_builtin(tokenizer_path, tmp_path, workers=1, progress=False) == names
     assert [(tmp_path / name / "meta.json").stat().st_mtime_ns for name in names] == before
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# nothing a user made is lost; damaged sources are one-line errors (issue 10)
+
+
+def test_prepare_refuses_to_replace_a_directory_that_is_not_a_prepared_source(tmp_path, tokenizer_path):
+    thesis = tmp_path / "notes" / "thesis"
+    thesis.mkdir(parents=True)
+    (thesis / "chapter1.tex").write_text("my own work")
+    source = write_jsonl(tmp_path / "in.jsonl", make_documents(5, seed=3, tag="doc"))
+    with pytest.raises(DataError, match="is not a prepared source"):
+        prepare([str(source)], tokenizer_path, tmp_path / "notes", "thesis", workers=1, progress=False)
+    assert (thesis / "chapter1.tex").read_text() == "my own work"
+    prepare([str(source)], tokenizer_path, tmp_path / "notes", "fresh", workers=1, progress=False)
+    source.write_text(source.read_text() + json.dumps({"text": "one more"}) + "\n")  # ours: replaced on a re-run
+    meta = json.loads((prepare([str(source)], tokenizer_path, tmp_path / "notes", "fresh", workers=1,
+                               progress=False) / "meta.json").read_text())
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 6
+
+
+def test_val_fraction_holds_out_the_requested_share(tmp_path, tokenizer_path):
+    source = write_jsonl(tmp_path / "in.jsonl", make_documents(100, seed=4, tag="doc"))
+    for fraction, expected in ((0.4, 40), (0.3, 30), (0.01, 1), (0.0, 0)):
+        meta = json.loads((prepare([str(source)], tokenizer_path, tmp_path, f"v{fraction}", workers=1,
+                                   val_fraction=fraction, progress=False) / "meta.json").read_text())
+        assert meta["splits"]["val"]["documents"] == expected
+
+
+def test_killed_prepare_debris_is_cleaned_and_outputs_follow_the_umask(tmp_path, tokenizer_path):
+    debris = tmp_path / ".src.tmp-killed"
+    debris.mkdir()
+    (debris / "train_000000.bin").write_bytes(b"\0" * 8)
+    source = write_jsonl(tmp_path / "in.jsonl", make_documents(5, seed=5, tag="doc"))
+    old = os.umask(0o022)
+    try:
+        directory = prepare([str(source)], tokenizer_path, tmp_path, "src", workers=1, progress=False)
+    finally:
+        os.umask(old)
+    assert not debris.exists() and not list(tmp_path.glob(".src.*"))
+    assert directory.stat().st_mode & 0o777 == 0o755
+
+
+def test_damaged_source_metadata_and_doc_starts_are_one_line_errors(tmp_path, corpus):
+    root, _ = corpus
+    copy = tmp_path / "copy"
+    (copy / "src").mkdir(parents=True)
+    for path in (root / "src").iterdir():
+        (copy / "src" / path.name).write_bytes(path.read_bytes())
+    starts = copy / "src" / "train_doc_starts.npy"
+    starts.write_bytes(starts.read_bytes()[:100])
+    with pytest.raises(DataError, match="train_doc_starts.npy: unreadable or truncated"):
+        TokenSplit(copy, "src", "train")
+    meta = json.loads((copy / "src" / "meta.json").read_text())
+    del meta["bos_id"]
+    (copy / "src" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="missing or malformed field 'bos_id'"):
+        TokenSplit(copy, "src", "train")
+
+
+def test_builtin_reading_counts_replaced_bytes(tmp_path):
+    bad = tmp_path / "latin1.py"
+    bad.write_bytes(b"x = 'caf\xe9'\n")
+    stats = data.ReadStats()
+    assert list(data._read_files([bad], stats)) == ["x = 'caf\ufffd'\n"] and stats.replaced_bytes == 1
+
+
+def test_windows_overlap_by_one_token_so_every_pair_is_trained_and_the_grid_moves(corpus, tokenizer):
+    root, _ = corpus
+    stream = raw_stream(root, "src", "train")
+    stage = Stage(1, 16, 0, {"src": 1.0})
+    loader = Loader(root, stage, 1, seed=3)
+    per_epoch = loader.windows[0]
+    starts = []
+    for batch in take(loader, 3 * per_epoch):
+        window = np.array(batch_windows(batch, tokenizer.bos_id)[0])
+        matches = [s for s in range(len(stream) - 16) if (stream[s:s + 17] == window).all()]
+        starts.append(matches[0])
+    epochs = [sorted(starts[e * per_epoch:(e + 1) * per_epoch]) for e in range(3)]
+    for grid in epochs:
+        assert all(b - a == 16 for a, b in zip(grid, grid[1:]))  # neighbours share one token: no pair is lost
+        assert grid[0] + per_epoch * 16 <= len(stream) - 1
+    assert len({grid[0] for grid in epochs}) > 1  # the grid is shifted per epoch
