@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import glob
 import gzip
 import hashlib
@@ -34,17 +35,24 @@ import time
 import zlib
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import regex
 import tiktoken
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tqdm import tqdm
 
 # A document longer than this (characters) with no blank-line separator is yielded in pieces cut at line boundaries,
-# so one 1 GB file without blank lines never sits in memory at once. Lines longer than this are read in pieces too.
+# so one 1 GB file without blank lines never sits in memory at once. Lines longer than this are read in pieces too
+# (not in JSONL, where a line is one JSON document that must be read whole: a book stored as JSONL is one long line).
 MAX_DOCUMENT_CHARS = 1 << 20
+# A file where more than this share of the bytes is not UTF-8 is binary (/bin/ls: 29%) or in another encoding
+# (Latin-1 French: ~3%, each accent lost): refused unless allow_binary. Checked from this many characters on.
+MAX_REPLACED_FRACTION = 0.02
+MIN_CHARS_TO_JUDGE = 1 << 16
 # After decoding with errors="surrogateescape", every undecodable byte is a lone surrogate U+DC80..U+DCFF; a JSON
 # "\ud83d" escape can also yield a lone surrogate. Neither can be encoded as UTF-8, so both become U+FFFD.
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -52,6 +60,23 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 class InputError(ValueError):
     """Bad user input (missing/empty/corrupt file, malformed JSONL ...); message is one line naming file[:line]."""
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write a file whole or not at all: a temporary file next to it, then a rename (atomic on POSIX and Windows).
+    A failed write removes the temporary file and raises OSError; a reader never sees half a file. Creates the
+    parent directories; the file gets the usual permissions (umask), unlike tempfile's private 0600."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as file:
+            file.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(temporary, path)
+    except BaseException:  # also KeyboardInterrupt: never leave the temporary file behind
+        with contextlib.suppress(OSError):  # e.g. it was never created because the parent is a file
+            temporary.unlink()
+        raise
 
 
 @dataclass
@@ -84,7 +109,7 @@ def expand_inputs(patterns: Iterable[str | Path]) -> list[Path]:
 
 
 def iter_documents(
-    paths: Iterable[Path], *, skip_bad_lines: bool = False, stats: ReadStats | None = None
+    paths: Iterable[Path], *, skip_bad_lines: bool = False, stats: ReadStats | None = None, allow_binary: bool = False
 ) -> Iterator[str]:
     """Stream documents from files, never holding a whole file in memory.
 
@@ -92,7 +117,8 @@ def iter_documents(
     file:line, or is counted in stats.bad_lines and skipped when skip_bad_lines. Blank lines are ignored.
     Anything else (optionally *.gz): plain text, documents separated by 2+ blank lines (whitespace-only lines count
     as blank); CRLF/CR become LF; documents over MAX_DOCUMENT_CHARS are cut at line boundaries.
-    Undecodable UTF-8 bytes become U+FFFD (counted per byte). Whitespace-only documents are skipped.
+    Undecodable UTF-8 bytes become U+FFFD (counted per byte). Whitespace-only documents are skipped. A file with
+    more than MAX_REPLACED_FRACTION undecodable bytes raises InputError naming it, unless allow_binary.
     """
     stats = stats if stats is not None else ReadStats()
     for path in map(Path, paths):
@@ -101,14 +127,39 @@ def iter_documents(
             opener = gzip.open if path.suffix == ".gz" else open
             # newline=None: universal newlines (CRLF -> LF); utf-8-sig drops a leading byte-order mark.
             with opener(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline=None) as file:
-                lines = iter(lambda: file.readline(MAX_DOCUMENT_CHARS), "")
+                lines = _CountedLines(file, limit=-1 if is_jsonl else MAX_DOCUMENT_CHARS)
+                replaced_before = stats.replaced_bytes
                 parse = _jsonl_documents if is_jsonl else _text_documents
                 for document in parse(lines, path, skip_bad_lines, stats):
+                    if not allow_binary and lines.chars >= MIN_CHARS_TO_JUDGE:
+                        _check_mostly_text(path, stats.replaced_bytes - replaced_before, lines.chars)
                     if not document.isspace():
                         stats.documents += 1
                         yield document
+                if not allow_binary:
+                    _check_mostly_text(path, stats.replaced_bytes - replaced_before, lines.chars)
         except (OSError, EOFError, zlib.error) as error:  # missing, unreadable, truncated or corrupt gzip
             raise InputError(f"{path}: cannot read ({error})") from None
+
+
+class _CountedLines:
+    """The lines of an open text file (each at most `limit` characters; -1: whole lines), counting characters."""
+
+    def __init__(self, file, limit: int) -> None:
+        self.file, self.limit, self.chars = file, limit, 0
+
+    def __iter__(self) -> Iterator[str]:
+        while line := self.file.readline(self.limit):
+            self.chars += len(line)
+            yield line
+
+
+def _check_mostly_text(path: Path, replaced: int, chars: int) -> None:
+    if replaced > MAX_REPLACED_FRACTION * chars:
+        raise InputError(
+            f"{path}: {replaced / chars:.0%} of the bytes read are not UTF-8 (a binary file, or text in another "
+            f"encoding): convert it to UTF-8, leave it out, or pass --allow-binary to read it anyway"
+        )
 
 
 def _replace_lone_surrogates(text: str, stats: ReadStats) -> str:
@@ -119,7 +170,7 @@ def _replace_lone_surrogates(text: str, stats: ReadStats) -> str:
     return text
 
 
-def _jsonl_documents(lines: Iterator[str], path: Path, skip_bad_lines: bool, stats: ReadStats) -> Iterator[str]:
+def _jsonl_documents(lines: Iterable[str], path: Path, skip_bad_lines: bool, stats: ReadStats) -> Iterator[str]:
     for number, line in enumerate(lines, start=1):
         if line.isspace():
             continue
@@ -138,7 +189,7 @@ def _jsonl_documents(lines: Iterator[str], path: Path, skip_bad_lines: bool, sta
             raise InputError(f"{path}:{number}: {problem} (use --skip-bad-lines to skip such lines)")
 
 
-def _text_documents(lines: Iterator[str], path: Path, skip_bad_lines: bool, stats: ReadStats) -> Iterator[str]:
+def _text_documents(lines: Iterable[str], path: Path, skip_bad_lines: bool, stats: ReadStats) -> Iterator[str]:
     document: list[str] = []  # lines of the current document
     size = 0
     blank: list[str] = []  # blank lines seen since the last non-blank line
@@ -496,11 +547,8 @@ class Tokenizer:
         for token, token_id in sorted(self.ranks.items(), key=lambda item: item[1]):
             preview = json.dumps(token.decode("utf-8", errors="replace"), ensure_ascii=False)
             lines.append(f"{base64.b64encode(token).decode('ascii')} {token_id} {preview}")
-        temporary = path.with_name(path.name + ".tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            os.replace(temporary, path)
+            write_atomic(path, "\n".join(lines) + "\n")
         except OSError as error:
             raise InputError(f"{path}: cannot write tokenizer file ({error})") from None
 
@@ -513,7 +561,7 @@ class Tokenizer:
             raise InputError(f"{path}: cannot read tokenizer file ({error})") from None
         try:
             return cls._from_lines(lines)
-        except (ValueError, KeyError, IndexError) as error:
+        except (ValueError, KeyError, IndexError, TypeError) as error:
             raise InputError(f"{path}: corrupt or truncated tokenizer file ({error})") from None
 
     @classmethod
@@ -522,8 +570,11 @@ class Tokenizer:
         header = dict(line.split(" ", 1) for line in lines[1:tokens_at])
         if header["format"] != FORMAT_VERSION:
             raise ValueError(f"format {header['format']!r}, expected {FORMAT_VERSION!r}")
-        if tuple(json.loads(header["special_tokens"])) != SPECIAL_TOKENS:
+        special_tokens, pattern = json.loads(header["special_tokens"]), json.loads(header["pattern"])
+        if not isinstance(special_tokens, list) or tuple(special_tokens) != SPECIAL_TOKENS:
             raise ValueError(f"special tokens differ from {SPECIAL_TOKENS}")
+        if not isinstance(pattern, str):
+            raise ValueError(f"pattern must be a JSON string, got {header['pattern'][:40]!r}")
         body = lines[tokens_at + 1 :]
         if body and body[-1] == "":
             body.pop()  # the final newline
@@ -533,7 +584,7 @@ class Tokenizer:
         for line in body:
             token, token_id, _preview = line.split(" ", 2)
             ranks[base64.b64decode(token, validate=True)] = int(token_id)
-        tokenizer = cls(ranks, json.loads(header["pattern"]))
+        tokenizer = cls(ranks, pattern)  # ValueError from tiktoken if the pattern is not a valid regex
         if tokenizer.fingerprint != header["fingerprint"]:
             raise ValueError("fingerprint mismatch: the token lines were changed or damaged")
         return tokenizer
@@ -554,9 +605,12 @@ def _fingerprint(pattern: str, ranks: dict[bytes, int]) -> str:
 
 def _train_command(args: argparse.Namespace) -> None:
     start = time.time()
+    if Path(args.out).exists() and not args.force:  # data prepared with the old file would silently stop matching
+        raise InputError(f"{args.out} already exists: pass --force to replace it (data prepared with it must then "
+                         f"be prepared again) or choose another --out")
     stats = ReadStats()
     paths = expand_inputs(args.input)
-    documents = iter_documents(paths, skip_bad_lines=args.skip_bad_lines, stats=stats)
+    documents = iter_documents(paths, skip_bad_lines=args.skip_bad_lines, stats=stats, allow_binary=args.allow_binary)
     tokenizer = Tokenizer.train(documents, args.vocab_size, workers=args.workers, progress=not args.quiet)
     tokenizer.save(args.out)
     print(
@@ -584,6 +638,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--out", required=True, help="tokenizer file to write")
     train.add_argument("--workers", type=int, default=None, help="counting processes (default: all cores)")
     train.add_argument("--skip-bad-lines", action="store_true", help="skip (and count) malformed JSONL lines")
+    train.add_argument("--allow-binary", action="store_true",
+                       help=f"read files with over {MAX_REPLACED_FRACTION:.0%} undecodable bytes (refused by default)")
+    train.add_argument("--force", action="store_true", help="replace an existing --out file")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     encode = commands.add_parser("encode", help="print the ids and tokens of a text")
     encode.add_argument("--tokenizer", required=True, help="tokenizer file written by 'train'")
@@ -596,6 +653,134 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Chat template: conversations -> text -> token ids + the loss mask of the assistant's replies
+# ----------------------------------------------------------------------------------------------------------------
+
+# Fox-1-Instruct's turn format (Gemma's): each turn is "<start_of_turn>ROLE\n" + content + "<end_of_turn>\n", the
+# assistant's role is called "model", and a reply ends with <end_of_turn>, where generation stops. A system message
+# is folded into the first user turn as Gemma does ("<system>\n\n<user>"), so the model only ever sees two roles.
+# Contents are kept verbatim (Gemma trims them), so rendering and parsing round-trip exactly.
+DEFAULT_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set system = messages[0]['content'] + '\\n\\n' %}{% set messages = messages[1:] %}"
+    "{% else %}{% set system = '' %}{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ('user', 'assistant') %}"
+    "{{ raise_exception('unknown role ' ~ message['role'] ~ ' (system first, then user/assistant)') }}{% endif %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('roles must alternate user/assistant/user/... after an optional system message') }}"
+    "{% endif %}"
+    "{{ '<start_of_turn>' ~ ('model' if message['role'] == 'assistant' else 'user') ~ '\\n' }}"
+    "{{ (system if loop.first else '') ~ message['content'] ~ '<end_of_turn>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+class ChatTemplateError(InputError):
+    """A conversation the template refuses (its raise_exception), or a template that cannot be used."""
+
+
+def load_chat_template(directory: str | Path) -> str | None:
+    """The "chat_template" of a model folder's tokenizer_config.json, or None when it has none. Hugging Face
+    stores one Jinja string, or a list of {"name", "template"} of which "default" is the chat one."""
+    path = Path(directory) / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    try:
+        template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
+        raise InputError(f"{path}: cannot read ({error})") from None
+    if isinstance(template, list):
+        named = {item.get("name"): item.get("template") for item in template if isinstance(item, dict)}
+        template = named.get("default")
+    if template is not None and not isinstance(template, str):
+        raise InputError(f"{path}: chat_template must be a string or a list with a 'default' template")
+    return template
+
+
+@lru_cache(maxsize=8)
+def _compiled_template(template: str):
+    """The template compiled in a sandbox, with Hugging Face's environment (trim_blocks, lstrip_blocks,
+    loop controls, raise_exception, strftime_now): a template from a downloaded folder is untrusted code,
+    and the immutable sandbox lets it read its inputs but call no unsafe method and change nothing."""
+    def raise_exception(message: str):
+        raise ChatTemplateError(f"chat template: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: time.strftime(fmt))
+    try:
+        return env.from_string(template)
+    except TemplateError as error:
+        raise ChatTemplateError(f"chat template does not compile: {error}") from None
+
+
+def render_chat(template: str, messages: list[dict], *, bos_token: str, eos_token: str,
+                add_generation_prompt: bool = False) -> str:
+    """The conversation as text, through the sandboxed template (HF's variables: messages, bos_token,
+    eos_token, add_generation_prompt)."""
+    try:
+        return _compiled_template(template).render(messages=messages, bos_token=bos_token, eos_token=eos_token,
+                                                   add_generation_prompt=add_generation_prompt)
+    except TemplateError as error:
+        raise ChatTemplateError(f"chat template failed: {error}") from None
+
+
+def check_conversation(messages: object) -> None:
+    """Raise ValueError naming what is wrong unless `messages` is a list of {"role", "content": str} with known
+    roles, system (if any) first, and at least one assistant reply to learn from."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
+            raise ValueError(f"message {i}: role must be one of {', '.join(CHAT_ROLES)}")
+        if not isinstance(message.get("content"), str):
+            raise ValueError(f"message {i}: content must be a string")
+        if message["role"] == "system" and i > 0:
+            raise ValueError(f"message {i}: a system message may only come first")
+    if not any(message["role"] == "assistant" for message in messages):
+        raise ValueError("no assistant turn")
+
+
+def encode_chat(tokenizer, messages: list[dict], template: str = DEFAULT_CHAT_TEMPLATE, *,
+                add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    """A conversation -> (token ids, loss mask): mask 1 exactly on the tokens of every assistant reply, including
+    the end-of-turn token the template closes it with; 0 on everything the model reads but must not learn to write.
+
+    Works with any template: reply i spans from the end of the conversation up to i rendered with a generation
+    prompt to the end of the conversation through reply i rendered without one, less trailing whitespace
+    ("<end_of_turn>\\n": the newline belongs to the next turn's scaffolding, and generation stops before it).
+    The text is encoded piece by piece at those boundaries, so a prompt is encoded exactly as sample.py --chat
+    encodes it before the model writes its reply. Ids always start with <bos> (added when the template has none),
+    which is where data.py's packing sees a conversation begin."""
+    tokens = dict(bos_token=tokenizer.decode([tokenizer.bos_id]), eos_token=tokenizer.decode([tokenizer.eos_id]))
+    text = render_chat(template, messages, add_generation_prompt=add_generation_prompt, **tokens)
+    cuts, masked = [0], []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = render_chat(template, messages[:i], add_generation_prompt=True, **tokens)
+        through = render_chat(template, messages[:i + 1], **tokens)
+        if not (text.startswith(prompt) and text.startswith(through) and len(prompt) <= len(through.rstrip())):
+            raise ChatTemplateError(f"chat template renders message {i} differently once later messages follow; "
+                                    f"the reply's tokens cannot be located")
+        cuts += [len(prompt), len(through.rstrip())]
+        masked += [0, 1]
+    cuts.append(len(text))
+    masked.append(0)
+    ids, mask = [], []
+    for begin, end, flag in zip(cuts, cuts[1:], masked):
+        piece = tokenizer.encode(text[begin:end], allow_special=True)
+        ids += piece
+        mask += [flag] * len(piece)
+    if not ids or ids[0] != tokenizer.bos_id:
+        ids, mask = [tokenizer.bos_id] + ids, [0] + mask
+    return ids, mask
 
 
 if __name__ == "__main__":

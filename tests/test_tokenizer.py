@@ -311,7 +311,8 @@ def test_gzip_and_undecodable_bytes(tmp_path):
     path = tmp_path / "b.txt.gz"
     path.write_bytes(gzip.compress("café \ufffd ok".encode() + b" bad \xff\xfe end\n\n\nnext"))
     stats = ReadStats()
-    assert list(iter_documents([path], stats=stats)) == ["café \ufffd ok bad \ufffd\ufffd end\n", "next"]
+    documents = list(iter_documents([path], stats=stats, allow_binary=True))  # 2 of 33 bytes: over the 2% limit
+    assert documents == ["café \ufffd ok bad \ufffd\ufffd end\n", "next"]
     assert stats.replaced_bytes == 2  # a U+FFFD already in the text is not counted
     broken = tmp_path / "c.txt.gz"
     compressed = gzip.compress(" ".join(map(str, range(5000))).encode())
@@ -339,7 +340,8 @@ def test_jsonl_documents_and_bad_lines(tmp_path):
     with pytest.raises(InputError, match=r"d\.jsonl:4: expected a JSON object"):
         list(iter_documents([path]))
     stats = ReadStats()
-    assert list(iter_documents([path], skip_bad_lines=True, stats=stats)) == ["one", "two \ufffd", "café \ufffd"]
+    documents = list(iter_documents([path], skip_bad_lines=True, stats=stats, allow_binary=True))
+    assert documents == ["one", "two \ufffd", "café \ufffd"]
     assert (stats.documents, stats.bad_lines, stats.replaced_bytes) == (3, 4, 2)
     for number, line in [(1, b'{"text": 1}'), (2, b"not json")]:
         bad = tmp_path / f"bad{number}.jsonl.gz"
@@ -392,3 +394,76 @@ def test_cli_errors_are_one_line_with_exit_code_1(tmp_path):
         last_line = result.stderr.splitlines()[-1]  # earlier lines: progress bars
         assert last_line.startswith("error: ") and expected in last_line, result.stderr
         assert "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Nothing a user made is lost; bad input is one line (issue 10)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_cli_train_refuses_to_replace_an_existing_file_without_force(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(stdlib_text(20_000)), encoding="utf-8")
+    out = tmp_path / "tok.txt"
+    out.write_text("my own notes", encoding="utf-8")
+    argv = ["train", "--input", str(corpus), "--vocab-size", "300", "--out", str(out), "--workers", "1", "--quiet"]
+    assert tk.main(argv) == 1
+    assert "already exists: pass --force" in capsys.readouterr().err
+    assert out.read_text(encoding="utf-8") == "my own notes"
+    assert tk.main(argv + ["--force"]) == 0
+    assert Tokenizer.load(out).vocab_size == 300
+
+
+def test_failed_write_leaves_no_temporary_file(trained, tmp_path):
+    target = tmp_path / "a_directory"
+    (target / "inside").mkdir(parents=True)
+    with pytest.raises(InputError, match="cannot write tokenizer file"):
+        trained.save(target)  # the rename onto a directory fails after the temporary file was written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_directory"]
+    tk.write_atomic(tmp_path / "new" / "f.bin", b"\x00\x01")
+    assert (tmp_path / "new" / "f.bin").read_bytes() == b"\x00\x01"
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["f.bin"]
+
+
+@pytest.mark.parametrize("line", ["pattern 12", 'pattern "("', "pattern [1, 2]", "special_tokens 7", "pattern"])
+def test_header_values_of_the_wrong_kind_give_one_clear_error(trained, tmp_path, line):
+    path = tmp_path / "tok.txt"
+    trained.save(path)
+    key = line.split(" ")[0]
+    lines = [line if text.startswith(key + " ") else text for text in path.read_text(encoding="utf-8").split("\n")]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(InputError) as error:
+        Tokenizer.load(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_binary_files_are_refused_unless_allowed(tmp_path, capsys):
+    rng = random.Random(3)
+    binary = tmp_path / "program"
+    binary.write_bytes(bytes(rng.randrange(256) for _ in range(200_000)))
+    with pytest.raises(InputError, match=r"program: \d+% of the bytes read are not UTF-8.*--allow-binary"):
+        list(iter_documents([binary]))
+    small = tmp_path / "small.bin"  # below MIN_CHARS_TO_JUDGE: judged when the file ends
+    small.write_bytes(b"\x7fELF\xfe\xff\x01\x00" * 50)
+    with pytest.raises(InputError, match="small.bin"):
+        list(iter_documents([small]))
+    stats = ReadStats()
+    assert list(iter_documents([binary], stats=stats, allow_binary=True))
+    assert stats.replaced_bytes > 50_000
+    text = tmp_path / "latin.txt"  # one undecodable byte in 400: under the limit
+    text.write_bytes(("x" * 399 + "\n").encode() * 100 + b"caf\xe9\n")
+    assert len(list(iter_documents([text]))) == 1
+    argv = ["train", "--input", str(binary), "--vocab-size", "300", "--out", str(tmp_path / "t"), "--quiet"]
+    assert tk.main(argv + ["--workers", "1"]) == 1
+    assert "program" in capsys.readouterr().err
+    assert tk.main(argv + ["--workers", "1", "--allow-binary"]) == 0
+
+
+def test_jsonl_lines_longer_than_a_mebibyte_are_read_whole(tmp_path):
+    book = "It was a dark and stormy night. " * (tk.MAX_DOCUMENT_CHARS // 16)  # 2 MiB in one JSONL line
+    path = tmp_path / "books.jsonl"
+    path.write_text(f'{{"text": "short"}}\n{{"text": "{book}"}}\n{{"text": "after"}}\n', encoding="utf-8")
+    for skip_bad_lines in (False, True):
+        stats = ReadStats()
+        assert list(iter_documents([path], skip_bad_lines=skip_bad_lines, stats=stats)) == ["short", book, "after"]
+        assert stats.bad_lines == 0
