@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import math
 import os
 import shutil
@@ -88,6 +89,7 @@ class TrainConfig:
     eval_batches: int = 4
     save_every: int = 100
     keep: int = 2  # checkpoints kept per stage
+    resume_from: str | None = None  # a step_* checkpoint directory: re-point its stage's `latest` at it
     log_every: int = 10
     compile: bool | None = None  # None = on for CUDA, off for CPU (a cold compile costs ~20 s per shape there)
     activation_checkpointing: bool = False
@@ -201,12 +203,35 @@ def latest_checkpoint(directory: Path) -> Path | None:
     silent restart from scratch."""
     marker = directory / "latest"
     if not marker.exists():
+        saved = saved_checkpoints(directory)
+        if saved:  # starting over would train from step 0 and then prune these away
+            raise CheckpointError(f"{directory} holds {', '.join(p.name for p in saved)} but no `latest` marker; "
+                                  f"resume with --resume-from {saved[-1]}, or move them away to start the stage over")
         return None
     path = directory / marker.read_text().strip()
-    if not (path / "meta.json").is_file() or not (path / ".metadata").is_file():
-        raise CheckpointError(f"{marker} names {path}, which is not a complete checkpoint; remove the marker "
-                              f"or point it at an earlier step_* directory")
+    if not is_complete_checkpoint(path):
+        raise CheckpointError(f"{marker} names {path}, which is not a complete checkpoint; resume from an earlier "
+                              f"one with --resume-from {directory}/step_NNNNNN")
     return path
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    return (path / "meta.json").is_file() and (path / ".metadata").is_file()
+
+
+def saved_checkpoints(directory: Path) -> list[Path]:
+    """The complete step_N checkpoints of a stage directory, by step."""
+    found = [p for p in directory.glob("step_*") if p.name[5:].isdigit() and is_complete_checkpoint(p)]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def point_latest_at(checkpoint: Path) -> None:
+    """--resume-from: make `latest` of the checkpoint's stage directory name it (atomically)."""
+    if not checkpoint.name.startswith("step_") or not is_complete_checkpoint(checkpoint):
+        raise CheckpointError(f"--resume-from {checkpoint}: not a complete step_* checkpoint directory")
+    marker_tmp = checkpoint.parent / "latest.tmp"
+    marker_tmp.write_text(checkpoint.name + "\n")
+    os.replace(marker_tmp, checkpoint.parent / "latest")
 
 
 def read_checkpoint_meta(path: Path, model_config: FoxConfig) -> dict:
@@ -243,11 +268,10 @@ def save_checkpoint(model: Fox, optimizer, meta: dict, directory: Path, env: Dis
         write_json_atomic(tmp / "meta.json", meta)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        marker_tmp = directory / "latest.tmp"
-        marker_tmp.write_text(final.name + "\n")
-        os.replace(marker_tmp, directory / "latest")
-        saved = sorted((p for p in directory.glob("step_*") if p.suffix != ".tmp"), key=lambda p: int(p.name[5:]))
-        for old in saved[:-keep]:
+        point_latest_at(final)
+        # Only older steps are pruned, never the one just saved (nor later ones left by a --resume-from rewind).
+        older = [p for p in saved_checkpoints(directory) if int(p.name[5:]) < meta["step"]]
+        for old in older[:max(0, len(older) - (keep - 1))]:
             shutil.rmtree(old)
     dist.barrier()
     return final
@@ -256,6 +280,7 @@ def save_checkpoint(model: Fox, optimizer, meta: dict, directory: Path, env: Dis
 def load_checkpoint(model: Fox, optimizer, path: Path, env: Dist) -> None:
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
+    logging.disable(logging.CRITICAL)  # DCP logs each failed metadata read with a traceback on the root logger
     try:
         dcp.load(state, checkpoint_id=path)
     except (Exception, dcp.api.CheckpointException) as e:  # the latter wraps per-rank errors, a BaseException
@@ -263,10 +288,15 @@ def load_checkpoint(model: Fox, optimizer, path: Path, env: Dist) -> None:
         reason = ("it was written by a model with other parameters" if "Missing key" in lines[-1]
                   else "its files are damaged or incomplete")
         raise CheckpointError(f"{path}: cannot load checkpoint, {reason} ({lines[-1]})") from None
+    finally:
+        logging.disable(logging.NOTSET)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     rng = path / f"rng_rank{env.rank}.pt"
     if rng.exists():  # absent when resuming at a larger world size: that rank keeps its fresh seed
-        torch.set_rng_state(torch.load(rng, weights_only=True))
+        try:
+            torch.set_rng_state(torch.load(rng, weights_only=True))
+        except (RuntimeError, EOFError, OSError, ValueError) as e:
+            raise CheckpointError(f"{rng}: damaged RNG state ({str(e).splitlines()[0]})") from None
 
 
 def export_hf(model: Fox, model_config: FoxConfig, tokenizer_path: Path, cfg: TrainConfig, env: Dist) -> Path:
@@ -375,6 +405,24 @@ def peak_flops(env: Dist) -> float | None:
     return next((flops for key, flops in GPU_PEAK_FLOPS.items() if key in name), None)
 
 
+def read_metrics(path: Path) -> list[tuple[str, dict]]:
+    """(line, row) of every row of a metrics.jsonl. A torn last line (a kill or a full disk mid-write) is
+    dropped; damage anywhere else is an error, not silently lost history."""
+    lines = path.read_text(errors="replace").splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("no integer 'step'")
+        except ValueError as e:
+            if number == len(lines):
+                break
+            raise TrainError(f"{path}:{number}: damaged metrics row ({e}); fix or remove that line") from None
+        rows.append((line, row))
+    return rows
+
+
 class MetricsLog:
     """One JSON object per line: out/stage{S}/metrics.jsonl from rank 0, metrics.rank{R}.jsonl from the others
     (their tokens/s shows a straggler; their losses must equal rank 0's). On resume, rows past the checkpoint's
@@ -383,7 +431,7 @@ class MetricsLog:
     def __init__(self, directory: Path, rank: int, resume_step: int):
         path = directory / ("metrics.jsonl" if rank == 0 else f"metrics.rank{rank}.jsonl")
         if path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            kept = [line for line, row in read_metrics(path) if row["step"] <= resume_step]
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, path)
@@ -505,6 +553,11 @@ def prepare_inputs(cfg: TrainConfig, preset_vocab: int, env: Dist) -> tuple[Path
     tokenizer_path = Path(cfg.tokenizer) if cfg.tokenizer else out / "tokenizer.txt"
     data_root = Path(cfg.data) if cfg.data else out / "data"
     train_tokenizer = cfg.data is None and not tokenizer_path.exists()
+    if cfg.data is None and cfg.tokenizer is None and not train_tokenizer:
+        vocab = Tokenizer.load(tokenizer_path).vocab_size
+        if vocab != preset_vocab:  # left by a run of another preset: the model would silently get its vocabulary
+            raise TrainError(f"{tokenizer_path} has {vocab:,} tokens but preset {cfg.preset} uses {preset_vocab:,}: "
+                             f"use another --out, or pass --tokenizer {tokenizer_path} to train with it anyway")
     if train_tokenizer and preset_vocab > BUILTIN_MAX_VOCAB:
         raise TrainError(f"the built-in corpus supports vocabularies up to {BUILTIN_MAX_VOCAB:,} tokens; preset "
                          f"{cfg.preset} needs {preset_vocab:,}: prepare your corpus with data.py and pass --data "
@@ -530,6 +583,8 @@ def prepare_inputs(cfg: TrainConfig, preset_vocab: int, env: Dist) -> tuple[Path
 
 
 def run(cfg: TrainConfig, stages: list[int]) -> None:
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise TrainError(f"--out {cfg.out} is a file, not a directory")
     env = init_distributed()
     stop = StopFlag()
     model = optimizer = None
@@ -544,6 +599,9 @@ def run(cfg: TrainConfig, stages: list[int]) -> None:
         if env.is_main:
             tqdm.write(f"fox1 {cfg.preset}: {model.num_params():,} parameters, vocab {model_config.vocab_size}, "
                        f"{env.world_size} process(es) on {env.device.type}")
+        if cfg.resume_from and env.is_main:
+            point_latest_at(Path(cfg.resume_from))
+        dist.barrier()
         results = {}
         started = time.perf_counter()
         for number in stages:
@@ -593,6 +651,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[int]]:
     parser.add_argument("--eval-batches", type=int, help="validation batches per rank per evaluation")
     parser.add_argument("--save-every", type=int, help="steps between checkpoints (and at each stage end)")
     parser.add_argument("--keep", type=int, help="checkpoints kept per stage")
+    parser.add_argument("--resume-from", help="resume a stage from this step_* checkpoint directory (points the "
+                        "stage's `latest` marker at it); needed when `latest` is missing or damaged")
     parser.add_argument("--log-every", type=int, help="steps between log lines")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile each block (default: on for CUDA, off for CPU)")

@@ -179,3 +179,68 @@ def test_resume_rewrites_metrics_past_the_checkpoint(corpus, reference, tmp_path
     assert [s for s in steps if s in (9, 10)] == [9, 10, 10]  # losses of 9, 10 once each (+ the final eval row)
     assert step_losses(out) == step_losses(reference)
     assert not list((out / "stage1").glob("*.tmp"))  # the killed save's debris is gone
+
+
+# --------------------------------------------------------------------------------------------------
+# nothing a user made is lost; damage is a one-line error (issue 10)
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    return lines[0]
+
+
+def test_missing_latest_refuses_to_start_over_and_resume_from_continues(corpus, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "stage1" / "latest").unlink()
+    args = ("--stage", "1", "--max-steps", "10", "--micro-batch-tokens", "512", "--save-every", "4")
+    message = one_line_error(run_train(corpus, out, *args, check=False))
+    assert "step_000008, step_000010 but no `latest`" in message and "--resume-from" in message
+    assert sorted(p.name for p in (out / "stage1").glob("step_*")) == ["step_000008", "step_000010"]
+    run_train(corpus, out, *args, "--resume-from", str(out / "stage1" / "step_000008"))
+    assert step_losses(out) == step_losses(reference)
+    # the step just saved (10) is kept; only older ones are pruned
+    assert (out / "stage1" / "latest").read_text().strip() == "step_000010"
+    assert (out / "stage1" / "step_000010" / "meta.json").exists()
+
+
+def test_torn_last_metrics_line_is_dropped_and_other_damage_is_one_line(corpus, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    metrics = out / "stage1" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"stage": 1, "step": 11, "lo')  # power loss mid-write
+    (out / "stage1" / "latest").write_text("step_000008\n")
+    run_train(corpus, out, "--stage", "1", "--max-steps", "10", "--micro-batch-tokens", "512", "--save-every", "4")
+    assert step_losses(out) == step_losses(reference)
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(lines[:3] + ["garbage"] + lines[3:]) + "\n")
+    (out / "stage1" / "latest").write_text("step_000008\n")
+    message = one_line_error(run_train(corpus, out, "--stage", "1", "--max-steps", "12", check=False))
+    assert "metrics.jsonl:4: damaged metrics row" in message
+
+
+@pytest.mark.parametrize("damaged", ["rng_rank0.pt", ".metadata"])
+def test_truncated_rng_state_or_dcp_metadata_is_one_line(corpus, reference, tmp_path, damaged):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    path = out / "stage1" / "step_000010" / damaged
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    message = one_line_error(run_train(corpus, out, "--stage", "1", "--max-steps", "12", check=False))
+    assert str(out / "stage1" / "step_000010") in message
+
+
+def test_out_that_is_a_file_and_a_tokenizer_of_another_preset_are_refused(corpus, tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("mine")
+    message = one_line_error(run_train(corpus, not_a_dir, "--max-steps", "1", check=False))
+    assert "is a file, not a directory" in message and not_a_dir.read_text() == "mine"
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copyfile(corpus[0], out / "tokenizer.txt")  # 512 tokens, as if left by a run of another preset
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--out", str(out), "--max-steps", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert "has 512 tokens but preset tiny uses 8,192" in one_line_error(result)
+    assert not (out / "data").exists()
