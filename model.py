@@ -118,18 +118,23 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos.to(x.dtype) + rotated_half * sin.to(x.dtype)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight.T, as F.linear; but a single row on CPU under torch.compile is multiplied and summed.
+    scale (out,): weight holds int8 rows whose real values are weight * scale (`quantize_int8`).
 
     Decoding one token multiplies one row by every matrix: a pure stream of the weights. On a 2-core CPU,
     MKL's one-row matmul reads nn.Linear's (out, in) weights at ~14 GB/s (the 64 MB LM head of `small` takes
     6 ms), while the dot-product loop inductor writes for `(x * weight).sum(-1)` reaches ~22 GB/s and fuses
     the norm or activation before it: `small`'s compiled decode went from 49-69 to 74-98 tokens/s.
+    The same loop converts int8 weights to floats in registers, so they stream at a quarter of the bytes.
     Eagerly that expression would build the whole (out, in) product, so it is used only when compiling.
     GPUs keep cuBLAS, which is not known to need this (not measured)."""
+    weight = weight.to(x.dtype)  # int8 -> float: fused into the loop when compiled, a full copy when eager
     if x.device.type == "cpu" and torch.compiler.is_compiling() and x.numel() == x.size(-1):
-        return (x.unsqueeze(-2) * weight).sum(-1)
-    return F.linear(x, weight)
+        y = (x.unsqueeze(-2) * weight).sum(-1)
+    else:
+        y = F.linear(x, weight)
+    return y if scale is None else y * scale
 
 
 class Linear(nn.Linear):
@@ -340,8 +345,8 @@ class Fox(nn.Module):
     def setup_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> None:
         """Preallocate a static KV cache in every layer for generation; forward(..., input_pos=...) uses it."""
         max_len = max_len or self.config.context_len
-        dtype = dtype or self.embed_tokens.weight.dtype
-        device = self.embed_tokens.weight.device
+        dtype = dtype or self.norm.weight.dtype  # the compute dtype, also under int8 weights
+        device = self.norm.weight.device
         c = self.config
         for layer in self.layers:
             layer.self_attn.kv_cache = KVCache(batch_size, max_len, c.num_kv_heads, c.head_dim, dtype, device)
@@ -380,7 +385,8 @@ class Fox(nn.Module):
             return chunked_cross_entropy(x.flatten(0, 1), self.embed_tokens.weight, targets.flatten())
         if last_only:
             x = x[:, -1:]
-        return linear(x, self.embed_tokens.weight).float()
+        head = self.embed_tokens  # tied; an int8 table carries its row scales
+        return linear(x, head.weight, head.scale if isinstance(head, Int8Embedding) else None).float()
 
     # ----------------------------------------------------------------------------------------------
     # Hugging Face interop
@@ -392,27 +398,95 @@ class Fox(nn.Module):
         model.safetensors.index.json), e.g. the released tensoropera/Fox-1-1.6B."""
         directory = Path(directory)
         config, stored_dtype = config_from_hf(directory / "config.json")
-        tensors = read_safetensors(directory)
         with torch.device("meta"):
             model = cls(config)
-        state = hf_to_fox_state_dict(tensors, model, directory)
+        state = load_hf_state_dict(directory, model, dtype or stored_dtype)
         model.load_state_dict(state, strict=True, assign=True)
         model.rope_cos, model.rope_sin = rope_tables(config)
-        return model.to(device=device, dtype=dtype or stored_dtype)
+        return model.to(device=device)
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write config.json + model.safetensors that transformers.LlamaForCausalLM loads (tied
-        weights stored once, as HF does). Each file is written to a temp name and renamed into place."""
+    def save_pretrained(self, directory: str | Path, *, token_ids: dict[str, int] | None = None,
+                        tokenizer_fingerprint: str | None = None) -> None:
+        """Write config.json, generation_config.json and model.safetensors that transformers.LlamaForCausalLM
+        loads (tied weights stored once, as HF does). Each file is written to a temp name and renamed into place.
+
+        token_ids: the tokenizer's {"bos_token_id", "eos_token_id", "pad_token_id"}; without them transformers
+        assumes bos 1 / eos 2, which are our tokenizer's eos / bos swapped. tokenizer_fingerprint: recorded so
+        sample.py can refuse a tokenizer the weights were not trained with."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in fox_to_hf(self.state_dict(), self.config).items()}
-        dtype = self.embed_tokens.weight.dtype
         tmp = directory / "model.safetensors.tmp"
         save_file(tensors, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, directory / "model.safetensors")
-        write_json_atomic(directory / "config.json", config_to_hf(self.config, dtype))
+        config = config_to_hf(self.config, self.embed_tokens.weight.dtype) | (token_ids or {})
+        if tokenizer_fingerprint:
+            config["fox1_tokenizer_fingerprint"] = tokenizer_fingerprint
+        write_json_atomic(directory / "config.json", config)
+        write_json_atomic(directory / "generation_config.json", {"_from_model_config": True, **(token_ids or {})})
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run in hardware here: CUDA GPUs, and CPUs with AVX512-BF16 or AMX (Xeon since
+    Cooper Lake, AMD since Zen 4), where oneDNN's bf16 matmuls are 2-3x its fp32 ones. Elsewhere bf16 is
+    emulated and slower than fp32."""
+    return device.type == "cuda" or bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+# --------------------------------------------------------------------------------------------------
+# int8 weight-only quantization, for decoding (gpt-fast style)
+
+
+def quantize_rows_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 weights, per-row scales): symmetric, per output channel. Row i is stored as round(w_i / s_i)
+    with s_i = max|w_i| / 127, so each row's largest weight maps to +-127 and no weight moves by more than
+    s_i / 2. Scales keep the weight's dtype."""
+    scale = weight.detach().float().abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127
+    quantized = (weight.detach().float() / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+    return quantized, scale.to(weight.dtype)
+
+
+class Int8Linear(nn.Module):
+    """A `Linear` whose weight is int8 with per-row scales: decoding streams a quarter of fp32's bytes."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        quantized, scale = quantize_rows_int8(weight)
+        self.register_buffer("weight", quantized)
+        self.register_buffer("scale", scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.scale)
+
+
+class Int8Embedding(Int8Linear):
+    """The tied embedding in int8: one table serves the lookup (rows dequantised) and the LM head."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.weight[idx].to(self.scale.dtype) * self.scale[idx, None]
+
+
+def quantize_int8(model: Fox) -> Fox:
+    """Replace every matrix of `model` (4 per block, and the tied embedding / LM head) by its int8 version,
+    in place, from whatever checkpoint it was loaded from; norms stay in the model's dtype. For inference
+    only: `small` goes from 210 MB of fp32 weights to 53 MB."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, Linear):
+                setattr(module, name, Int8Linear(child.weight))
+    model.embed_tokens = Int8Embedding(model.embed_tokens.weight)
+    return model
 
 
 # --------------------------------------------------------------------------------------------------
@@ -446,6 +520,35 @@ def config_to_hf(config: FoxConfig, dtype: torch.dtype) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class CheckpointTokens:
+    """What a checkpoint folder says about its tokens (None / empty where it says nothing)."""
+
+    bos_id: int | None
+    eos_ids: list[int]  # Hugging Face allows several (e.g. <eos> and <end_of_turn>)
+    tokenizer_fingerprint: str | None  # our exports only
+
+
+def checkpoint_tokens(directory: Path) -> CheckpointTokens:
+    """bos / eos ids from generation_config.json, else config.json; the tokenizer fingerprint of our exports."""
+    fields: dict = {}
+    for name in ("config.json", "generation_config.json"):  # the latter wins, as in transformers' generate
+        path = directory / name
+        if path.is_file():
+            try:
+                loaded = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+            if not isinstance(loaded, dict):
+                raise CheckpointError(f"{path}: expected a JSON object, got {type(loaded).__name__}")
+            fields.update((k, v) for k, v in loaded.items() if v is not None)
+    bos, eos = fields.get("bos_token_id"), fields.get("eos_token_id", [])
+    eos = [eos] if isinstance(eos, int) else eos
+    if not (bos is None or isinstance(bos, int)) or not all(isinstance(i, int) for i in eos):
+        raise CheckpointError(f"{directory}: bos_token_id / eos_token_id must be integers (or a list of them)")
+    return CheckpointTokens(bos, list(eos), fields.get("fox1_tokenizer_fingerprint"))
+
+
 def config_from_hf(path: Path) -> tuple[FoxConfig, torch.dtype]:
     """Read a Llama config.json into a FoxConfig, refusing anything fox1 does not implement."""
     try:
@@ -454,6 +557,8 @@ def config_from_hf(path: Path) -> tuple[FoxConfig, torch.dtype]:
         raise CheckpointError(f"{path}: not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of config fields, got {type(hf).__name__}")
 
     def field(name: str, default=None):
         if name not in hf and default is None:
@@ -482,79 +587,96 @@ def config_from_hf(path: Path) -> tuple[FoxConfig, torch.dtype]:
     return config, _DTYPE_NAMES[dtype_name]
 
 
-def read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of model.safetensors, or of every shard listed in model.safetensors.index.json."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def safetensors_files(directory: Path) -> dict[str, Path]:
+    """Hugging Face tensor name -> the file holding it: model.safetensors, or the shards listed in
+    model.safetensors.index.json. Reads only the files' headers."""
+    from safetensors import SafetensorError, safe_open
 
     index = directory / "model.safetensors.index.json"
     if index.exists():
         try:
             files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
             raise CheckpointError(f"{index}: not a valid safetensors index ({e!r})") from None
     else:
         files = ["model.safetensors"]
-    tensors: dict[str, torch.Tensor] = {}
+    where: dict[str, Path] = {}
     for name in files:
         path = directory / name
         if not path.exists():
             raise CheckpointError(f"{path}: not found")
         try:
-            tensors.update(load_file(str(path)))
+            with safe_open(str(path), "pt") as f:
+                where.update((key, path) for key in f.keys())
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
-    return tensors
+    return where
 
 
-def hf_names(name: str, config: FoxConfig) -> list[tuple[str, int]]:
-    """The Hugging Face tensors that our tensor `name` holds, stacked by rows in this order, with their
-    row counts: ('layers.0.self_attn.qkv_proj.weight') -> [('model.layers.0.self_attn.q_proj.weight',
-    2048), (... k_proj ..., 512), (... v_proj ..., 512)]; every other name is itself under `model.`,
-    with row count -1 (the whole tensor)."""
+def read_tensor(path: Path, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """One tensor in `dtype`. The file is memory-mapped for this tensor only, so its pages do not stay mapped
+    (and counted in this process's memory) while the rest of the model loads."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.get_tensor(name).to(dtype)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: unreadable tensor {name!r} ({e})") from None
+
+
+def hf_names(name: str, rows: int, config: FoxConfig) -> dict[str, int]:
+    """The Hugging Face tensors our tensor `name` (of `rows` rows) holds, stacked by rows in this order, with
+    their row counts: 'layers.0.self_attn.qkv_proj.weight' -> {'model.layers.0.self_attn.q_proj.weight': 2048,
+    '... k_proj ...': 512, '... v_proj ...': 512} for fox-1.6b; any other tensor is itself under `model.`."""
     q_rows, kv_rows = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-    fused = {"self_attn.qkv_proj": [("self_attn.q_proj", q_rows), ("self_attn.k_proj", kv_rows),
-                                    ("self_attn.v_proj", kv_rows)],
-             "mlp.gate_up_proj": [("mlp.gate_proj", config.intermediate_size),
-                                  ("mlp.up_proj", config.intermediate_size)]}
+    fused = {"self_attn.qkv_proj": {"self_attn.q_proj": q_rows, "self_attn.k_proj": kv_rows,
+                                    "self_attn.v_proj": kv_rows},
+             "mlp.gate_up_proj": {"mlp.gate_proj": config.intermediate_size, "mlp.up_proj": config.intermediate_size}}
     for ours, parts in fused.items():
         if f".{ours}." in name:
-            return [("model." + name.replace(ours, part), rows) for part, rows in parts]
-    return [("model." + name, -1)]
+            return {"model." + name.replace(ours, part): part_rows for part, part_rows in parts.items()}
+    return {"model." + name: rows}
 
 
 def fox_to_hf(state: dict[str, torch.Tensor], config: FoxConfig) -> dict[str, torch.Tensor]:
     """Our state dict under Hugging Face Llama names (fused matrices split into views, no copies)."""
     hf = {}
     for name, tensor in state.items():
-        parts = hf_names(name, config)
-        pieces = tensor.split([rows for _, rows in parts]) if len(parts) > 1 else [tensor]
-        hf.update((hf_name, piece) for (hf_name, _), piece in zip(parts, pieces))
+        parts = hf_names(name, tensor.size(0), config)
+        hf.update(zip(parts, tensor.split(list(parts.values()))))
     return hf
 
 
-def hf_to_fox_state_dict(tensors: dict[str, torch.Tensor], model: Fox, directory: Path) -> dict:
-    """Check every Hugging Face tensor's presence and shape against `model`, then map to our names.
+def load_hf_state_dict(directory: Path, model: Fox, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Our state dict in `dtype`, read tensor by tensor from a Hugging Face Llama checkpoint, after checking
+    every tensor's presence and shape against `model` (a meta-device model of the config).
 
-    `lm_head.weight` is accepted and ignored: the head is tied to the embedding (as HF does when
-    tie_word_embeddings is true); RoPE's `inv_freq`, which old exports store, is recomputed."""
+    Fused matrices are allocated once and filled part by part, so the peak memory is the model plus one
+    tensor: fox-1.6b in bf16 loads in about its 3.3 GB, not twice that. `lm_head.weight` is accepted and
+    ignored: the head is tied to the embedding (as HF does when tie_word_embeddings is true); RoPE's
+    `inv_freq`, which old exports store, is recomputed."""
+    from safetensors import safe_open
+
     ours = model.state_dict()
     expected = {k: v.shape for k, v in fox_to_hf(ours, model.config).items()}
-    hf = {}
-    for name, tensor in tensors.items():
-        if name == "lm_head.weight" or name.endswith("rotary_emb.inv_freq"):
-            continue
+    where = {k: v for k, v in safetensors_files(directory).items()
+             if k != "lm_head.weight" and not k.endswith("rotary_emb.inv_freq")}
+    for name, path in where.items():
         if name not in expected:
             raise CheckpointError(f"{directory}: unexpected tensor {name!r} for this config")
-        if tensor.shape != expected[name]:
-            raise CheckpointError(f"{directory}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+        with safe_open(str(path), "pt") as f:
+            shape = torch.Size(f.get_slice(name).get_shape())
+        if shape != expected[name]:
+            raise CheckpointError(f"{directory}: tensor {name!r} has shape {tuple(shape)}, "
                                   f"config.json implies {tuple(expected[name])}")
-        hf[name] = tensor
-    missing = sorted(set(expected) - set(hf))
+    missing = sorted(set(expected) - set(where))
     if missing:
         raise CheckpointError(f"{directory}: missing tensor {missing[0]!r} ({len(missing)} missing)")
     state = {}
-    for name in ours:
-        parts = [hf[hf_name] for hf_name, _ in hf_names(name, model.config)]
-        state[name] = torch.cat(parts) if len(parts) > 1 else parts[0]
+    for name, meta in ours.items():
+        state[name] = torch.empty(meta.shape, dtype=dtype)
+        parts = hf_names(name, meta.size(0), model.config)
+        for hf_name, piece in zip(parts, state[name].split(list(parts.values()))):
+            piece.copy_(read_tensor(where[hf_name], hf_name, dtype))
     return state

@@ -228,3 +228,34 @@ def test_missing_or_corrupt_files_give_clear_errors(micro, tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         Fox.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "null", "12"])
+def test_config_json_that_is_not_an_object_is_one_line(micro, tmp_path, content):
+    micro.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(content)
+    with pytest.raises(CheckpointError, match="config.json: expected a JSON object") as error:
+        Fox.from_pretrained(tmp_path)
+    assert "\n" not in str(error.value)
+
+
+def test_export_records_token_ids_for_transformers_and_the_tokenizer_fingerprint(micro, tmp_path):
+    ids = {"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}
+    micro.save_pretrained(tmp_path, token_ids=ids, tokenizer_fingerprint="abc123")
+    config = json.loads((tmp_path / "config.json").read_text())
+    generation = json.loads((tmp_path / "generation_config.json").read_text())
+    assert {k: config[k] for k in ids} == ids and {k: generation[k] for k in ids} == ids
+    assert model.checkpoint_tokens(tmp_path) == model.CheckpointTokens(2, [1], "abc123")
+    (tmp_path / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": [2, 107]}))
+    assert model.checkpoint_tokens(tmp_path) == model.CheckpointTokens(1, [2, 107], "abc123")  # as Fox-1-Instruct
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": "two"}))
+    with pytest.raises(CheckpointError, match="must be integers"):
+        model.checkpoint_tokens(tmp_path)
+
+
+def test_loading_casts_tensor_by_tensor_to_the_requested_dtype(micro, tmp_path):
+    micro.save_pretrained(tmp_path)
+    loaded = Fox.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in loaded.parameters())
+    for (name, a), (_, b) in zip(micro.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a.to(torch.bfloat16), b), name
