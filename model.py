@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from tokenizer import write_atomic
 
 IGNORE_INDEX = -100  # targets with this value do not count in the loss (e.g. across document borders)
 
@@ -413,14 +414,11 @@ class Fox(nn.Module):
         token_ids: the tokenizer's {"bos_token_id", "eos_token_id", "pad_token_id"}; without them transformers
         assumes bos 1 / eos 2, which are our tokenizer's eos / bos swapped. tokenizer_fingerprint: recorded so
         sample.py can refuse a tokenizer the weights were not trained with."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in fox_to_hf(self.state_dict(), self.config).items()}
-        tmp = directory / "model.safetensors.tmp"
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, directory / "model.safetensors")
+        write_atomic(directory / "model.safetensors", save(tensors, metadata={"format": "pt"}))
         config = config_to_hf(self.config, self.embed_tokens.weight.dtype) | (token_ids or {})
         if tokenizer_fingerprint:
             config["fox1_tokenizer_fingerprint"] = tokenizer_fingerprint
@@ -501,9 +499,7 @@ _DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def config_to_hf(config: FoxConfig, dtype: torch.dtype) -> dict:

@@ -1,5 +1,6 @@
 """Tests for model.py: exact Fox-1 shape, attention semantics, the chunked loss, the KV cache, HF interop."""
 import json
+import os
 
 import pytest
 import torch
@@ -246,6 +247,10 @@ def test_export_records_token_ids_for_transformers_and_the_tokenizer_fingerprint
     generation = json.loads((tmp_path / "generation_config.json").read_text())
     assert {k: config[k] for k in ids} == ids and {k: generation[k] for k in ids} == ids
     assert model.checkpoint_tokens(tmp_path) == model.CheckpointTokens(2, [1], "abc123")
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "config.json", "generation_config.json"):  # not tempfile's private 0600
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     (tmp_path / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": [2, 107]}))
     assert model.checkpoint_tokens(tmp_path) == model.CheckpointTokens(1, [2, 107], "abc123")  # as Fox-1-Instruct
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": "two"}))
