@@ -24,18 +24,24 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import json
+import math
 import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
-from model import CheckpointError, Fox
-from tokenizer import SPECIAL_TOKENS, InputError, Tokenizer
+import data
+from model import IGNORE_INDEX, CheckpointError, Fox, checkpoint_tokens
+from tokenizer import (DEFAULT_CHAT_TEMPLATE, SPECIAL_TOKENS, InputError, Tokenizer, encode_chat,
+                       load_chat_template, load_tokenizer)
 
 Result = TypeVar("Result")
 DEFAULT_CKPT = "out/export"  # train.py exports the latest weights and tokenizer.txt here after every stage
@@ -134,7 +140,7 @@ def ensure_kv_cache(model: Fox, batch_size: int, min_len: int) -> None:
     it has when that is long enough: stale entries are harmless (the mask hides every slot past the
     current position), and the same buffers keep a compiled step (or a captured CUDA graph) valid."""
     cache = model.layers[0].self_attn.kv_cache
-    dtype = model.embed_tokens.weight.dtype
+    dtype = model.norm.weight.dtype  # the compute dtype, also under int8 weights
     if cache is None or cache.k.shape[0] != batch_size or cache.k.shape[2] < min_len or cache.k.dtype != dtype:
         model.setup_kv_cache(batch_size, min_len, dtype)
 
@@ -146,9 +152,20 @@ def check_fits(model: Fox, prompt_len: int, max_new_tokens: int) -> None:
         raise SampleError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if prompt_len < 1:
         raise SampleError("the prompt is empty (it needs at least the <bos> token)")
-    if prompt_len + max_new_tokens > context:
-        raise SampleError(f"prompt of {prompt_len} tokens + {max_new_tokens} new tokens = "
-                          f"{prompt_len + max_new_tokens} is longer than the model's context of {context}")
+    if prompt_len + max_new_tokens - 1 > context:  # the last new token is never fed back: it needs no position
+        raise SampleError(f"prompt of {prompt_len} tokens + {max_new_tokens} new tokens needs "
+                          f"{prompt_len + max_new_tokens - 1} positions, more than the model's context of {context}")
+
+
+# Below this, logits / temperature overflow to inf for ordinary logits and sampling turns into NaNs; 0.01 is
+# already indistinguishable from greedy decoding for every model we have.
+MIN_TEMPERATURE = 0.01
+
+
+def check_temperature(temperature: float) -> None:
+    """Raise SampleError unless temperature is 0 (greedy) or a finite number >= MIN_TEMPERATURE."""
+    if not (temperature == 0 or MIN_TEMPERATURE <= temperature < math.inf):
+        raise SampleError(f"temperature {temperature}: use 0 (greedy) or a finite value >= {MIN_TEMPERATURE}")
 
 
 def new_seed() -> int:
@@ -185,20 +202,21 @@ def decode_step(model: Fox, compile: bool, token: torch.Tensor, input_pos: torch
 
 
 def decode(model: Fox, step: Callable, token: torch.Tensor, input_pos: torch.Tensor, count: int,
-           choose: Callable[[torch.Tensor], torch.Tensor], eos_id: int | None,
+           choose: Callable[[torch.Tensor], torch.Tensor], eos_ids: list[int],
            on_token: Callable[[list[int]], None] | None) -> list[torch.Tensor]:
-    """Up to count tokens after `token` (B,), one step each, until every row has produced eos_id.
-    A finished row keeps emitting eos_id, so the rows stay one batch."""
-    done = token == eos_id if eos_id is not None else torch.zeros_like(token, dtype=torch.bool)
+    """Up to count tokens after `token` (B,), one step each, until every row has produced one of eos_ids.
+    A finished row keeps emitting eos_ids[0], so the rows stay one batch."""
+    stops = torch.tensor(eos_ids, dtype=torch.long, device=token.device)
+    done = torch.isin(token, stops)
     input_pos = input_pos.clone()
     new_tokens = []
     while len(new_tokens) < count and not bool(done.all()):
         if token.device.type == "cuda" and step is not decode_one_token:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
         token = choose(step(model, token[:, None], input_pos))
-        if eos_id is not None:
-            token = token.masked_fill(done, eos_id)
-            done |= token == eos_id
+        if eos_ids:
+            token = token.masked_fill(done, eos_ids[0])
+            done |= torch.isin(token, stops)
         new_tokens.append(token)
         input_pos += 1
         if on_token is not None:
@@ -209,19 +227,27 @@ def decode(model: Fox, step: Callable, token: torch.Tensor, input_pos: torch.Ten
 @torch.inference_mode()
 def generate(model: Fox, prompt_ids: torch.Tensor | Sequence[int], max_new_tokens: int, *,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             seed: int | None = None, eos_id: int | None = None, vocab_limit: int | None = None,
+             seed: int | None = None, eos_id: int | Sequence[int] | None = None, vocab_limit: int | None = None,
              compile: bool = False, first_allowed: Sequence[int] | None = None,
              on_token: Callable[[list[int]], None] | None = None) -> Generation:
     """Continue every row of prompt_ids (B, T), or one prompt given as a list of ids, by up to
     max_new_tokens tokens: `prefill`, then `decode` with `decode_one_token`.
 
     temperature 0 is greedy; top_k / top_p restrict sampling (None: off). seed: row r uses a generator
-    seeded seed + r (None: `new_seed()`). eos_id: a row stops at it, and generation stops when every row
-    has; finished rows keep emitting eos_id in the batch. vocab_limit: only ids below it are generated (a
+    seeded seed + r (None: `new_seed()`). eos_id: a row stops at it (or at any of a list of ids, as Hugging
+    Face's generation_config allows), and generation stops when every row has; finished rows keep emitting
+    the (first) eos id in the batch. Prompts of different lengths are refused: batch equal lengths. vocab_limit: only ids below it are generated (a
     tokenizer smaller than the model's vocabulary cannot decode the rest). first_allowed: the first new
     token is chosen among these ids only (token healing, see `heal_prompt`). on_token(ids) is called after
     each step with the new token of every row. compile: run the decode step through torch.compile."""
     device = model.embed_tokens.weight.device
+    check_temperature(temperature)
+    if not isinstance(prompt_ids, torch.Tensor) and prompt_ids and not isinstance(prompt_ids[0], int):
+        lengths = sorted({len(row) for row in prompt_ids})
+        if len(lengths) > 1:
+            raise SampleError(f"prompts of different lengths ({lengths[0]} to {lengths[-1]} tokens) cannot share a "
+                              f"batch here: generate them separately (or pad them yourself)")
+    eos_ids = [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id)
     prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
     prompt = prompt[None] if prompt.dim() == 1 else prompt
     rows, prompt_len = prompt.shape
@@ -234,7 +260,7 @@ def generate(model: Fox, prompt_ids: torch.Tensor | Sequence[int], max_new_token
             logits = logits.masked_fill(~allowed, float("-inf"))
         return sample_next(logits[:, :vocab_limit], generators, temperature, top_k, top_p)
 
-    ensure_kv_cache(model, rows, prompt_len + max_new_tokens)
+    ensure_kv_cache(model, rows, prompt_len + max_new_tokens - 1)
     allowed = None
     if first_allowed is not None:
         allowed = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
@@ -245,10 +271,10 @@ def generate(model: Fox, prompt_ids: torch.Tensor | Sequence[int], max_new_token
         on_token(first.tolist())
     input_pos = positions[-1:] + 1
     step, compile_seconds = decode_step(model, compile and max_new_tokens > 1, first, input_pos)
-    rest, decode_seconds = timed(lambda: decode(model, step, first, input_pos, max_new_tokens - 1, choose, eos_id,
+    rest, decode_seconds = timed(lambda: decode(model, step, first, input_pos, max_new_tokens - 1, choose, eos_ids,
                                                 on_token), device)
     columns = torch.stack([first, *rest], dim=1).tolist()
-    tokens = [row[:row.index(eos_id)] if eos_id in row else row for row in columns]
+    tokens = [row[:next((i for i, t in enumerate(row) if t in eos_ids), len(row))] for row in columns]
     return Generation(tokens, rows * prompt_len, prefill_seconds, len(rest), decode_seconds, compile_seconds)
 
 
@@ -288,6 +314,154 @@ def heal_prompt(tokenizer: Tokenizer, ids: list[int]) -> tuple[list[int], bytes,
 
 
 # --------------------------------------------------------------------------------------------------
+# Chat: turns rendered by the chat template the model was trained with (tokenizer.encode_chat, the very
+# function data.py prepares SFT data with), the conversation's tokens kept in the KV cache across turns
+
+
+@dataclass
+class ChatSession:
+    """A conversation, and the tokens whose keys and values the model's KV cache holds, in order."""
+
+    tokenizer: Tokenizer
+    template: str
+    messages: list[dict]
+    stop_ids: list[int]  # tokens that end a reply
+    cached: list[int] = field(default_factory=list)
+    prefilled: int = 0  # tokens the last turn had to prefill
+
+
+def start_chat(model: Fox, tokenizer: Tokenizer, template: str, system: str | None = None) -> ChatSession:
+    """A new conversation (with a system message if given) and a KV cache as long as the model's context,
+    allocated once so that no turn has to reallocate it (and lose what it holds)."""
+    model.setup_kv_cache(1, model.config.context_len)
+    messages = [{"role": "system", "content": system}] if system else []
+    return ChatSession(tokenizer, template, messages, reply_stop_ids(tokenizer, template))
+
+
+def reply_stop_ids(tokenizer: Tokenizer, template: str) -> list[int]:
+    """<eos> and the token this template closes a reply with (<end_of_turn> in ours): the last token
+    encode_chat marks as the assistant's in a rendered exchange."""
+    exchange = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "!"}]
+    ids, mask = encode_chat(tokenizer, exchange, template)
+    closing = ids[max(i for i, flag in enumerate(mask) if flag)]
+    return sorted({closing, tokenizer.eos_id})
+
+
+@torch.inference_mode()
+def chat_turn(model: Fox, session: ChatSession, user_text: str, max_new_tokens: int,
+              choose: Callable[[torch.Tensor], torch.Tensor],
+              on_token: Callable[[list[int]], None] | None = None) -> str:
+    """Add a user turn, generate the reply (up to a stop token), add it too and return its text.
+
+    The whole conversation is rendered again, and only the tokens after the longest prefix the cache already
+    holds are prefilled: normally the previous reply's closing token, the new user turn and the reply prompt.
+    (Where the model wrote a reply in other tokens than encoding its text gives, the cache is refilled from
+    there, so the model always reads the conversation exactly as SFT training encoded it.)"""
+    session.messages.append({"role": "user", "content": user_text})
+    ids, _ = encode_chat(session.tokenizer, session.messages, session.template, add_generation_prompt=True)
+    check_fits(model, len(ids), max_new_tokens)
+    shared = next((i for i, (a, b) in enumerate(zip(session.cached, ids)) if a != b), min(len(session.cached), len(ids)))
+    reused = min(shared, len(ids) - 1)  # prefill at least one token: its logits choose the first reply token
+    device = model.embed_tokens.weight.device
+    positions = torch.arange(reused, len(ids), device=device)
+    first = choose(prefill(model, torch.tensor([ids[reused:]], device=device), positions))
+    if on_token is not None:
+        on_token(first.tolist())
+    rest = decode(model, decode_one_token, first, positions[-1:] + 1, max_new_tokens - 1, choose, session.stop_ids,
+                  on_token)
+    generated = [int(token) for token in torch.cat([first, *rest])]
+    session.cached = ids + generated[:-1]  # the last token sampled was never fed through the model
+    session.prefilled = len(ids) - reused
+    reply = generated[:next((i for i, t in enumerate(generated) if t in session.stop_ids), len(generated))]
+    text = session.tokenizer.decode(reply)
+    session.messages.append({"role": "assistant", "content": text})
+    return text
+
+
+@dataclass
+class ChatScores:
+    """How well a model follows the chat format, measured on conversations of one user turn and one reply."""
+
+    conversations: int
+    ended: float  # share of greedy replies that end with a stop token within max_new_tokens
+    named_def: float  # share of "Write a Python function `name(...)`" replies that start with "def name("
+    write_function: int  # how many conversations asked for a function
+    reply_loss: float  # mean loss on the reference replies' tokens (the SFT loss mask)
+
+
+@torch.inference_mode()
+def score_chat(model: Fox, tokenizer: Tokenizer, template: str, conversations: list[list[dict]],
+               max_new_tokens: int = 256) -> ChatScores:
+    """Greedy replies to each conversation's user turn, scored against the format, plus the masked loss of
+    the reference replies (the held-out loss SFT minimises)."""
+    stop_ids = reply_stop_ids(tokenizer, template)
+    device = model.embed_tokens.weight.device
+    ended = named = asked = 0
+    loss_sum = counted = 0.0
+    for conversation in tqdm(conversations, desc="scoring chat", unit="conversation", leave=False):
+        prompt, _ = encode_chat(tokenizer, conversation[:-1], template, add_generation_prompt=True)
+        reply = generate(model, prompt, max_new_tokens, temperature=0, eos_id=stop_ids,
+                         vocab_limit=tokenizer.vocab_size).tokens[0]
+        ended += len(reply) < max_new_tokens  # generate cuts a reply before its stop token
+        asked_for = data.WRITE_FUNCTION.match(conversation[-2]["content"])
+        if asked_for:
+            asked += 1
+            named += tokenizer.decode(reply).startswith(f"def {asked_for.group(1)}(")
+        ids, mask = encode_chat(tokenizer, conversation, template)
+        batch = data.pack_chat(np.array([ids]), np.array([mask]), tokenizer.bos_id).to(device)
+        count = int((batch.targets != IGNORE_INDEX).sum())
+        loss = model(batch.inputs, batch.targets, position_ids=batch.position_ids, doc_ids=batch.doc_ids)
+        loss_sum, counted = loss_sum + loss.item() * count, counted + count
+    total = len(conversations)
+    return ChatScores(total, ended / total, named / max(asked, 1), asked, loss_sum / max(counted, 1))
+
+
+def user_turns(prompt: str) -> Iterator[str]:
+    """--prompt as the one user turn; else each line typed at the terminal ("> " on stderr) or piped in."""
+    if prompt:
+        yield prompt
+        return
+    while True:
+        if sys.stdin.isatty():
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
+            return
+        if line.strip():
+            yield line.rstrip("\n")
+
+
+def run_chat(model: Fox, tokenizer: Tokenizer, ckpt: Path, args: argparse.Namespace, seed: int) -> None:
+    """--chat: a conversation on stdin/stdout; --score-chat N: ChatScores on N held-out built-in conversations."""
+    template = load_chat_template(ckpt) or DEFAULT_CHAT_TEMPLATE
+    if args.score_chat:
+        held_out = data.builtin_conversations()["val"]
+        picked = held_out[::max(1, len(held_out) // args.score_chat)][:args.score_chat]  # spread over the modules
+        print(json.dumps(asdict(score_chat(model, tokenizer, template, picked, args.max_new_tokens))))
+        return
+    generator = torch.Generator(model.embed_tokens.weight.device).manual_seed(seed)
+
+    def choose(logits: torch.Tensor) -> torch.Tensor:
+        return sample_next(logits[:, :tokenizer.vocab_size], [generator], args.temperature, args.top_k or None,
+                           args.top_p)
+
+    session = start_chat(model, tokenizer, template, args.system)
+    for text in user_turns(read_prompt(args.prompt)):
+        stream = TextStream(tokenizer)
+
+        def show(ids: list[int]) -> None:
+            if ids[0] not in session.stop_ids:
+                sys.stdout.write(stream.push(ids[0]))
+                sys.stdout.flush()
+
+        chat_turn(model, session, text, args.max_new_tokens, choose, show)
+        sys.stdout.write(stream.finish() + "\n")
+        sys.stdout.flush()
+        print(f"[prefilled {session.prefilled} new tokens; {len(session.cached)} in the KV cache]", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -306,14 +480,31 @@ def read_prompt(prompt: str) -> str:
         raise SampleError(f"{path}: cannot read prompt file ({e.strerror})") from None
 
 
-def load_tokenizer(ckpt: Path, tokenizer_path: str | None) -> Tokenizer:
-    """--tokenizer PATH, else the tokenizer.txt that train.py copies next to the exported weights."""
-    path = Path(tokenizer_path) if tokenizer_path else ckpt / "tokenizer.txt"
-    if not path.is_file():
-        if tokenizer_path:
-            raise SampleError(f"{path}: tokenizer file not found")
-        raise SampleError(f"{ckpt} has no tokenizer.txt (a Hugging Face checkpoint?): pass --tokenizer PATH")
-    return Tokenizer.load(path)
+def open_tokenizer(ckpt: Path, tokenizer_path: str | None) -> Tokenizer:
+    """--tokenizer PATH (tokenizer.txt, tokenizer.json or a folder), else the checkpoint folder's own
+    tokenizer.json / tokenizer.txt. Refuses a tokenizer other than the one our export recorded: another
+    vocabulary would turn the model's ids into gibberish (a Hugging Face folder records none)."""
+    path = Path(tokenizer_path) if tokenizer_path else ckpt
+    if not path.exists():
+        raise SampleError(f"{path}: tokenizer file not found")
+    if path.is_dir() and not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.txt")):
+        raise SampleError(f"{path} has no tokenizer.json or tokenizer.txt: pass --tokenizer PATH")
+    tokenizer = load_tokenizer(path)
+    recorded = checkpoint_tokens(ckpt).tokenizer_fingerprint
+    if recorded and recorded != tokenizer.fingerprint:
+        raise SampleError(f"{path} is not the tokenizer {ckpt} was trained with (fingerprint "
+                          f"{tokenizer.fingerprint[:12]}, the export records {recorded[:12]})")
+    return tokenizer
+
+
+def special_ids(ckpt: Path, tokenizer: Tokenizer) -> tuple[int, list[int]]:
+    """(bos id, eos ids): the checkpoint's own (generation_config.json / config.json), else the tokenizer's."""
+    tokens = checkpoint_tokens(ckpt)
+    bos = tokens.bos_id if tokens.bos_id is not None else tokenizer.bos_id
+    eos = tokens.eos_ids or [tokenizer.eos_id]
+    if bos is None:
+        raise SampleError(f"{ckpt}: neither the checkpoint nor its tokenizer names a bos token")
+    return bos, [i for i in eos if i is not None]
 
 
 def parse_device(name: str) -> torch.device:
@@ -336,8 +527,15 @@ def check_checkpoint(ckpt: Path) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Generate text from a Fox checkpoint (KV-cached, optionally compiled).")
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="our export or a Llama-format Hugging Face directory (default: %(default)s)")
-    p.add_argument("--tokenizer", help="tokenizer file (default: <ckpt>/tokenizer.txt)")
+    p.add_argument("--tokenizer", help="tokenizer.txt, tokenizer.json or a folder (default: the one in --ckpt)")
     p.add_argument("--prompt", default="", help="prompt text, or @FILE to read it from a UTF-8 file")
+    p.add_argument("--chat", action="store_true",
+                   help="talk through the checkpoint's chat template (ours if it has none): --prompt is one user "
+                        "turn, else every line typed or piped in is one; the KV cache is kept across turns")
+    p.add_argument("--system", help="--chat: a system message before the first turn")
+    p.add_argument("--score-chat", type=int, metavar="N",
+                   help="score N held-out built-in conversations (greedy): share of replies that end, of "
+                        "'Write a Python function' replies that start with its def, masked reply loss")
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens, 0 = off (default: %(default)s)")
@@ -355,10 +553,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="weights and KV cache (default: bfloat16 on cuda, float32 on cpu)")
     args = p.parse_args(argv)
-    if args.max_new_tokens < 1 or args.num_samples < 1 or args.top_k < 0 or args.temperature < 0:
-        p.error("--max-new-tokens and --num-samples must be >= 1; --top-k and --temperature >= 0")
-    if not 0.0 < args.top_p <= 1.0:
+    if args.max_new_tokens < 1 or args.num_samples < 1 or args.top_k < 0:
+        p.error("--max-new-tokens and --num-samples must be >= 1; --top-k >= 0")
+    if not 0.0 < args.top_p <= 1.0:  # also refuses nan
         p.error("--top-p must be in (0, 1]")
+    try:
+        check_temperature(args.temperature)
+    except SampleError as e:
+        p.error(f"--{e}")
     return args
 
 
@@ -370,12 +572,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = read_prompt(args.prompt)
         ckpt = Path(args.ckpt)
         check_checkpoint(ckpt)
-        tokenizer = load_tokenizer(ckpt, args.tokenizer)
+        tokenizer = open_tokenizer(ckpt, args.tokenizer)
+        bos, eos_ids = special_ids(ckpt, tokenizer)
         model = Fox.from_pretrained(ckpt, dtype=dtype, device=device).eval()
         if tokenizer.vocab_size > model.config.vocab_size:
             raise SampleError(f"tokenizer has {tokenizer.vocab_size} tokens but the model in {ckpt} only "
                               f"{model.config.vocab_size}: they do not belong together")
-        prompt = [tokenizer.bos_id] + tokenizer.encode(text, allow_special=True)  # chat tokens may be typed
+        if args.chat or args.score_chat:
+            run_chat(model, tokenizer, ckpt, args, new_seed() if args.seed is None else args.seed)
+            return 0
+        prompt = [bos] + tokenizer.encode(text, allow_special=True)  # chat tokens may be typed
         tail, first_allowed = b"", None
         if args.token_healing:
             prompt, tail, first_allowed = heal_prompt(tokenizer, prompt)
@@ -384,7 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         healing = f"; token healing regenerates {tail.decode('utf-8', errors='replace')!r}" if tail else ""
         print(f"{ckpt}: {model.num_params():,} parameters, {dtype} on {device}; prompt {len(prompt)} tokens"
               f"{healing}; seed {seed}", file=sys.stderr)
-        result = run_and_print(model, tokenizer, text, prompt, args, seed, tail=tail, first_allowed=first_allowed)
+        result = run_and_print(model, tokenizer, text, prompt, args, seed, eos_ids, tail=tail,
+                               first_allowed=first_allowed)
     except (SampleError, CheckpointError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -402,7 +609,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_and_print(model: Fox, tokenizer: Tokenizer, text: str, prompt: list[int], args: argparse.Namespace,
-                  seed: int, *, tail: bytes = b"", first_allowed: list[int] | None = None) -> Generation:
+                  seed: int, eos_ids: list[int], *, tail: bytes = b"",
+                  first_allowed: list[int] | None = None) -> Generation:
     """Generate; one sample streams to stdout token by token, several are printed one after another.
     tail / first_allowed: the prompt's healed last token (`heal_prompt`); its bytes, shown with the
     prompt, are not printed again."""
@@ -410,14 +618,14 @@ def run_and_print(model: Fox, tokenizer: Tokenizer, text: str, prompt: list[int]
     stream = TextStream(tokenizer, already_shown=tail)
 
     def print_token(ids: list[int]) -> None:  # a single row stops at its <eos>, the last token it is given
-        if ids[0] != tokenizer.eos_id:
+        if ids[0] not in eos_ids:
             sys.stdout.write(stream.push(ids[0]))
             sys.stdout.flush()
 
     if streaming:
         sys.stdout.write(text)
     result = generate(model, [prompt] * args.num_samples, args.max_new_tokens, temperature=args.temperature,
-                      top_k=args.top_k or None, top_p=args.top_p, seed=seed, eos_id=tokenizer.eos_id,
+                      top_k=args.top_k or None, top_p=args.top_p, seed=seed, eos_id=eos_ids,
                       vocab_limit=tokenizer.vocab_size, compile=args.compile, first_allowed=first_allowed,
                       on_token=print_token if streaming else None)
     if streaming:
