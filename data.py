@@ -22,13 +22,17 @@ pydoc_data/topics.py, typing.py, _pydecimal.py) and `stdlib-code` (the rest).
 Run:
     python data.py prepare --input 'corpus/*.txt' --tokenizer tok.txt --out data --name prose
     python data.py prepare-builtin --tokenizer tok.txt --out data
+    python data.py prepare-chat --input 'chats/*.jsonl' --tokenizer tok.txt --out chat --name mychat
     python data.py stats --data data --context-len 1024
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import queue
@@ -41,6 +45,7 @@ import threading
 import time
 import tokenize
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -51,8 +56,9 @@ import torch
 from tqdm import tqdm
 
 from model import IGNORE_INDEX
-from tokenizer import (CHUNK_CHARS, InputError, ReadStats, Tokenizer, _replace_lone_surrogates, document_chunks,
-                       expand_inputs, iter_documents, ordered_map)
+from tokenizer import (CHUNK_CHARS, DEFAULT_CHAT_TEMPLATE, InputError, ReadStats, Tokenizer, _replace_lone_surrogates,
+                       check_conversation, document_chunks, encode_chat, expand_inputs, iter_documents,
+                       load_chat_template, ordered_map)
 
 FORMAT = "fox1-token-shards-v1"
 TOKEN_DTYPE = np.dtype("<u4")  # uint32, little-endian on disk whatever the machine: ids up to 4G, 4 bytes a token
@@ -159,7 +165,7 @@ def prepare_builtin(tokenizer_path: Path, data_root: Path, *, workers: int | Non
 
 def prepare(inputs: list[str], tokenizer_path: Path, data_root: Path, name: str, *, workers: int | None = None,
             val_fraction: float = 0.01, skip_bad_lines: bool = False, shard_tokens: int = SHARD_TOKENS,
-            progress: bool = True) -> Path:
+            progress: bool = True, allow_binary: bool = False) -> Path:
     """Tokenize files/globs into data_root/name (see module docstring); return that directory.
 
     Train/val split: document number i (0-based, in input order) goes to val when floor((i + 1) * val_fraction) >
@@ -181,7 +187,7 @@ def prepare(inputs: list[str], tokenizer_path: Path, data_root: Path, name: str,
         return directory
     stats = ReadStats()
     total_bytes = None if any(p.suffix == ".gz" for p in paths) else sum(p.stat().st_size for p in paths)
-    _build_source(iter_documents(paths, skip_bad_lines=skip_bad_lines, stats=stats), tokenizer, Path(tokenizer_path),
+    _build_source(iter_documents(paths, skip_bad_lines=skip_bad_lines, stats=stats, allow_binary=allow_binary), tokenizer, Path(tokenizer_path),
                   directory, key=key, val_fraction=val_fraction, workers=workers, shard_tokens=shard_tokens,
                   total_bytes=total_bytes, progress=progress, read_stats=stats)
     return directory
@@ -259,28 +265,16 @@ class _ShardWriter:
 def _build_source(documents: Iterable[str], tokenizer: Tokenizer, tokenizer_path: Path, directory: Path, *, key: str,
                   val_fraction: float, workers: int | None, shard_tokens: int, total_bytes: int | None,
                   progress: bool, read_stats: ReadStats | None = None) -> None:
-    _check_replaceable(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    for debris in directory.parent.glob(f".{directory.name}.tmp-*"):  # left by a killed earlier run
-        shutil.rmtree(debris, ignore_errors=True)
-    temporary = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
-    temporary.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; a prepared source is as shared as any other output
-    try:
-        start = time.perf_counter()
+    start = time.perf_counter()
+    with _staged_directory(directory) as temporary:
         splits = _tokenize_into(temporary, documents, tokenizer_path, val_fraction, workers, shard_tokens,
                                 total_bytes, progress, directory.name)
         if splits["train"]["documents"] + splits["val"]["documents"] == 0:
             raise DataError(f"{directory.name}: the inputs hold no documents (empty or whitespace-only)")
         read_stats = read_stats or ReadStats()
-        meta = {"format": FORMAT, "name": directory.name, "inputs_key": key,
-                "tokenizer_fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
-                "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, "val_fraction": val_fraction,
-                "bad_lines_skipped": read_stats.bad_lines, "replaced_bytes": read_stats.replaced_bytes,
-                "splits": splits}
+        meta = _source_meta(directory, key, tokenizer, splits, val_fraction=val_fraction,
+                            bad_lines_skipped=read_stats.bad_lines, replaced_bytes=read_stats.replaced_bytes)
         (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
-        _replace_directory(temporary, directory)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
     if progress:
         seconds = time.perf_counter() - start
         total = splits["train"]["tokens"] + splits["val"]["tokens"]
@@ -288,6 +282,29 @@ def _build_source(documents: Iterable[str], tokenizer: Tokenizer, tokenizer_path
               f"documents, {splits['train']['tokens']:,} / {splits['val']['tokens']:,} tokens in {seconds:.1f} s "
               f"({total / seconds:,.0f} tokens/s); {read_stats.replaced_bytes:,} undecodable bytes replaced, "
               f"{read_stats.bad_lines:,} bad lines skipped -> {directory}")
+
+
+@contextmanager
+def _staged_directory(directory: Path) -> Iterator[Path]:
+    """A temporary sibling directory to write a source into; it replaces `directory` only when the block ends
+    without an error, so readers see the old or the new source, never a half-written one."""
+    _check_replaceable(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    for debris in directory.parent.glob(f".{directory.name}.tmp-*"):  # left by a killed earlier run
+        shutil.rmtree(debris, ignore_errors=True)
+    temporary = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    temporary.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; a prepared source is as shared as any other output
+    try:
+        yield temporary
+        _replace_directory(temporary, directory)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _source_meta(directory: Path, key: str, tokenizer: Tokenizer, splits: dict, **extra) -> dict:
+    return {"format": FORMAT, "name": directory.name, "inputs_key": key, "tokenizer_fingerprint": tokenizer.fingerprint,
+            "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, **extra,
+            "splits": splits}
 
 
 def _tokenize_into(directory: Path, documents: Iterable[str], tokenizer_path: Path, val_fraction: float,
@@ -355,7 +372,8 @@ def _replace_directory(new: Path, target: Path) -> None:
 class TokenSplit:
     """One split ("train"/"val") of a prepared source: its token stream memory-mapped across shard files."""
 
-    def __init__(self, data_root: Path, name: str, split: str, fingerprint: str | None = None):
+    def __init__(self, data_root: Path, name: str, split: str, fingerprint: str | None = None, *,
+                 dtype: np.dtype = TOKEN_DTYPE):
         directory = Path(data_root) / name
         try:
             self.meta = json.loads((directory / "meta.json").read_text())
@@ -378,7 +396,7 @@ class TokenSplit:
         except (KeyError, TypeError) as error:
             raise DataError(f"{directory / 'meta.json'}: missing or malformed field {error}; prepare it again") from None
         for path, tokens in zip(self.shard_paths, shard_tokens):
-            if not path.is_file() or path.stat().st_size != tokens * TOKEN_DTYPE.itemsize:
+            if not path.is_file() or path.stat().st_size != tokens * dtype.itemsize:
                 raise DataError(f"{path}: missing or truncated (expected {tokens:,} tokens); prepare again")
         self.shard_starts = np.cumsum([0] + shard_tokens)
         try:
@@ -386,7 +404,7 @@ class TokenSplit:
         except (OSError, ValueError, EOFError) as error:
             raise DataError(f"{doc_starts}: unreadable or truncated ({error}); prepare again") from None
         # Each memory map holds a file descriptor: keep the recently used ones, not all of a 3T-token corpus's 23K.
-        self.shard = lru_cache(maxsize=64)(lambda index: np.memmap(self.shard_paths[index], TOKEN_DTYPE, mode="r"))
+        self.shard = lru_cache(maxsize=64)(lambda index: np.memmap(self.shard_paths[index], dtype, mode="r"))
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Tokens [start, stop) of the stream as int64, stitched across shard files."""
@@ -479,6 +497,11 @@ class Batch:
     targets: torch.Tensor  # (B, T) int64; IGNORE_INDEX where the target starts another document (<eos> -> <bos>)
     position_ids: torch.Tensor  # (B, T) int64; 0 at the window start and at every document start
     doc_ids: torch.Tensor  # (B, T) int64; document number within the window: 0, 1, 2 ...
+
+    def to(self, device: torch.device) -> Batch:
+        """The batch on `device`; non_blocking lets a GPU copy overlap the work still queued before it."""
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.inputs, self.targets, self.position_ids,
+                                                                  self.doc_ids)))
 
 
 def pack(windows: np.ndarray, bos_id: int) -> Batch:
@@ -660,6 +683,335 @@ def eval_batches(data_root: Path, stage: Stage, batch_size: int, *, rank: int = 
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Chat data for the instruction-tuning stage: conversations -> tokens + loss mask -> packed, never split
+
+
+MASK_DTYPE = np.dtype("u1")  # the loss mask: one byte per token, 1 on the assistant's reply tokens
+BUILTIN_CHAT = "stdlib-chat"
+BUILTIN_CHAT_HELD_OUT = 10  # one module in 10 (by a hash of its name) is held out: 10% of the conversations
+BUILTIN_CHAT_MAX_LINES = 25  # longer functions make replies of 300+ tokens (8K vocab): too long to teach a stop
+BUILTIN_CHAT_MAX_DOC_CHARS = 800
+WRITE_FUNCTION = re.compile(r"Write a Python function `(\w+)\(")
+
+
+@dataclass
+class ChatStats:
+    """Counters of a chat preparation."""
+
+    conversations: int = 0
+    malformed: int = 0  # skipped: bad JSON, no assistant turn, unknown role, non-string content, template refusal
+    first_malformed: str | None = None  # "file:line: what is wrong"
+
+
+def builtin_conversations() -> dict[str, list[list[dict]]]:
+    """Instruction conversations made from the standard library, {"train": [...], "val": [...]}: for every public
+    top-level function or class with a docstring, "Write a Python function `name(args)` that: <first paragraph of
+    its docstring>" answered by the function's source, and "What does `module.name` do?" answered by the docstring.
+    All conversations of a module go to one split, so the held-out ones ask about code the model never saw."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    splits: dict[str, list[list[dict]]] = {"train": [], "val": []}
+    for path in builtin_files():
+        module = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        split = "val" if zlib.crc32(module.encode()) % BUILTIN_CHAT_HELD_OUT == 0 else "train"
+        splits[split] += _module_conversations(path.read_text(encoding="utf-8", errors="replace"), module)
+    return splits
+
+
+def _module_conversations(source: str, module: str) -> list[list[dict]]:
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    conversations = []
+    for node in tree.body:
+        if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) or node.name.startswith("_"):
+            continue
+        doc = ast.get_docstring(node)
+        if not doc:
+            continue
+        code = ast.get_source_segment(source, node) if isinstance(node, ast.FunctionDef) else None
+        if code and code.count("\n") < BUILTIN_CHAT_MAX_LINES:
+            summary = " ".join(doc.split("\n\n")[0].split())
+            conversations.append(_exchange(f"Write a Python function `{node.name}({ast.unparse(node.args)})` "
+                                           f"that: {summary}", code))
+        if len(doc) <= BUILTIN_CHAT_MAX_DOC_CHARS:
+            conversations.append(_exchange(f"What does `{module}.{node.name}` do?", doc))
+    return conversations
+
+
+def _exchange(question: str, answer: str) -> list[dict]:
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+def prepare_builtin_chat(tokenizer_path: Path, data_root: Path, *, progress: bool = True) -> str:
+    """Prepare BUILTIN_CHAT under data_root with our chat template (nothing to do when done); return its name."""
+    tokenizer = Tokenizer.load(tokenizer_path)
+    key = _inputs_key(builtin_files(), tokenizer, kind="chat", template=DEFAULT_CHAT_TEMPLATE,
+                      held_out=BUILTIN_CHAT_HELD_OUT, max_lines=BUILTIN_CHAT_MAX_LINES)
+    directory = Path(data_root) / BUILTIN_CHAT
+    if not _is_prepared(directory, key):
+        splits = builtin_conversations()
+        records = ((f"{BUILTIN_CHAT} {split} #{i}", {"messages": messages}, split == "val")
+                   for split, conversations in splits.items() for i, messages in enumerate(conversations))
+        _build_chat_source(records, tokenizer, DEFAULT_CHAT_TEMPLATE, directory, key=key, strict=True,
+                           total=sum(map(len, splits.values())), progress=progress)
+    return BUILTIN_CHAT
+
+
+def prepare_chat(inputs: list[str], tokenizer_path: Path, data_root: Path, name: str, *,
+                 template_path: Path | None = None, val_fraction: float = 0.02, strict: bool = False,
+                 progress: bool = True) -> Path:
+    """Chat JSONL files (one {"messages": [{"role", "content"}, ...]} or {"prompt", "response"} per line, .gz
+    allowed) -> data_root/name: the rendered conversations as a token source plus a parallel uint8 loss-mask split
+    ("train_mask", "val_mask"). Malformed lines are skipped and counted (the first one is named), or refused when
+    strict. template_path: a model folder holding tokenizer_config.json, or a Jinja file (default: the tokenizer's
+    folder's template if it has one, else DEFAULT_CHAT_TEMPLATE)."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise DataError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")
+    if not 0 <= val_fraction <= 0.5:
+        raise DataError(f"val_fraction {val_fraction}: must be between 0 and 0.5")
+    paths = expand_inputs(inputs)
+    tokenizer = Tokenizer.load(tokenizer_path)
+    template = resolve_chat_template(template_path, tokenizer_path)
+    key = _inputs_key(paths, tokenizer, kind="chat", template=template, val_fraction=val_fraction, strict=strict)
+    directory = Path(data_root) / name
+    if _is_prepared(directory, key):
+        if progress:
+            print(f"{name}: already prepared from the same inputs with this tokenizer and template, nothing to do")
+        return directory
+    records = ((where, line, int((n + 1) * val_fraction) > int(n * val_fraction))
+               for n, (where, line) in enumerate(_jsonl_lines(paths)))
+    _build_chat_source(records, tokenizer, template, directory, key=key, strict=strict, total=None,
+                       progress=progress)
+    return directory
+
+
+def resolve_chat_template(template_path: Path | None, tokenizer_path: Path) -> str:
+    """The template to render with: template_path (a folder's tokenizer_config.json or a Jinja file), else the
+    tokenizer folder's own, else ours."""
+    if template_path is None:
+        folder = Path(tokenizer_path)
+        return (load_chat_template(folder) if folder.is_dir() else None) or DEFAULT_CHAT_TEMPLATE
+    if Path(template_path).is_dir():
+        template = load_chat_template(template_path)
+        if template is None:
+            raise DataError(f"{template_path}: no tokenizer_config.json with a chat_template")
+        return template
+    try:
+        return Path(template_path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{template_path}: cannot read chat template ({error})") from None
+
+
+def _jsonl_lines(paths: list[Path]) -> Iterator[tuple[str, str]]:
+    """("file:line", text) of every non-blank line; bytes that are not UTF-8 become U+FFFD."""
+    for path in paths:
+        try:
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rt", encoding="utf-8-sig", errors="replace") as file:
+                for number, line in enumerate(file, 1):
+                    if line.strip():
+                        yield f"{path}:{number}", line
+        except (OSError, EOFError, zlib.error) as error:
+            raise DataError(f"{path}: cannot read ({error})") from None
+
+
+def _encode_records(records: Iterable[tuple[str, object, bool]], tokenizer: Tokenizer, template: str,
+                    strict: bool, stats: ChatStats) -> Iterator[tuple[list[int], list[int], bool]]:
+    """(where, JSON line or parsed record, is_val) -> (ids, mask, is_val) of each well-formed conversation."""
+    for where, record, is_val in records:
+        try:
+            record = json.loads(record) if isinstance(record, str) else record
+            if isinstance(record, dict) and "messages" in record:
+                messages = record["messages"]
+            elif isinstance(record, dict) and {"prompt", "response"} <= record.keys():
+                messages = _exchange(record["prompt"], record["response"])
+            else:
+                raise ValueError('expected {"messages": [...]} or {"prompt": ..., "response": ...}')
+            check_conversation(messages)
+            ids, mask = encode_chat(tokenizer, messages, template)
+        except ValueError as error:  # bad JSON, a malformed conversation, or one the template refuses
+            if strict:
+                raise DataError(f"{where}: {error}") from None
+            stats.malformed += 1
+            stats.first_malformed = stats.first_malformed or f"{where}: {error}"
+            continue
+        stats.conversations += 1
+        yield ids, mask, is_val
+
+
+def _build_chat_source(records: Iterable[tuple[str, object, bool]], tokenizer: Tokenizer, template: str,
+                       directory: Path, *, key: str, strict: bool, total: int | None, progress: bool) -> None:
+    stats = ChatStats()
+    with _staged_directory(directory) as temporary:
+        writers = {split: _ShardWriter(temporary, split, SHARD_TOKENS)
+                   for split in ("train", "val", "train_mask", "val_mask")}
+        with tqdm(total=total, unit="conversation", desc=f"tokenizing {directory.name}", disable=not progress) as bar:
+            for ids, mask, is_val in _encode_records(records, tokenizer, template, strict, stats):
+                split, length = ("val" if is_val else "train"), np.array([len(ids)])
+                writers[split].write(np.array(ids, dtype=TOKEN_DTYPE), length)
+                writers[f"{split}_mask"].write(np.array(mask, dtype=MASK_DTYPE), length)
+                bar.update(1)
+        splits = {split: writer.close() for split, writer in writers.items()}
+        if stats.conversations == 0:
+            raise DataError(f"{directory.name}: no usable conversations ({stats.malformed:,} malformed; first: "
+                            f"{stats.first_malformed})")
+        meta = _source_meta(directory, key, tokenizer, splits, kind="chat", chat_template=template,
+                            conversations=stats.conversations, malformed=stats.malformed,
+                            first_malformed=stats.first_malformed)
+        (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
+    if progress:
+        print(f"{directory.name}: {splits['train']['documents']:,} train / {splits['val']['documents']:,} val "
+              f"conversations, {splits['train']['tokens']:,} / {splits['val']['tokens']:,} tokens; "
+              f"{stats.malformed:,} malformed skipped" + (f" (first: {stats.first_malformed})" if stats.malformed
+                                                          else "") + f" -> {directory}")
+
+
+def source_kinds(data_root: Path) -> dict[str, str]:
+    """name -> "chat" (conversations with a loss mask) or "text" (documents) of each source under data_root."""
+    kinds = {}
+    for meta in sorted(Path(data_root).glob("*/meta.json")):
+        try:
+            kinds[meta.parent.name] = json.loads(meta.read_text()).get("kind", "text")
+        except (OSError, ValueError, AttributeError):  # damaged: TokenSplit says so when the stage opens it
+            kinds[meta.parent.name] = "text"
+    return kinds
+
+
+class ChatSplit:
+    """One split of a chat source: tokens (a TokenSplit), the parallel loss mask, and conversation boundaries."""
+
+    def __init__(self, data_root: Path, name: str, split: str, fingerprint: str | None = None):
+        self.tokens = TokenSplit(data_root, name, split, fingerprint)
+        if self.tokens.meta.get("kind") != "chat":
+            raise DataError(f"source {name!r} holds plain documents, not conversations "
+                            f"(prepare chat data with `python data.py prepare-chat`)")
+        self.mask = TokenSplit(data_root, name, f"{split}_mask", dtype=MASK_DTYPE)
+        self.name, self.bos_id, self.template = name, self.tokens.bos_id, self.tokens.meta["chat_template"]
+        self.bounds = np.append(np.asarray(self.tokens.doc_starts, dtype=np.int64), self.tokens.tokens)
+
+    def fitted_lengths(self, width: int) -> tuple[np.ndarray, int]:
+        """Each conversation's length in a window of `width` tokens, and how many had to be cut: one longer than
+        the window keeps its turns up to the last reply that ends inside it (0 tokens if even the first does not)."""
+        lengths = np.diff(self.bounds)
+        cut = 0
+        for index in np.flatnonzero(lengths > width):
+            mask = self.mask.read(self.bounds[index], self.bounds[index] + width + 1)
+            reply_ends = np.flatnonzero((mask[:-1] == 1) & (mask[1:] == 0))  # last token of a reply
+            lengths[index] = reply_ends[-1] + 1 if len(reply_ends) else 0
+            cut += 1
+        return lengths, cut
+
+
+def pack_chat(windows: np.ndarray, masks: np.ndarray, bos_id: int) -> Batch:
+    """`pack` for conversations: the same positions and document masking, and a target counts only where the
+    mask marks a reply token (padding and every prompt token are IGNORE_INDEX)."""
+    batch = pack(windows, bos_id)
+    batch.targets[torch.from_numpy(masks[:, 1:] == 0)] = IGNORE_INDEX
+    return batch
+
+
+class ChatLoader:
+    """Seeded, resumable stream of packed SFT batches, one rank's share of every global batch.
+
+    Each epoch takes the conversations of all sources in a seeded order (in order when shuffle is off) and packs
+    them first-come into windows of seq_len+1 tokens, starting a new window, padded with <pad>, when the next one
+    does not fit: a conversation is never split (one longer than a window is cut at a turn boundary,
+    `ChatSplit.fitted_lengths`). A global batch is world_size * batch_size consecutive windows, rank r takes the
+    r-th block. State is (epoch, windows consumed), so a resumed run continues the same stream."""
+
+    def __init__(self, data_root: Path, sources: list[str], seq_len: int, batch_size: int, *, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, split: str = "train", shuffle: bool = True,
+                 fingerprint: str | None = None, pad_id: int = 0):
+        self.splits = [ChatSplit(data_root, name, split, fingerprint) for name in sources]
+        if len({s.template for s in self.splits}) > 1:
+            raise DataError(f"chat sources {sources} were rendered with different chat templates; prepare them with one")
+        self.seq_len, self.width, self.batch_size, self.seed, self.shuffle = seq_len, seq_len + 1, batch_size, seed, shuffle
+        self.rank, self.world_size, self.pad_id, self.template = rank, world_size, pad_id, self.splits[0].template
+        fitted = [s.fitted_lengths(self.width) for s in self.splits]
+        self.source_of = np.concatenate([np.full(len(f[0]), i) for i, f in enumerate(fitted)])
+        self.start_of = np.concatenate([s.bounds[:-1] for s in self.splits])
+        self.length_of = np.concatenate([f[0] for f in fitted])
+        if not self.length_of.any():
+            raise DataError(f"chat sources {sources}: no {split} conversation fits in a window of {self.width} tokens")
+        self._cached_epoch: tuple[int, list[np.ndarray]] | None = None
+        windows = len(self._epoch_windows(0))
+        total = int(sum(np.diff(s.bounds).sum() for s in self.splits))
+        self.stats = {"+".join(sources): PackingStats(windows, total - int(self.length_of.sum()),
+                                                      len(self.length_of), sum(f[1] for f in fitted),
+                                                      int(np.count_nonzero(self.length_of)) / windows)}
+        self._state = {"epoch": 0, "window": 0}
+
+    def state_dict(self) -> dict:
+        return {"kind": "chat", "seq_len": self.seq_len, "seed": self.seed, "sources": [s.name for s in self.splits],
+                "conversations": len(self.length_of), "epoch": self._state["epoch"], "window": self._state["window"]}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        for field in ("kind", "seq_len", "seed", "sources", "conversations"):
+            if state.get(field) != mine[field]:
+                raise DataError(f"loader state is for {field} {state.get(field)!r} but this loader has "
+                                f"{mine[field]!r}; start this stage without the old loader state")
+        self._state = {"epoch": int(state["epoch"]), "window": int(state["window"])}
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            picks = [self._next_window() for _ in range(self.world_size * self.batch_size)]
+            mine = picks[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+            tokens, masks = zip(*(self._read_window(conversations) for conversations in mine))
+            yield pack_chat(np.stack(tokens), np.stack(masks), self.splits[0].bos_id)
+
+    def _epoch_windows(self, epoch: int) -> list[np.ndarray]:
+        """The conversation indices of every window of an epoch, first-fit in the epoch's order (kept for the
+        current epoch: a pass over millions of conversations takes seconds)."""
+        if self._cached_epoch is not None and self._cached_epoch[0] == epoch:
+            return self._cached_epoch[1]
+        order = (np.random.default_rng([self.seed, epoch]).permutation(len(self.length_of)) if self.shuffle
+                 else np.arange(len(self.length_of)))
+        order = order[self.length_of[order] > 0]
+        windows, current, used = [], [], 0
+        for index, length in zip(order.tolist(), self.length_of[order].tolist()):
+            if used + length > self.width:
+                windows.append(np.array(current))
+                current, used = [], 0
+            current.append(index)
+            used += length
+        self._cached_epoch = (epoch, windows + [np.array(current)])
+        return self._cached_epoch[1]
+
+    def _next_window(self) -> np.ndarray:
+        windows = self._epoch_windows(self._state["epoch"])
+        window = windows[self._state["window"]]
+        self._state["window"] += 1
+        if self._state["window"] == len(windows):
+            self._state = {"epoch": self._state["epoch"] + 1, "window": 0}
+        return window
+
+    def _read_window(self, conversations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tokens, masks = np.full(self.width, self.pad_id, np.int64), np.zeros(self.width, np.int64)
+        at = 0
+        for index in conversations:
+            split, start, length = self.splits[self.source_of[index]], self.start_of[index], self.length_of[index]
+            tokens[at:at + length] = split.tokens.read(start, start + length)
+            masks[at:at + length] = split.mask.read(start, start + length)
+            at += length
+        return tokens, masks
+
+
+def chat_eval_batches(data_root: Path, sources: list[str], seq_len: int, batch_size: int, *, rank: int = 0,
+                      world_size: int = 1, max_batches: int, fingerprint: str | None = None) -> list[Batch]:
+    """Fixed validation batches for SFT: the val conversations in order, up to max_batches per rank, without
+    repeating any (a partial last global batch is dropped)."""
+    loader = ChatLoader(data_root, sources, seq_len, batch_size, rank=rank, world_size=world_size, split="val",
+                        shuffle=False, fingerprint=fingerprint)
+    count = min(max_batches, loader.stats[next(iter(loader.stats))].windows // (world_size * batch_size))
+    if count == 0:
+        raise DataError(f"chat sources {sources}: the val splits pack into fewer windows of {seq_len + 1} tokens "
+                        f"than one global batch of {world_size * batch_size}; prepare with a larger val fraction")
+    return list(itertools.islice(loader, count))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -700,10 +1052,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None, help=workers_help)
     p.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out (default: 0.01)")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed JSONL lines")
+    p.add_argument("--allow-binary", action="store_true",
+                   help="accept files with more than a few percent of undecodable bytes (replaced by U+FFFD)")
     b = commands.add_parser("prepare-builtin", help="prepare the built-in standard-library sources " + str(BUILTIN))
     b.add_argument("--tokenizer", type=Path, required=True, help="tokenizer file")
     b.add_argument("--out", type=Path, required=True, help="data root")
     b.add_argument("--workers", type=int, default=None, help=workers_help)
+    c = commands.add_parser("prepare-chat", help="render chat JSONL through a chat template into tokens + loss mask")
+    c.add_argument("--input", nargs="+", required=True, help='files or globs: .jsonl (.gz) with {"messages": [{"role": '
+                   '"system"|"user"|"assistant", "content": ...}]} or {"prompt": ..., "response": ...} per line')
+    c.add_argument("--tokenizer", type=Path, required=True, help="tokenizer file")
+    c.add_argument("--out", type=Path, required=True, help="data root; the source goes to OUT/NAME")
+    c.add_argument("--name", default="chat", help="source name (default: chat)")
+    c.add_argument("--chat-template", type=Path, help="a model folder (its tokenizer_config.json) or a Jinja file "
+                   "(default: the tokenizer folder's template, else fox1's Gemma-style turns)")
+    c.add_argument("--val-fraction", type=float, default=0.02, help="share of conversations held out (default: 0.02)")
+    c.add_argument("--strict", action="store_true", help="stop at the first malformed line instead of skipping it")
     s = commands.add_parser("stats", help="token/document counts and per-stage packing statistics")
     s.add_argument("--data", type=Path, required=True, help="data root")
     s.add_argument("--context-len", type=int, default=1024, help="model context; stages use /4, /2, /1 of it")
@@ -713,7 +1077,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "prepare":
             prepare(args.input, args.tokenizer, args.out, args.name, workers=args.workers,
-                    val_fraction=args.val_fraction, skip_bad_lines=args.skip_bad_lines)
+                    val_fraction=args.val_fraction, skip_bad_lines=args.skip_bad_lines,
+                    allow_binary=args.allow_binary)
+        elif args.command == "prepare-chat":
+            prepare_chat(args.input, args.tokenizer, args.out, args.name, template_path=args.chat_template,
+                         val_fraction=args.val_fraction, strict=args.strict)
         elif args.command == "prepare-builtin":
             names = prepare_builtin(args.tokenizer, args.out, workers=args.workers)
             print(f"built-in sources ready under {args.out}: {', '.join(names)}")

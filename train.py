@@ -46,13 +46,14 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed._composable import checkpoint as activation_checkpoint
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_model_state_dict, set_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from tqdm import tqdm
 
 import data
-from model import IGNORE_INDEX, CheckpointError, Fox, FoxConfig, write_json_atomic
-from tokenizer import InputError, Tokenizer
+from model import IGNORE_INDEX, CheckpointError, Fox, FoxConfig, config_from_hf, write_json_atomic
+from tokenizer import DEFAULT_CHAT_TEMPLATE, InputError, Tokenizer, load_tokenizer, write_atomic
 
 # The standard library (10.7 MB of text) supports about 77K BPE merges: enough for tiny (8K) and small (32K).
 BUILTIN_MAX_VOCAB = 65536
@@ -93,6 +94,12 @@ class TrainConfig:
     log_every: int = 10
     compile: bool | None = None  # None = on for CUDA, off for CPU (a cold compile costs ~20 s per shape there)
     activation_checkpointing: bool = False
+    # The instruction-tuning stage (--stage sft): its own budget (window tokens, padding included) and schedule.
+    init: str | None = None  # start SFT from this Llama-format folder instead of stage 3's final checkpoint
+    sft_tokens: int = 160_000  # tiny: ~2 min on 2 CPU cores, ~0.6 epochs of the built-in conversations
+    sft_lr: float = 3e-4
+    sft_warmup_steps: int = 4
+    sft_seq_len: int | None = 512  # None = the model's context; the built-in conversations are ~100 tokens
 
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
@@ -100,12 +107,16 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(),
     # 52M parameters, ~20 tokens per parameter (Chinchilla).
     "small": TrainConfig(preset="small", total_tokens=1_000_000_000, tokens_per_step=131072,
-                         micro_batch_tokens=16384, lr=1e-3, warmup_steps=200, eval_every=500, save_every=1000),
+                         micro_batch_tokens=16384, lr=1e-3, warmup_steps=200, eval_every=500, save_every=1000,
+                         sft_tokens=20_000_000, sft_lr=1e-4, sft_warmup_steps=20),
     # The released model: 3T tokens; 4M tokens per step (Llama's batch; the paper does not state its own).
     "fox-1.6b": TrainConfig(preset="fox-1.6b", total_tokens=3_000_000_000_000, tokens_per_step=4 * 2**20,
                             micro_batch_tokens=16384, lr=4e-4, warmup_steps=2000, eval_every=1000,
-                            save_every=1000, eval_batches=16, activation_checkpointing=True),
+                            save_every=1000, eval_batches=16, activation_checkpointing=True,
+                            # Fox-1-Instruct: 5B tokens of instructions and conversations (paper); lr not stated
+                            sft_tokens=5_000_000_000, sft_lr=2e-5, sft_warmup_steps=100, sft_seq_len=None),
 }
+SFT = 4  # the instruction-tuning stage (--stage sft) comes after the 3 pre-training stages
 
 
 class TrainError(RuntimeError):
@@ -182,7 +193,13 @@ def build_optimizer(model: Fox, cfg: TrainConfig, env: Dist) -> torch.optim.Adam
 
 def learning_rate(cfg: TrainConfig, stage: int, step: int, stage_steps: int) -> float:
     """Warmup-stable-decay: linear warmup over the first steps of stage 1, the peak through stages 1-2,
-    a linear decay to min_lr_ratio x peak across stage 3."""
+    a linear decay to min_lr_ratio x peak across stage 3. SFT has its own: a short warmup to sft_lr, then a
+    linear decay to min_lr_ratio x sft_lr (a new, small dataset: no long stable phase)."""
+    if stage == SFT:
+        if step < cfg.sft_warmup_steps:
+            return cfg.sft_lr * (step + 1) / cfg.sft_warmup_steps
+        decayed = (step + 1 - cfg.sft_warmup_steps) / max(1, stage_steps - cfg.sft_warmup_steps)
+        return cfg.sft_lr * (1 - (1 - cfg.min_lr_ratio) * decayed)
     if stage == 1 and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if stage == 3:
@@ -195,7 +212,11 @@ def learning_rate(cfg: TrainConfig, stage: int, step: int, stage_steps: int) -> 
 
 
 def stage_dir(cfg: TrainConfig, stage: int) -> Path:
-    return Path(cfg.out) / f"stage{stage}"
+    return Path(cfg.out) / ("sft" if stage == SFT else f"stage{stage}")
+
+
+def stage_label(stage: int) -> str:
+    return "sft" if stage == SFT else f"stage {stage}"
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -299,8 +320,12 @@ def load_checkpoint(model: Fox, optimizer, path: Path, env: Dist) -> None:
             raise CheckpointError(f"{rng}: damaged RNG state ({str(e).splitlines()[0]})") from None
 
 
-def export_hf(model: Fox, model_config: FoxConfig, tokenizer_path: Path, cfg: TrainConfig, env: Dist) -> Path:
-    """Gather the full weights on rank 0 and write out/export/ (HF Llama format + tokenizer.txt)."""
+def export_hf(model: Fox, model_config: FoxConfig, tokenizer_path: Path, cfg: TrainConfig, env: Dist,
+              chat_template: str | None = None) -> Path:
+    """Gather the full weights on rank 0 and write out/export/ as a complete Hugging Face model folder:
+    config.json (with our bos/eos/pad ids) + generation_config.json + model.safetensors, the tokenizer as
+    tokenizer.json + tokenizer_config.json (with the chat template: the one SFT trained with, else our
+    default) + special_tokens_map.json, and our own tokenizer.txt."""
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     export = Path(cfg.out) / "export"
     if env.is_main:
@@ -309,10 +334,12 @@ def export_hf(model: Fox, model_config: FoxConfig, tokenizer_path: Path, cfg: Tr
         plain.load_state_dict(state, assign=True)
         if env.device.type == "cuda":
             plain = plain.to(torch.bfloat16)  # what the GPU computed in, and the released model's dtype
-        plain.save_pretrained(export)
-        tmp = export / "tokenizer.txt.tmp"
-        shutil.copyfile(tokenizer_path, tmp)
-        os.replace(tmp, export / "tokenizer.txt")
+        tokenizer = load_tokenizer(tokenizer_path)
+        ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+        plain.save_pretrained(export, token_ids=ids, tokenizer_fingerprint=tokenizer.fingerprint)
+        tokenizer.save_pretrained(export, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE)
+        if tokenizer_path.suffix == ".txt":
+            write_atomic(export / "tokenizer.txt", tokenizer_path.read_bytes())
     dist.barrier()
     return export
 
@@ -372,10 +399,8 @@ def train_step(model: Fox, optimizer, batches: list[data.Batch], lr: float, cfg:
     total_count = total.item()
     loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
     for i, (batch, count) in enumerate(zip(batches, counts)):
-        b = [t.to(env.device, non_blocking=True) for t in (batch.inputs, batch.targets, batch.position_ids,
-                                                            batch.doc_ids)]
         model.set_requires_gradient_sync(i == len(batches) - 1)  # reduce-scatter once, after the last micro-step
-        loss = model(b[0], b[1], position_ids=b[2], doc_ids=b[3])
+        loss = batch_loss(model, batch, env.device)
         (loss * (count / total_count * env.world_size)).backward()
         loss_sum += loss.detach().double() * count
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -389,11 +414,16 @@ def train_step(model: Fox, optimizer, batches: list[data.Batch], lr: float, cfg:
     return mean_loss, float(grad_norm)
 
 
+def batch_loss(model: Fox, batch: data.Batch, device: torch.device) -> torch.Tensor:
+    """Mean loss over the batch's counted targets, each document attending only to itself."""
+    b = batch.to(device)
+    return model(b.inputs, b.targets, position_ids=b.position_ids, doc_ids=b.doc_ids)
+
+
 @torch.no_grad()
 def evaluate(model: Fox, batches: list[data.Batch], env: Dist) -> float:
     model.eval()
-    losses = [model(*(t.to(env.device) for t in (b.inputs, b.targets)), position_ids=b.position_ids.to(env.device),
-                    doc_ids=b.doc_ids.to(env.device)).item() for b in batches]
+    losses = [batch_loss(model, b, env.device).item() for b in batches]
     model.train()
     return global_mean([sum(losses) / len(losses)], env)[0]
 
@@ -445,17 +475,25 @@ class MetricsLog:
         self.file.close()
 
 
-def train_stage(stage: data.Stage, model: Fox, optimizer, model_config: FoxConfig, cfg: TrainConfig,
-                env: Dist, data_root: Path, fingerprint: str, stop: StopFlag) -> float | None:
-    """Train one curriculum stage to its last step (resuming if it has a checkpoint). Returns the final eval
-    loss, or None when stopped early by SIGTERM."""
+@dataclass
+class StageRun:
+    """What the training loop of one stage works with, set up (and resumed) by `setup_stage`."""
+
+    plan: StagePlan
+    directory: Path
+    loader: data.Loader | data.ChatLoader
+    eval_set: list[data.Batch]
+    step: int  # optimizer steps already done: 0, or the resumed checkpoint's
+    log: MetricsLog
+
+
+def setup_stage(stage: data.Stage, model: Fox, optimizer, model_config: FoxConfig, cfg: TrainConfig, env: Dist,
+                data_root: Path, fingerprint: str) -> StageRun | float:
+    """Data, resume point and log of one stage; or, when its checkpoint says it is complete, its eval loss."""
     plan = plan_stage(stage, cfg, env)
     directory = stage_dir(cfg, stage.number)
     directory.mkdir(parents=True, exist_ok=True)
-    loader = data.Loader(data_root, stage, plan.micro_batch, rank=env.rank, world_size=env.world_size,
-                         seed=cfg.seed, fingerprint=fingerprint)
-    eval_set = data.eval_batches(data_root, stage, plan.micro_batch, rank=env.rank, world_size=env.world_size,
-                                 max_batches=cfg.eval_batches, fingerprint=fingerprint)
+    loader, eval_set = open_stage_data(stage, plan, cfg, env, data_root, fingerprint)
     step = 0
     resume = latest_checkpoint(directory)
     if resume is not None:
@@ -465,95 +503,151 @@ def train_stage(stage: data.Stage, model: Fox, optimizer, model_config: FoxConfi
         step = meta["step"]
         if meta["complete"]:
             if env.is_main:
-                tqdm.write(f"stage {stage.number}: already complete at {resume} (eval loss {meta['eval_loss']:.4f})")
+                tqdm.write(f"{stage_label(stage.number)}: already complete at {resume} "
+                           f"(eval loss {meta['eval_loss']:.4f})")
             return meta["eval_loss"]
         if step >= plan.steps:
             raise TrainError(f"{resume} is at step {step}, not before this run's last step {plan.steps}; "
                              f"raise --max-steps to continue it")
     if env.is_main:
         describe_stage(plan, loader, cfg, env, step)
-    log = MetricsLog(directory, env.rank, step)
-    flops, peak = model.flops_per_token(stage.seq_len), peak_flops(env)
-    bar = tqdm(total=plan.steps, initial=step, desc=f"stage {stage.number}", unit="step", disable=not env.is_main,
+    return StageRun(plan, directory, loader, eval_set, step, MetricsLog(directory, env.rank, step))
+
+
+def open_stage_data(stage: data.Stage, plan: StagePlan, cfg: TrainConfig, env: Dist, data_root: Path,
+                    fingerprint: str) -> tuple[data.Loader | data.ChatLoader, list[data.Batch]]:
+    """(training stream, fixed validation batches): packed documents, or packed conversations for SFT."""
+    shape = dict(rank=env.rank, world_size=env.world_size, fingerprint=fingerprint)
+    if stage.number == SFT:
+        sources = sorted(stage.mixture)
+        return (data.ChatLoader(data_root, sources, stage.seq_len, plan.micro_batch, seed=cfg.seed, **shape),
+                data.chat_eval_batches(data_root, sources, stage.seq_len, plan.micro_batch,
+                                       max_batches=cfg.eval_batches, **shape))
+    return (data.Loader(data_root, stage, plan.micro_batch, seed=cfg.seed, **shape),
+            data.eval_batches(data_root, stage, plan.micro_batch, max_batches=cfg.eval_batches, **shape))
+
+
+def train_stage(stage: data.Stage, model: Fox, optimizer, model_config: FoxConfig, cfg: TrainConfig,
+                env: Dist, data_root: Path, fingerprint: str, stop: StopFlag) -> float | None:
+    """Train one stage to its last step (resuming if it has a checkpoint). Returns the final eval loss, or
+    None when stopped early by SIGTERM."""
+    run = setup_stage(stage, model, optimizer, model_config, cfg, env, data_root, fingerprint)
+    if not isinstance(run, StageRun):
+        return run  # already complete
+    steps, step, eval_loss = run.plan.steps, run.step, None
+    bar = tqdm(total=steps, initial=step, desc=stage_label(stage.number), unit="step", disable=not env.is_main,
                dynamic_ncols=True)
-    batches = iter(loader)
-    eval_loss = None
-    while step < plan.steps:
-        lr = learning_rate(cfg, stage.number, step, plan.steps)
+    batches = iter(run.loader)
+    while step < steps:
+        lr = learning_rate(cfg, stage.number, step, steps)
         started = time.perf_counter()
-        loss, grad_norm = train_step(model, optimizer, [next(batches) for _ in range(plan.accumulation)], lr, cfg, env)
-        tokens_per_s = cfg.tokens_per_step / (time.perf_counter() - started)
+        loss, grad_norm = train_step(model, optimizer, [next(batches) for _ in range(run.plan.accumulation)], lr,
+                                     cfg, env)
         step += 1
-        if not math.isfinite(loss):
-            raise TrainError(f"stage {stage.number} step {step}: loss is {loss}; stopping. The last good checkpoint "
-                             f"is {latest_checkpoint(directory) or 'none (this stage has not saved yet)'}")
-        row = {"stage": stage.number, "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-               "tokens_per_s": tokens_per_s, "tokens": step * cfg.tokens_per_step}
-        if peak:
-            row["mfu"] = flops * tokens_per_s / (peak * env.world_size)
-        log.write(**row)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_s:,.0f}")
-        if env.is_main and (step % cfg.log_every == 0 or step == 1):
-            tqdm.write(f"stage {stage.number} step {step:>6}/{plan.steps} | loss {loss:.4f} | lr {lr:.2e} | "
-                       f"grad {grad_norm:.3f} | {tokens_per_s:,.0f} tok/s"
-                       + (f" | MFU {row['mfu']:.1%}" if peak else ""))
-        last = step == plan.steps
+        log_step(run, model, step, loss, lr, grad_norm, time.perf_counter() - started, cfg, env, bar)
+        last = step == steps
         if step % cfg.eval_every == 0 or last:
-            eval_loss = evaluate(model, eval_set, env)
-            log.write(stage=stage.number, step=step, eval_loss=eval_loss)
+            eval_loss = evaluate(model, run.eval_set, env)
+            run.log.write(stage=stage.number, step=step, eval_loss=eval_loss)
             if env.is_main:
-                tqdm.write(f"stage {stage.number} step {step:>6} | eval loss {eval_loss:.4f}")
+                tqdm.write(f"{stage_label(stage.number)} step {step:>6} | eval loss {eval_loss:.4f}")
         stop_now = global_mean([float(stop.requested)], env)[0] > 0  # every rank stops at the same step
         if step % cfg.save_every == 0 or last or stop_now:
             meta = {"preset": cfg.preset, "model_config": asdict(model_config), "stage": stage.number, "step": step,
-                    "stage_steps": plan.steps, "complete": last, "eval_loss": eval_loss, "world_size": env.world_size,
-                    "loader": loader.state_dict(), "train_config": asdict(cfg)}
-            save_checkpoint(model, optimizer, meta, directory, env, cfg.keep)
+                    "stage_steps": steps, "complete": last, "eval_loss": eval_loss, "world_size": env.world_size,
+                    "loader": run.loader.state_dict(), "train_config": asdict(cfg)}
+            save_checkpoint(model, optimizer, meta, run.directory, env, cfg.keep)
         if stop_now:
             break
     bar.close()
-    log.close()
-    return eval_loss if step == plan.steps else None
+    run.log.close()
+    return eval_loss if step == steps else None
 
 
-def describe_stage(plan: StagePlan, loader: data.Loader, cfg: TrainConfig, env: Dist, step: int) -> None:
+def log_step(run: StageRun, model: Fox, step: int, loss: float, lr: float, grad_norm: float, seconds: float,
+             cfg: TrainConfig, env: Dist, bar: tqdm) -> None:
+    """metrics.jsonl row, progress bar and log line of a step; a non-finite loss stops the run."""
+    stage = run.plan.stage
+    if not math.isfinite(loss):
+        raise TrainError(f"{stage_label(stage.number)} step {step}: loss is {loss}; stopping. The last good "
+                         f"checkpoint is {latest_checkpoint(run.directory) or 'none (this stage has not saved yet)'}")
+    tokens_per_s, peak = cfg.tokens_per_step / seconds, peak_flops(env)
+    row = {"stage": stage.number, "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+           "tokens_per_s": tokens_per_s, "tokens": step * cfg.tokens_per_step}
+    if peak:
+        row["mfu"] = model.flops_per_token(stage.seq_len) * tokens_per_s / (peak * env.world_size)
+    run.log.write(**row)
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tokens_per_s:,.0f}")
+    if env.is_main and (step % cfg.log_every == 0 or step == 1):
+        tqdm.write(f"{stage_label(stage.number)} step {step:>6}/{run.plan.steps} | loss {loss:.4f} | lr {lr:.2e} | "
+                   f"grad {grad_norm:.3f} | {tokens_per_s:,.0f} tok/s" + (f" | MFU {row['mfu']:.1%}" if peak else ""))
+
+
+def describe_stage(plan: StagePlan, loader: data.Loader | data.ChatLoader, cfg: TrainConfig, env: Dist,
+                   step: int) -> None:
     stage = plan.stage
-    packing = "; ".join(f"{name} {s.windows:,} windows/epoch, {s.docs_per_window:.1f} docs/window, "
-                        f"{s.documents_cut:,} of {s.documents:,} docs cut" for name, s in loader.stats.items())
-    tqdm.write(f"stage {stage.number}: seq_len {stage.seq_len}, {plan.steps} steps of {cfg.tokens_per_step} tokens "
+    docs = "conversations" if stage.number == SFT else "docs"  # SFT cuts a conversation at a turn boundary
+    packing = "; ".join(f"{name} {s.windows:,} windows/epoch, {s.docs_per_window:.1f} {docs}/window, "
+                        f"{s.documents_cut:,} of {s.documents:,} {docs} cut" for name, s in loader.stats.items())
+    tqdm.write(f"{stage_label(stage.number)}: seq_len {stage.seq_len}, {plan.steps} steps of {cfg.tokens_per_step} tokens "
                f"({env.world_size} rank(s) x {plan.accumulation} micro-steps x {plan.micro_batch} windows)"
                + (f", resuming at step {step}" if step else "")
                + f"\n  mixture {stage.mixture}\n  packing: {packing}")
 
 
-def start_from_previous_stage(stage: int, model: Fox, optimizer, model_config: FoxConfig, cfg: TrainConfig,
-                              env: Dist) -> None:
-    """Stage S > 1 without its own checkpoint begins from stage S-1's final checkpoint."""
-    previous = latest_checkpoint(stage_dir(cfg, stage - 1))
-    if previous is None:
-        raise TrainError(f"stage {stage} starts from stage {stage - 1}'s final checkpoint, but "
-                         f"{stage_dir(cfg, stage - 1)} has none; run --stage {stage - 1} first")
-    meta = read_checkpoint_meta(previous, model_config)
+def start_stage(stage: int, model: Fox, optimizer, model_config: FoxConfig, cfg: TrainConfig, env: Dist) -> None:
+    """A stage without a checkpoint of its own begins from the previous stage's final checkpoint (weights and AdamW
+    moments): stage S from S-1, SFT from stage 3, or, with --init, SFT from a Llama-format folder."""
+    if stage == 1:
+        return
+    if stage == SFT and cfg.init:
+        start_from_folder(Path(cfg.init), model, env)
+        return
+    previous = 3 if stage == SFT else stage - 1
+    checkpoint = latest_checkpoint(stage_dir(cfg, previous))
+    if checkpoint is None:
+        raise TrainError(f"{stage_label(stage)} starts from stage {previous}'s final checkpoint, but "
+                         f"{stage_dir(cfg, previous)} has none; run --stage {previous} first"
+                         + (" (or start from a model folder with --init DIR)" if stage == SFT else ""))
+    meta = read_checkpoint_meta(checkpoint, model_config)
     if not meta["complete"]:
-        raise TrainError(f"stage {stage - 1} is not finished ({previous.name} of {meta['stage_steps']} steps); "
-                         f"run --stage {stage - 1} to completion first")
-    load_checkpoint(model, optimizer, previous, env)
+        raise TrainError(f"stage {previous} is not finished ({checkpoint.name} of {meta['stage_steps']} steps); "
+                         f"run --stage {previous} to completion first")
+    load_checkpoint(model, optimizer, checkpoint, env)
     if env.is_main:
-        tqdm.write(f"stage {stage}: starting from {previous}")
+        tqdm.write(f"{stage_label(stage)}: starting from {checkpoint}")
+
+
+def start_from_folder(folder: Path, model: Fox, env: Dist) -> None:
+    """--init: every rank reads the folder's full weights (our export, or the released Fox-1) and keeps its
+    shard; the optimizer starts with empty moments, as fine-tuning a released model does."""
+    state = Fox.from_pretrained(folder).state_dict()
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+    if env.is_main:
+        tqdm.write(f"sft: starting from the weights in {folder}")
 
 
 # --------------------------------------------------------------------------------------------------
 # The pipeline
 
 
-def prepare_inputs(cfg: TrainConfig, preset_vocab: int, env: Dist) -> tuple[Path, Path, list[str]]:
-    """Tokenizer and data: the built-in corpus is made on first use; a user --data root must exist."""
+@dataclass(frozen=True)
+class Inputs:
+    tokenizer_path: Path
+    data_root: Path
+    sources: list[str]  # document sources of the pre-training stages, broadest first
+    chat_sources: list[str]  # conversation sources of the SFT stage
+
+
+def prepare_inputs(cfg: TrainConfig, preset_vocab: int, stages: list[int], env: Dist) -> Inputs:
+    """Tokenizer and data: the built-in corpus and conversations are made on first use; a user --data root must
+    exist. With --init the tokenizer is the folder's."""
     out = Path(cfg.out)
-    tokenizer_path = Path(cfg.tokenizer) if cfg.tokenizer else out / "tokenizer.txt"
+    tokenizer_path = Path(cfg.tokenizer or (Path(cfg.init) / "tokenizer.txt" if cfg.init else out / "tokenizer.txt"))
     data_root = Path(cfg.data) if cfg.data else out / "data"
-    train_tokenizer = cfg.data is None and not tokenizer_path.exists()
-    if cfg.data is None and cfg.tokenizer is None and not train_tokenizer:
+    train_tokenizer = cfg.data is None and cfg.init is None and not tokenizer_path.exists()
+    if cfg.data is None and cfg.tokenizer is None and cfg.init is None and not train_tokenizer:
         vocab = Tokenizer.load(tokenizer_path).vocab_size
         if vocab != preset_vocab:  # left by a run of another preset: the model would silently get its vocabulary
             raise TrainError(f"{tokenizer_path} has {vocab:,} tokens but preset {cfg.preset} uses {preset_vocab:,}: "
@@ -567,19 +661,41 @@ def prepare_inputs(cfg: TrainConfig, preset_vocab: int, env: Dist) -> tuple[Path
         if train_tokenizer:
             tqdm.write(f"training a {preset_vocab}-token BPE tokenizer on the standard library -> {tokenizer_path}")
             Tokenizer.train(data.builtin_documents(), preset_vocab).save(tokenizer_path)
-        data.prepare_builtin(tokenizer_path, data_root)
+        if any(stage != SFT for stage in stages):
+            data.prepare_builtin(tokenizer_path, data_root)
+        if SFT in stages:
+            data.prepare_builtin_chat(tokenizer_path, data_root)
     dist.barrier()
     if not tokenizer_path.exists():
         raise TrainError(f"tokenizer {tokenizer_path} not found; pass --tokenizer (the one used by data.py prepare)")
-    if cfg.sources:
-        sources = cfg.sources.split(",")
-    elif cfg.data is None:
-        sources = list(data.BUILTIN)
+    if cfg.data is None and not cfg.sources:
+        sources, chat_sources = list(data.BUILTIN), [data.BUILTIN_CHAT]
     else:
-        sources = sorted(p.parent.name for p in data_root.glob("*/meta.json"))
-    if not sources:
+        kinds = data.source_kinds(data_root)
+        names = cfg.sources.split(",") if cfg.sources else sorted(kinds)
+        sources = [name for name in names if kinds.get(name) != "chat"]
+        chat_sources = [name for name in names if kinds.get(name) == "chat"]
+    if not sources and any(stage != SFT for stage in stages):
         raise TrainError(f"{data_root}: no prepared sources (run `python data.py prepare ... --out {data_root}`)")
-    return tokenizer_path, data_root, sources
+    if not chat_sources and stages == [SFT]:
+        raise TrainError(f"{data_root}: no chat sources for --stage sft (run `python data.py prepare-chat ... "
+                         f"--out {data_root}`)")
+    return Inputs(tokenizer_path, data_root, sources, chat_sources)
+
+
+def stage_table(model_config: FoxConfig, cfg: TrainConfig, inputs: Inputs) -> dict[int, data.Stage]:
+    """The 3 curriculum stages (data.curriculum) and SFT: its own length, budget and conversation sources."""
+    table = {}
+    if inputs.sources:
+        table = {stage.number: stage for stage in data.curriculum(model_config.context_len, cfg.total_tokens,
+                                                                   inputs.sources)}
+    if inputs.chat_sources:
+        share = 1 / len(inputs.chat_sources)  # a union of the sources' conversations, not a weighted mixture
+        table[SFT] = data.Stage(SFT, cfg.sft_seq_len or model_config.context_len, cfg.sft_tokens,
+                                {name: share for name in inputs.chat_sources})
+    return table
+
+
 
 
 def run(cfg: TrainConfig, stages: list[int]) -> None:
@@ -590,10 +706,14 @@ def run(cfg: TrainConfig, stages: list[int]) -> None:
     model = optimizer = None
     try:
         preset_vocab = FoxConfig.from_preset(cfg.preset).vocab_size
-        tokenizer_path, data_root, sources = prepare_inputs(cfg, preset_vocab, env)
-        tokenizer = Tokenizer.load(tokenizer_path)
-        model_config = FoxConfig.from_preset(cfg.preset, vocab_size=tokenizer.vocab_size)
-        plan = data.curriculum(model_config.context_len, cfg.total_tokens, sources)
+        inputs = prepare_inputs(cfg, preset_vocab, stages, env)
+        if SFT in stages and not inputs.chat_sources and env.is_main:
+            tqdm.write(f"{inputs.data_root} has no chat sources: skipping SFT (prepare some with data.py prepare-chat)")
+        stages = [stage for stage in stages if stage != SFT or inputs.chat_sources]
+        tokenizer = Tokenizer.load(inputs.tokenizer_path)
+        model_config = (config_from_hf(Path(cfg.init) / "config.json")[0] if cfg.init
+                        else FoxConfig.from_preset(cfg.preset, vocab_size=tokenizer.vocab_size))
+        plan = stage_table(model_config, cfg, inputs)
         model = build_model(model_config, cfg, env)
         optimizer = build_optimizer(model, cfg, env)
         if env.is_main:
@@ -605,19 +725,23 @@ def run(cfg: TrainConfig, stages: list[int]) -> None:
         results = {}
         started = time.perf_counter()
         for number in stages:
-            if number > 1 and latest_checkpoint(stage_dir(cfg, number)) is None:
-                start_from_previous_stage(number, model, optimizer, model_config, cfg, env)
-            results[number] = train_stage(plan[number - 1], model, optimizer, model_config, cfg, env, data_root,
+            if latest_checkpoint(stage_dir(cfg, number)) is None:
+                start_stage(number, model, optimizer, model_config, cfg, env)
+            results[number] = train_stage(plan[number], model, optimizer, model_config, cfg, env, inputs.data_root,
                                           tokenizer.fingerprint, stop)
             if results[number] is None:
                 if env.is_main:
-                    print(f"stopped by SIGTERM in stage {number}; checkpoint saved. Run the same command to resume.")
+                    print(f"stopped by SIGTERM in {stage_label(number)}; checkpoint saved. Run the same command to "
+                          f"resume.")
                 return
-            export = export_hf(model, model_config, tokenizer_path, cfg, env)
+            template = data.ChatSplit(inputs.data_root, inputs.chat_sources[0], "train").template \
+                if number == SFT else None  # the one the conversations were rendered with
+            export = export_hf(model, model_config, inputs.tokenizer_path, cfg, env, chat_template=template)
         if env.is_main:
-            summary = ", ".join(f"stage {s} {loss:.4f}" for s, loss in results.items())
+            summary = ", ".join(f"{stage_label(s)} {loss:.4f}" for s, loss in results.items())
             print(f"done in {time.perf_counter() - started:,.0f} s: eval loss {summary}; exported to {export}")
-            print(f'try:  python sample.py --ckpt {export} --prompt "def "')
+            print(f"try:  python sample.py --ckpt {export} --chat" if SFT in results
+                  else f'try:  python sample.py --ckpt {export} --prompt "def "')
     finally:
         del model, optimizer  # FSDP2 on CPU can abort at exit if these outlive the process group
         gc.collect()
@@ -631,9 +755,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[int]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Examples:\n  python train.py\n"
-                                            "  torchrun --nproc_per_node=8 train.py --preset fox-1.6b --data DATA --stage 1")
+                                            "  torchrun --nproc_per_node=8 train.py --preset fox-1.6b --data DATA --stage 1\n"
+                                            "  torchrun --nproc_per_node=8 train.py --preset fox-1.6b --stage sft "
+                                            "--init Fox-1-1.6B --data chat/")
     parser.add_argument("--preset", default="tiny", choices=list(TRAIN_PRESETS), help="model + training preset")
-    parser.add_argument("--stage", type=int, choices=(1, 2, 3), help="run one stage (default: 1 -> 2 -> 3)")
+    parser.add_argument("--stage", choices=("1", "2", "3", "sft"),
+                        help="run one stage (default: 1 -> 2 -> 3 -> sft; sft only when there are chat sources)")
+    parser.add_argument("--init", help="--stage sft: start from this Llama-format folder (our export, or the "
+                        "released Fox-1) instead of stage 3's final checkpoint")
     parser.add_argument("--data", help="data.py root of prepared sources (default: the built-in corpus in OUT/data)")
     parser.add_argument("--sources", help="comma list of sources under --data, broadest first (default: all)")
     parser.add_argument("--tokenizer", help="tokenizer file (default: OUT/tokenizer.txt, trained if missing)")
@@ -643,6 +772,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[int]]:
     parser.add_argument("--tokens-per-step", type=int, help="global batch in tokens")
     parser.add_argument("--micro-batch-tokens", type=int, help="tokens per rank per forward (memory)")
     parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--sft-tokens", type=int, help="token budget of the SFT stage (windows, padding included)")
+    parser.add_argument("--sft-lr", type=float, help="peak learning rate of the SFT stage")
     parser.add_argument("--warmup-steps", type=int, help="linear warmup steps at the start of stage 1")
     parser.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices")
     parser.add_argument("--grad-clip", type=float, help="max global gradient norm")
@@ -659,16 +790,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[int]]:
     parser.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                         help="recompute block activations in backward (default: on for fox-1.6b)")
     args = parser.parse_args(argv)
-    for name in ("max_steps", "total_tokens", "tokens_per_step", "micro_batch_tokens", "eval_every", "eval_batches",
+    for name in ("max_steps", "total_tokens", "sft_tokens", "tokens_per_step", "micro_batch_tokens", "eval_every", "eval_batches",
                  "save_every", "keep", "log_every"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if (args.lr is not None and args.lr <= 0) or (args.warmup_steps is not None and args.warmup_steps < 0):
         parser.error("--lr must be positive and --warmup-steps at least 0")
+    if args.sft_lr is not None and args.sft_lr <= 0:
+        parser.error("--sft-lr must be positive")
+    if args.init and args.stage != "sft":
+        parser.error("--init starts the SFT stage from a model folder: use it with --stage sft")
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if f.name != "preset" and getattr(args, f.name, None) is not None}
     cfg = replace(TRAIN_PRESETS[args.preset], **overrides)
-    return cfg, [args.stage] if args.stage else [1, 2, 3]
+    stages = {"1": [1], "2": [2], "3": [3], "sft": [SFT], None: [1, 2, 3, SFT]}[args.stage]
+    return cfg, stages
 
 
 def main(argv: list[str] | None = None) -> int:
