@@ -239,8 +239,10 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of `hidden @ weight.T` against `targets`, one chunk of tokens at a time.
 
     The gradient is formed in the forward pass, chunk by chunk: d(loss)/d(logits) = softmax - onehot,
-    which immediately becomes d/d(hidden) and d/d(weight). Nothing vocabulary-sized outlives a chunk,
-    and backward only scales the stored gradients, so there is no recompute either."""
+    which immediately becomes d/d(hidden) and d/d(weight). No (tokens x vocab) tensor outlives a chunk,
+    and backward only scales the stored gradients, so there is no recompute either. The price: the
+    (vocab x hidden) weight gradient, as large as the embedding itself (2.1 GB in fp32 for fox-1.6b), is
+    held from this forward until backward hands it on."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -329,8 +331,9 @@ class Fox(nn.Module):
         self.rope_cos, self.rope_sin = rope_tables(self.config, device=self.rope_cos.device)
 
     def num_params(self) -> int:
-        """Parameters, the tied embedding/LM head counted once (1,665,271,808 for fox-1.6b)."""
-        return sum(p.numel() for p in self.parameters())
+        """Parameters, the tied embedding/LM head counted once (1,665,271,808 for fox-1.6b), int8 ones too."""
+        int8 = sum(m.weight.numel() for m in self.modules() if isinstance(m, Int8Linear))
+        return int8 + sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self, seq_len: int) -> int:
         """Training FLOPs per token (forward + backward), for MFU.
