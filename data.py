@@ -11,8 +11,8 @@ Fox-1 (arXiv 2411.05281) is pre-trained on 3T tokens with a 3-stage data curricu
   curriculum  the three stages (sequence length, token budget, source mixture) as a small table of `Stage`s.
   Loader      cuts each source's token stream into windows of seq_len+1 tokens that overlap by one token (every
               next-token pair is trained; no padding), on a grid shifted each epoch, shuffles them per epoch,
-              draws the source of every slot by weight, splits each global batch across ranks, prefetches in a
-              thread, and resumes exactly from `state_dict()`.
+              draws the source of every slot by weight, splits each global batch across ranks, and resumes
+              exactly from `state_dict()`.
 
 The built-in corpus is the running interpreter's own standard library (read at run time, never copied): Python code
 plus docstring and comment prose, a small echo of Fox-1's text + code mix. It is split into two sources so the
@@ -35,13 +35,11 @@ import io
 import itertools
 import json
 import os
-import queue
 import re
 import shutil
 import sys
 import sysconfig
 import tempfile
-import threading
 import time
 import tokenize
 import zlib
@@ -172,10 +170,7 @@ def prepare(inputs: list[str], tokenizer_path: Path, data_root: Path, name: str,
     floor(i * val_fraction): the requested share (0.4 holds out 2 of every 5), deterministic and independent of the
     number of workers.
     """
-    if not NAME_PATTERN.fullmatch(name):
-        raise DataError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")
-    if not 0 <= val_fraction <= 0.5:
-        raise DataError(f"val_fraction {val_fraction}: must be between 0 and 0.5")
+    _check_source_settings(name, val_fraction)
     paths = expand_inputs(inputs)
     tokenizer = Tokenizer.load(tokenizer_path)
     key = _inputs_key(paths, tokenizer, val_fraction=val_fraction, skip_bad_lines=skip_bad_lines,
@@ -191,6 +186,18 @@ def prepare(inputs: list[str], tokenizer_path: Path, data_root: Path, name: str,
                   directory, key=key, val_fraction=val_fraction, workers=workers, shard_tokens=shard_tokens,
                   total_bytes=total_bytes, progress=progress, read_stats=stats)
     return directory
+
+
+def _check_source_settings(name: str, val_fraction: float) -> None:
+    if not NAME_PATTERN.fullmatch(name):
+        raise DataError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")
+    if not 0 <= val_fraction <= 0.5:
+        raise DataError(f"val_fraction {val_fraction}: must be between 0 and 0.5")
+
+
+def held_out(numbers: np.ndarray, val_fraction: float) -> np.ndarray:
+    """Whether document (or conversation) number i goes to val: floor((i + 1) * f) > floor(i * f)."""
+    return np.floor((numbers + 1) * val_fraction) > np.floor(numbers * val_fraction)
 
 
 def _inputs_key(paths: list[Path], tokenizer: Tokenizer, **settings) -> str:
@@ -321,7 +328,7 @@ def _tokenize_into(directory: Path, documents: Iterable[str], tokenizer_path: Pa
         first_document = 0
         for tokens, lengths, size in results:
             numbers = np.arange(first_document, first_document + len(lengths))
-            is_val = np.floor((numbers + 1) * val_fraction) > np.floor(numbers * val_fraction)
+            is_val = held_out(numbers, val_fraction)
             token_is_val = np.repeat(is_val, lengths)
             writers["train"].write(tokens[~token_is_val], lengths[~is_val])
             writers["val"].write(tokens[token_is_val], lengths[is_val])
@@ -538,73 +545,40 @@ class Loader:
     The global stream is a sequence of slots. Slot g's source is drawn by weight from an RNG keyed by (seed, stage,
     g // MIX_BLOCK); each source hands out its windows in a seeded per-epoch permutation and starts a new epoch when
     it runs out. Window w of an epoch starts at token offset + w * seq_len, where the epoch's seeded offset (0 up to
-    the tokens left over by the grid) moves the grid, so the same tail is not left out of every epoch. A global batch is world_size * batch_size consecutive slots and rank r takes the r-th block of
-    batch_size: ranks are disjoint and together see every window of a source exactly once per epoch, dropping none.
+    the tokens left over by the grid) moves the grid, so the same tail is not left out of every epoch.
+    A global batch is world_size * batch_size consecutive slots and rank r takes the r-th block of batch_size: ranks are disjoint and together see every window of a source exactly once per epoch, dropping none.
     State is (slots consumed, each source's epoch and position), so a resumed job -- even with another world size or
     batch size -- continues the same global stream; another stage, seed or data is refused.
     """
 
     def __init__(self, data_root: Path, stage: Stage, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, split: str = "train", prefetch: int = 2, fingerprint: str | None = None):
-        if not 0 <= rank < world_size or batch_size < 1 or prefetch < 1:
-            raise DataError(f"need 0 <= rank < world_size, batch_size >= 1, prefetch >= 1 "
-                            f"(got rank {rank}, world_size {world_size}, batch_size {batch_size}, prefetch {prefetch})")
-        self.stage, self.batch_size, self.rank, self.world_size = stage, batch_size, rank, world_size
-        self.seed, self.prefetch = seed, prefetch
+                 seed: int = 0, split: str = "train", fingerprint: str | None = None):
+        if not 0 <= rank < world_size or batch_size < 1:
+            raise DataError(f"need 0 <= rank < world_size and batch_size >= 1 "
+                            f"(got rank {rank}, world_size {world_size}, batch_size {batch_size})")
+        self.stage, self.batch_size, self.rank, self.world_size, self.seed = stage, batch_size, rank, world_size, seed
         self.sources, self.weights = _open_mixture(data_root, stage, split, fingerprint)
         self.width = stage.seq_len + 1
         self.windows = [window_count(source.tokens, stage.seq_len) for source in self.sources]
         self.stats = {source.name: packing_stats(source, stage.seq_len) for source in self.sources}
         self._state = {"slot": 0, "epochs": [0] * len(self.sources), "positions": [0] * len(self.sources)}
-        self._stop = threading.Event()  # set to retire the current prefetch thread
-        self._thread: threading.Thread | None = None
         self._grids: dict[tuple[int, int], np.ndarray] = {}  # (source, epoch) -> window starts in shuffled order
 
     def state_dict(self) -> dict:
-        """Position after the last batch handed out (not after what the prefetch thread has read ahead)."""
+        """Position after the last batch handed out."""
         return {"stage": self.stage.number, "seq_len": self.stage.seq_len, "seed": self.seed,
                 "sources": [s.name for s in self.sources], "windows": list(self.windows),
                 "world_size": self.world_size, "batch_size": self.batch_size, **_copy_state(self._state)}
 
     def load_state_dict(self, state: dict) -> None:
-        mine = self.state_dict()
-        for field in ("stage", "seq_len", "seed", "sources", "windows"):
-            if state.get(field) != mine[field]:
-                raise DataError(f"loader state is for {field} {state.get(field)!r} but this loader has "
-                                f"{mine[field]!r}; start this stage without the old loader state")
-        self._retire_prefetch()  # the next iter() starts from the loaded state
+        _check_same(state, self.state_dict(), ("stage", "seq_len", "seed", "sources", "windows"))
         self._state = _copy_state(state)
 
     def __iter__(self) -> Iterator[Batch]:
-        self._retire_prefetch()
-        stop = self._stop = threading.Event()
-        results: queue.Queue = queue.Queue(self.prefetch)
-        self._thread = threading.Thread(target=self._produce, args=(_copy_state(self._state), results, stop),
-                                        daemon=True)
-        self._thread.start()
-        try:
-            while not stop.is_set():
-                item = results.get()
-                if isinstance(item, BaseException):
-                    raise item
-                batch, self._state = item
-                yield batch
-            raise RuntimeError("this iterator was replaced by load_state_dict() or a newer iter(loader)")
-        finally:
-            stop.set()
-
-    def _retire_prefetch(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-        self._thread = None
-
-    def _produce(self, state: dict, results: queue.Queue, stop: threading.Event) -> None:
-        try:
-            while not stop.is_set():
-                _put_unless_stopped(results, (self._next_batch(state), _copy_state(state)), stop)
-        except Exception as error:  # hand it to the consumer instead of dying silently in this thread
-            _put_unless_stopped(results, error, stop)
+        """Batches read on demand. A batch costs ~1 ms to read and pack (memory-mapped shards), against seconds
+        for a training step, so reading ahead in a thread bought nothing measurable (it was removed)."""
+        while True:
+            yield self._next_batch(self._state)
 
     def _next_batch(self, state: dict) -> Batch:
         """Advance state by one global batch; read and pack this rank's slots."""
@@ -643,13 +617,12 @@ class Loader:
         return int(grid[position])
 
 
-def _put_unless_stopped(results: queue.Queue, item, stop: threading.Event) -> None:
-    while not stop.is_set():  # a timeout, so a retired thread never blocks forever on a full queue
-        try:
-            results.put(item, timeout=0.1)
-            return
-        except queue.Full:
-            pass
+def _check_same(state: dict, mine: dict, fields: tuple[str, ...]) -> None:
+    """Refuse a loader state saved for other data, order or window length."""
+    for field in fields:
+        if state.get(field) != mine[field]:
+            raise DataError(f"loader state is for {field} {state.get(field)!r} but this loader has "
+                            f"{mine[field]!r}; start this stage without the old loader state")
 
 
 def _copy_state(state: dict) -> dict:
@@ -766,10 +739,7 @@ def prepare_chat(inputs: list[str], tokenizer_path: Path, data_root: Path, name:
     ("train_mask", "val_mask"). Malformed lines are skipped and counted (the first one is named), or refused when
     strict. template_path: a model folder holding tokenizer_config.json, or a Jinja file (default: the tokenizer's
     folder's template if it has one, else DEFAULT_CHAT_TEMPLATE)."""
-    if not NAME_PATTERN.fullmatch(name):
-        raise DataError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")
-    if not 0 <= val_fraction <= 0.5:
-        raise DataError(f"val_fraction {val_fraction}: must be between 0 and 0.5")
+    _check_source_settings(name, val_fraction)
     paths = expand_inputs(inputs)
     tokenizer = Tokenizer.load(tokenizer_path)
     template = resolve_chat_template(template_path, tokenizer_path)
@@ -779,7 +749,7 @@ def prepare_chat(inputs: list[str], tokenizer_path: Path, data_root: Path, name:
         if progress:
             print(f"{name}: already prepared from the same inputs with this tokenizer and template, nothing to do")
         return directory
-    records = ((where, line, int((n + 1) * val_fraction) > int(n * val_fraction))
+    records = ((where, line, bool(held_out(np.array(n), val_fraction)))
                for n, (where, line) in enumerate(_jsonl_lines(paths)))
     _build_chat_source(records, tokenizer, template, directory, key=key, strict=strict, total=None,
                        progress=progress)
@@ -925,9 +895,11 @@ class ChatLoader:
                  fingerprint: str | None = None, pad_id: int = 0):
         self.splits = [ChatSplit(data_root, name, split, fingerprint) for name in sources]
         if len({s.template for s in self.splits}) > 1:
-            raise DataError(f"chat sources {sources} were rendered with different chat templates; prepare them with one")
-        self.seq_len, self.width, self.batch_size, self.seed, self.shuffle = seq_len, seq_len + 1, batch_size, seed, shuffle
-        self.rank, self.world_size, self.pad_id, self.template = rank, world_size, pad_id, self.splits[0].template
+            raise DataError(f"chat sources {sources} were rendered with different chat templates; prepare them "
+                            f"with one")
+        self.seq_len, self.width, self.batch_size, self.seed = seq_len, seq_len + 1, batch_size, seed
+        self.rank, self.world_size, self.shuffle, self.pad_id = rank, world_size, shuffle, pad_id
+        self.template = self.splits[0].template
         fitted = [s.fitted_lengths(self.width) for s in self.splits]
         self.source_of = np.concatenate([np.full(len(f[0]), i) for i, f in enumerate(fitted)])
         self.start_of = np.concatenate([s.bounds[:-1] for s in self.splits])
@@ -947,11 +919,7 @@ class ChatLoader:
                 "conversations": len(self.length_of), "epoch": self._state["epoch"], "window": self._state["window"]}
 
     def load_state_dict(self, state: dict) -> None:
-        mine = self.state_dict()
-        for field in ("kind", "seq_len", "seed", "sources", "conversations"):
-            if state.get(field) != mine[field]:
-                raise DataError(f"loader state is for {field} {state.get(field)!r} but this loader has "
-                                f"{mine[field]!r}; start this stage without the old loader state")
+        _check_same(state, self.state_dict(), ("kind", "seq_len", "seed", "sources", "conversations"))
         self._state = {"epoch": int(state["epoch"]), "window": int(state["window"])}
 
     def __iter__(self) -> Iterator[Batch]:
