@@ -56,7 +56,7 @@ from tqdm import tqdm
 from model import IGNORE_INDEX
 from tokenizer import (CHUNK_CHARS, DEFAULT_CHAT_TEMPLATE, InputError, ReadStats, Tokenizer, _replace_lone_surrogates,
                        check_conversation, document_chunks, encode_chat, expand_inputs, iter_documents,
-                       load_chat_template, ordered_map)
+                       load_chat_template, load_tokenizer, ordered_map)
 
 FORMAT = "fox1-token-shards-v1"
 TOKEN_DTYPE = np.dtype("<u4")  # uint32, little-endian on disk whatever the machine: ids up to 4G, 4 bytes a token
@@ -145,13 +145,13 @@ def prepare_builtin(tokenizer_path: Path, data_root: Path, *, workers: int | Non
                     progress: bool = True) -> list[str]:
     """Prepare the BUILTIN sources under data_root (nothing to do when already prepared); return their names."""
     files = builtin_files()
-    tokenizer = Tokenizer.load(tokenizer_path)
+    tokenizer = open_tokenizer(tokenizer_path)
     key = _inputs_key(files, tokenizer, val_fraction=BUILTIN_VAL_FRACTION, docs_prose_ratio=DOCS_PROSE_RATIO)
     if all(_is_prepared(Path(data_root) / name, key) for name in BUILTIN):
         return list(BUILTIN)
     for name, group in _split_builtin(files).items():
         stats = ReadStats()
-        _build_source(_read_files(group, stats), tokenizer, Path(tokenizer_path), Path(data_root) / name, key=key,
+        _build_source(_read_files(group, stats), Path(tokenizer_path), Path(data_root) / name, key=key,
                       val_fraction=BUILTIN_VAL_FRACTION, workers=workers, shard_tokens=SHARD_TOKENS,
                       total_bytes=sum(path.stat().st_size for path in group), progress=progress, read_stats=stats)
     return list(BUILTIN)
@@ -172,7 +172,7 @@ def prepare(inputs: list[str], tokenizer_path: Path, data_root: Path, name: str,
     """
     _check_source_settings(name, val_fraction)
     paths = expand_inputs(inputs)
-    tokenizer = Tokenizer.load(tokenizer_path)
+    tokenizer = open_tokenizer(tokenizer_path)
     key = _inputs_key(paths, tokenizer, val_fraction=val_fraction, skip_bad_lines=skip_bad_lines,
                       shard_tokens=shard_tokens)
     directory = Path(data_root) / name
@@ -182,8 +182,8 @@ def prepare(inputs: list[str], tokenizer_path: Path, data_root: Path, name: str,
         return directory
     stats = ReadStats()
     total_bytes = None if any(p.suffix == ".gz" for p in paths) else sum(p.stat().st_size for p in paths)
-    _build_source(iter_documents(paths, skip_bad_lines=skip_bad_lines, stats=stats, allow_binary=allow_binary), tokenizer, Path(tokenizer_path),
-                  directory, key=key, val_fraction=val_fraction, workers=workers, shard_tokens=shard_tokens,
+    documents = iter_documents(paths, skip_bad_lines=skip_bad_lines, stats=stats, allow_binary=allow_binary)
+    _build_source(documents, Path(tokenizer_path), directory, key=key, val_fraction=val_fraction, workers=workers, shard_tokens=shard_tokens,
                   total_bytes=total_bytes, progress=progress, read_stats=stats)
     return directory
 
@@ -215,15 +215,22 @@ def _is_prepared(directory: Path, key: str) -> bool:
         return False
 
 
-@lru_cache(maxsize=1)
-def _worker_tokenizer(path: str) -> Tokenizer:
-    return Tokenizer.load(path)
+def open_tokenizer(path: str | Path) -> Tokenizer:
+    """load_tokenizer(path) (tokenizer.txt, tokenizer.json or a folder), loaded once per process and file
+    version: the workers that encode chunk after chunk, and every source of one run, share one."""
+    stat = Path(path).stat()
+    return _load_tokenizer(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=2)
+def _load_tokenizer(path: str, mtime_ns: int, size: int) -> Tokenizer:
+    return load_tokenizer(path)
 
 
 def _encode_documents(job: tuple[str, list[str]]) -> tuple[np.ndarray, np.ndarray, int]:
     """In a worker: documents -> (all their tokens as <bos> ids <eos>, one after another; lengths; UTF-8 bytes)."""
     tokenizer_path, documents = job
-    tokenizer = _worker_tokenizer(tokenizer_path)
+    tokenizer = open_tokenizer(tokenizer_path)
     bos, eos = np.array([tokenizer.bos_id], TOKEN_DTYPE), np.array([tokenizer.eos_id], TOKEN_DTYPE)
     pieces, lengths = [], []
     for ids in tokenizer.encode_batch(documents, num_threads=1):
@@ -269,7 +276,7 @@ class _ShardWriter:
                 "doc_starts": f"{self.split}_doc_starts.npy"}
 
 
-def _build_source(documents: Iterable[str], tokenizer: Tokenizer, tokenizer_path: Path, directory: Path, *, key: str,
+def _build_source(documents: Iterable[str], tokenizer_path: Path, directory: Path, *, key: str,
                   val_fraction: float, workers: int | None, shard_tokens: int, total_bytes: int | None,
                   progress: bool, read_stats: ReadStats | None = None) -> None:
     start = time.perf_counter()
@@ -279,7 +286,7 @@ def _build_source(documents: Iterable[str], tokenizer: Tokenizer, tokenizer_path
         if splits["train"]["documents"] + splits["val"]["documents"] == 0:
             raise DataError(f"{directory.name}: the inputs hold no documents (empty or whitespace-only)")
         read_stats = read_stats or ReadStats()
-        meta = _source_meta(directory, key, tokenizer, splits, val_fraction=val_fraction,
+        meta = _source_meta(directory, key, open_tokenizer(tokenizer_path), splits, val_fraction=val_fraction,
                             bad_lines_skipped=read_stats.bad_lines, replaced_bytes=read_stats.replaced_bytes)
         (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
     if progress:
@@ -718,7 +725,7 @@ def _exchange(question: str, answer: str) -> list[dict]:
 
 def prepare_builtin_chat(tokenizer_path: Path, data_root: Path, *, progress: bool = True) -> str:
     """Prepare BUILTIN_CHAT under data_root with our chat template (nothing to do when done); return its name."""
-    tokenizer = Tokenizer.load(tokenizer_path)
+    tokenizer = open_tokenizer(tokenizer_path)
     key = _inputs_key(builtin_files(), tokenizer, kind="chat", template=DEFAULT_CHAT_TEMPLATE,
                       held_out=BUILTIN_CHAT_HELD_OUT, max_lines=BUILTIN_CHAT_MAX_LINES)
     directory = Path(data_root) / BUILTIN_CHAT
@@ -741,7 +748,7 @@ def prepare_chat(inputs: list[str], tokenizer_path: Path, data_root: Path, name:
     folder's template if it has one, else DEFAULT_CHAT_TEMPLATE)."""
     _check_source_settings(name, val_fraction)
     paths = expand_inputs(inputs)
-    tokenizer = Tokenizer.load(tokenizer_path)
+    tokenizer = open_tokenizer(tokenizer_path)
     template = resolve_chat_template(template_path, tokenizer_path)
     key = _inputs_key(paths, tokenizer, kind="chat", template=template, val_fraction=val_fraction, strict=strict)
     directory = Path(data_root) / name
