@@ -320,3 +320,22 @@ def test_cli_errors(ckpt, tmp_path, capsys, tokenizer):
     corrupt = tmp_path / "corrupt.txt"
     corrupt.write_text((ckpt / "tokenizer.txt").read_text()[:500])
     assert "corrupt.txt" in one_line_error(capsys, ["--ckpt", str(ckpt), "--tokenizer", str(corrupt)])
+
+
+# --------------------------------------------------------------------------------------------------
+# The export is a complete Hugging Face folder (checked against transformers only where it is installed)
+
+
+def test_transformers_reads_the_export_and_generates_the_same_greedy_tokens(ckpt, model, tokenizer):
+    transformers = pytest.importorskip("transformers")
+    tokenizer.save_pretrained(ckpt)  # what train.py's export adds next to the weights
+    text = "def parse(self, text):\n    return  [x  for x in\ttext]  # naïve 😀"
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(ckpt))
+    assert hf_tokenizer(text, add_special_tokens=False)["input_ids"] == tokenizer.encode(text)
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(ckpt), torch_dtype=torch.float32).eval()
+    prompt = [tokenizer.bos_id] + tokenizer.encode("import os\ndef ")
+    ours = generate(model, prompt, 16, temperature=0).tokens[0]
+    with torch.no_grad():
+        theirs = hf_model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False,
+                                   eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+    assert theirs == ours
