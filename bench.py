@@ -1,23 +1,33 @@
 """
 How close fox1 comes to this machine's limits, next to the reference implementations.
 
-Fox-1's deployment claim (arXiv 2411.05281) is speed (>200 output tokens/s for the 1.6B model), and its
-256K vocabulary makes the loss the memory hot spot of training. This script measures, in one run:
+Fox-1's deployment claim (arXiv 2411.05281) is speed (>200 output tokens/s for the 1.6B model, "for cloud
+and edge"), and its 256K vocabulary makes the loss the memory hot spot of training. This script measures,
+in one run:
 
-  * the machine: peak matmul FLOP/s and memory copy bandwidth, measured here, not taken from a data sheet;
-  * training step tokens/s and MFU (model FLOPs, `Fox.flops_per_token`, over the measured matmul peak);
+  * the machine: CPU model, instruction sets (AVX512-BF16, AMX ...) and threads; peak matmul FLOP/s and
+    memory copy bandwidth, measured here, not taken from a data sheet;
+  * training step tokens/s and MFU (model FLOPs, `Fox.flops_per_token`, over the measured matmul peak),
+    in fp32 and, where bf16 is native (`model.native_bf16`), under bf16 autocast;
   * prefill tokens/s, and decode tokens/s at batch 1 with its memory-bandwidth utilisation: decoding reads
-    every weight once per token, so copy bandwidth / weight bytes is the speed limit;
+    every weight once per token, so copy bandwidth / weight bytes is the speed limit; in fp32, bf16 and
+    with int8 weights (`sample.py --quantize int8`), and how far int8's logits are from fp32's;
   * peak memory of the chunked loss vs the naive `F.cross_entropy(hidden @ W.T)` at the preset's vocabulary;
   * tokenizer training and encoding throughput (on ../shared/corpora when present, else Python's stdlib);
   * the same rows for Hugging Face `transformers.LlamaForCausalLM` (same config, precision and batch) and
     `tokenizers` when they are installed (they are not dependencies of fox1; rows are skipped without them).
 
-    python bench.py --preset small                  # ~3 minutes on a 2-core CPU
+Other processes on a shared machine come and go, so every contender is timed in turns (a, b, a, b, ...)
+for --repeats rounds, and each fox1/HF ratio is formed within a round: the table shows the median ratio
+and its spread (lowest-highest) over the rounds.
+
+    python bench.py --preset small                  # ~5 minutes on a 2-core CPU
+    python bench.py --preset small --profile        # plus where one compiled decode step spends its time
     python bench.py --preset fox-1.6b --device cuda # bf16 on a GPU
 
 It prints a readable table, then one JSON line with every number (the last line, for scripts).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +37,10 @@ import json
 import multiprocessing
 import os
 import re
+import statistics
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -38,36 +50,35 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import sample
-from model import Fox, FoxConfig, chunked_cross_entropy, config_to_hf
+from model import Fox, FoxConfig, chunked_cross_entropy, config_to_hf, cpu_flags, native_bf16, quantize_int8
 from tokenizer import Tokenizer
 
 SHARED_CORPORA = Path(__file__).resolve().parent.parent / "shared" / "corpora"
 GB = 1e9
+# The instruction sets that decide which kernels run: AVX512 vectors, native bf16 dot products
+# (AVX512-BF16, Cooper Lake / Zen 4), int8 dot products (VNNI), and the AMX tile units (Sapphire Rapids)
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def interleaved_seconds(calls: dict[str, Callable[[], object]], device: torch.device, repeats: int,
+                        warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each call in each of `repeats` rounds, after `warmup` untimed rounds (compilation, caches).
 
-
-def best_seconds(calls: dict[str, Callable[[], object]], device: torch.device, repeats: int,
-                 warmup: int = 1) -> dict[str, float]:
-    """The fastest of `repeats` timed runs of each call, after `warmup` untimed ones (compilation, caches).
-
-    The calls take turns (a, b, a, b, ...): other processes on a shared machine come and go, and taking
-    turns spreads their load over every contender alike; the fastest run is the least disturbed one."""
+    Within a round the calls take turns (a, b, a, b, ...): other processes on a shared machine come and
+    go, and a ratio formed within one round compares runs made under about the same load."""
     for _ in range(warmup):
         for call in calls.values():
             call()
-    best = dict.fromkeys(calls, float("inf"))
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
-            synchronize(device)
-            start = time.perf_counter()
-            call()
-            synchronize(device)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            seconds[name].append(sample.timed(call, device)[1])
+    return seconds
+
+
+def spread(values: list[float], unit: str = "x", digits: int = 2) -> str:
+    """'1.23x (1.10-1.31)': the median and the range over the rounds."""
+    return f"{statistics.median(values):,.{digits}f}{unit} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
 
 def failure(call: Callable[[], object]) -> str | None:
@@ -82,8 +93,27 @@ def failure(call: Callable[[], object]) -> str | None:
     return None
 
 
+def runnable(calls: dict[str, Callable[[], object]]) -> tuple[dict[str, Callable[[], object]], dict[str, str]]:
+    """(the calls that ran once without error, {name: why} for the others). The one run is also each call's
+    cold start (a compile), which is kept out of the timed rounds."""
+    errors = {name: failure(call) for name, call in calls.items()}
+    return {name: call for name, call in calls.items() if errors[name] is None}, \
+        {name: error for name, error in errors.items() if error}
+
+
 # --------------------------------------------------------------------------------------------------
 # The machine
+
+
+def cpu_description() -> str:
+    """CPU model, the instruction sets that matter for speed, torch's kernel level and its thread count."""
+    model = "unknown CPU"
+    if Path("/proc/cpuinfo").is_file():
+        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+        model = names[0].strip() if names else model
+    flags = [flag for flag in SPEED_FLAGS if flag in cpu_flags()]
+    return (f"{model}; {' '.join(flags) or 'no AVX2/AVX512 flags'}; torch kernels "
+            f"{torch.backends.cpu.get_cpu_capability()}; {torch.get_num_threads()} threads")
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
@@ -91,7 +121,7 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     2 cores), 8192^3 on a GPU (1.1 TFLOP, ~1 ms on an H100-class chip)."""
     n = 8192 if device.type == "cuda" else 2048
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    return 2 * n**3 / best_seconds({"matmul": lambda: a @ b}, device, repeats=5, warmup=2)["matmul"]
+    return 2 * n**3 / min(interleaved_seconds({"matmul": lambda: a @ b}, device, repeats=5, warmup=2)["matmul"])
 
 
 def copy_bandwidth(device: torch.device) -> float:
@@ -101,7 +131,7 @@ def copy_bandwidth(device: torch.device) -> float:
     size = (4 << 30) if device.type == "cuda" else (256 << 20)
     src = torch.ones(size // 4, device=device)
     dst = torch.empty_like(src)
-    return 2 * size / best_seconds({"copy": lambda: dst.copy_(src)}, device, repeats=5)["copy"]
+    return 2 * size / min(interleaved_seconds({"copy": lambda: dst.copy_(src)}, device, repeats=5)["copy"])
 
 
 def last_level_cache_bytes() -> int:
@@ -114,16 +144,51 @@ def last_level_cache_bytes() -> int:
     return max(sizes)
 
 
+@dataclass
+class Machine:
+    """The machine's peaks, measured in this run. Other processes on a shared machine can slow one
+    measurement down, so it is measured before and after the timed sections and the best values are kept
+    (MFU and bandwidth utilisation against a depressed peak would read above the truth, even over 100%)."""
+
+    device: torch.device
+    dtypes: list[torch.dtype]
+    matmul_flops: dict[torch.dtype, float] = field(default_factory=dict)  # FLOP/s
+    copy_bandwidth: float = 0.0  # bytes/s, read + write
+    measurements: int = 0
+
+    def measure(self) -> Machine:
+        for dtype in self.dtypes:
+            self.matmul_flops[dtype] = max(self.matmul_flops.get(dtype, 0.0), matmul_peak_flops(self.device, dtype))
+        self.copy_bandwidth = max(self.copy_bandwidth, copy_bandwidth(self.device))
+        self.measurements += 1
+        return self
+
+    def describe(self, report: Report) -> None:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else cpu_description()
+        matmul = {str(dtype).removeprefix("torch."): flops for dtype, flops in self.matmul_flops.items()}
+        report.numbers.update(machine=name, copy_gb_per_s=self.copy_bandwidth / GB,
+                              **{f"matmul_tflops[{dtype}]": flops / 1e12 for dtype, flops in matmul.items()})
+        peaks = ", ".join(f"{flops / 1e9:,.1f} GFLOP/s {dtype}" for dtype, flops in matmul.items())
+        report.note(f"machine: {name}")
+        report.note(f"peaks: matmul {peaks}; copy {self.copy_bandwidth / GB:.1f} GB/s (read+write); best of "
+                    f"{self.measurements} measurements")
+
+
 # --------------------------------------------------------------------------------------------------
 # Training step
 
 
-def training_step(model: torch.nn.Module, loss_fn: Callable, batch: torch.Tensor) -> Callable[[], None]:
-    """forward + backward + AdamW step + zero_grad: the whole step train.py runs."""
+def training_step(model: torch.nn.Module, loss_fn: Callable, batch: torch.Tensor,
+                  bf16: bool = False) -> Callable[[], None]:
+    """forward + backward + AdamW step + zero_grad: the whole step train.py runs. bf16: the forward under
+    bf16 autocast (fp32 weights, bf16 matmuls), the same for fox1 and HF."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    device_type = batch.device.type
 
     def step() -> None:
-        loss_fn(model, batch).backward()
+        with torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext():
+            loss = loss_fn(model, batch)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -135,7 +200,10 @@ def fox_loss(model: Fox, batch: torch.Tensor) -> torch.Tensor:
 
 
 def hf_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss  # transformers shifts labels itself
+    """The same targets as `fox_loss` (token t+1 after tokens <= t, for all T positions), through HF's logits.
+    (HF's own `labels=` shifts inside and would score T-1 of them.)"""
+    logits = model(input_ids=batch[:, :-1]).logits
+    return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
 
 
 def hf_llama(config: FoxConfig, dtype: torch.dtype, device: torch.device) -> torch.nn.Module | None:
@@ -154,26 +222,46 @@ def hf_llama(config: FoxConfig, dtype: torch.dtype, device: torch.device) -> tor
 # Generation
 
 
-def generation_calls(model: Fox, hf: torch.nn.Module | None, prompt: torch.Tensor, new_tokens: int,
-                     compiled: bool) -> dict[str, Callable[[], object]]:
-    """Greedy generation of 1 token ("... prefill") and of new_tokens tokens, by fox1 (sample.generate,
-    eager and, if `compiled`, with the compiled decode step) and by transformers' generate (its default
-    dynamic cache), with no <eos> so every run makes all its tokens. All are timed the same way, from
-    outside: prefill = t(1 token), decode = (t(new_tokens) - t(1 token)) / (new_tokens - 1)."""
+def fox1_generation(model: Fox, prompt: torch.Tensor, new_tokens: int, compile: bool) -> Callable[[], object]:
+    """Greedy generation with sample.generate, no <eos>, so every run makes all its tokens."""
+    return lambda: sample.generate(model, prompt, new_tokens, temperature=0, compile=compile)
 
-    def fox1(count: int, compile: bool = False) -> Callable[[], object]:
-        return lambda: sample.generate(model, prompt, count, temperature=0, compile=compile)
 
-    def transformers(count: int) -> Callable[[], object]:
-        return lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=count,
-                                   min_new_tokens=count, do_sample=False, pad_token_id=0)
+def hf_generation(hf: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> Callable[[], object]:
+    """Greedy generation with transformers' generate (its default dynamic cache), exactly new_tokens tokens."""
+    return lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                               min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
 
-    calls = {"fox1 prefill": fox1(1), "fox1": fox1(new_tokens)}
-    if compiled:
-        calls["fox1 compiled"] = fox1(new_tokens, compile=True)
-    if hf is not None:
-        calls.update({"hf prefill": transformers(1), "hf": transformers(new_tokens)})
+
+def generation_calls(models: dict[str, torch.nn.Module], prompt: torch.Tensor, new_tokens: int,
+                     compile: bool) -> dict[str, Callable[[], object]]:
+    """For each model ("fox1 fp32", "hf bf16", ...): "<name> prefill" makes 1 token, "<name> eager" and, for
+    fox1 with `compile`, "<name> compiled" make new_tokens. All are timed alike, from outside:
+    prefill = t(1 token), decode = t(new_tokens) - t(1 token) for `decode_steps` steps."""
+    calls = {}
+    for name, model in models.items():
+        if name.startswith("hf"):
+            calls.update({f"{name} prefill": hf_generation(model, prompt, 1),
+                          f"{name} eager": hf_generation(model, prompt, new_tokens)})
+            continue
+        calls[f"{name} prefill"] = fox1_generation(model, prompt, 1, compile=False)
+        if "int8" not in name:  # eager int8 converts every weight to floats at every step: never the fast path
+            calls[f"{name} eager"] = fox1_generation(model, prompt, new_tokens, compile=False)
+        if compile:
+            calls[f"{name} compiled"] = fox1_generation(model, prompt, new_tokens, compile=True)
     return calls
+
+
+def decode_steps(call_name: str, new_tokens: int) -> int:
+    """Forwards after the prefill in a timed call: new_tokens - 1, plus, for a compiled call, the untimed
+    (by sample.generate, not by us) warm-up step `sample.decode_step` makes before decoding."""
+    return new_tokens - 1 + call_name.endswith("compiled")
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes a decode step streams: every parameter and buffer but the KV cache and the RoPE tables."""
+    tensors = [*model.parameters(), *(b for n, b in model.named_buffers() if "kv_cache" not in n and "rope" not in n)]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -296,21 +384,75 @@ def hf_tokenizer_speed(documents: list[str], vocab_size: int) -> dict[str, float
 
 
 # --------------------------------------------------------------------------------------------------
+# int8 accuracy and where a decode step's time goes
+
+
+def int8_agreement(model: Fox, int8: Fox, tokens: torch.Tensor) -> dict[str, float]:
+    """How far int8's next-token logits over `tokens` (1, T) are from the unquantised model's: relative
+    error, top-1 agreement, and both perplexities of the tokens (meaningful for a trained model only)."""
+    with torch.inference_mode():
+        exact, approx = model(tokens)[0, :-1].float(), int8(tokens)[0, :-1].float()
+    targets = tokens[0, 1:]
+    return {"relative_error": float((approx - exact).norm() / (exact - exact.mean(-1, keepdim=True)).norm()),
+            "top1_agreement": float((approx.argmax(-1) == exact.argmax(-1)).float().mean()),
+            "perplexity": float(F.cross_entropy(exact, targets).exp()),
+            "quantized_perplexity": float(F.cross_entropy(approx, targets).exp())}
+
+
+def heldout_tokens(args: argparse.Namespace, config: FoxConfig) -> tuple[Fox | None, torch.Tensor]:
+    """(a trained model from --ckpt or None, tokens to score): --heldout text through --ckpt's tokenizer,
+    else random tokens (the random-weight bench model has no text to be right about)."""
+    if args.ckpt is None:
+        return None, torch.randint(config.vocab_size, (1, args.prompt_len * 4), device=args.device)
+    model = Fox.from_pretrained(args.ckpt, dtype=torch.float32, device=args.device).eval()
+    tokenizer = sample.load_tokenizer(Path(args.ckpt), None)
+    ids = tokenizer.encode(Path(args.heldout).read_text(encoding="utf-8", errors="replace"))
+    length = min(len(ids), model.config.context_len - 1)
+    return model, torch.tensor([[tokenizer.bos_id] + ids[:length]], device=args.device)
+
+
+def decode_step_profile(model: Fox, steps: int = 8) -> dict[str, float]:
+    """Seconds per eager decode step (batch 1) in matmuls, attention and everything else (norms, RoPE, the
+    KV-cache write, elementwise ops, and the Python between the ops), from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = model.norm.weight.device
+    sample.ensure_kv_cache(model, 1, 256)
+    token, input_pos = torch.zeros(1, 1, dtype=torch.long, device=device), torch.tensor([128], device=device)
+    with torch.inference_mode():
+        sample.decode_one_token(model, token, input_pos)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            _, seconds = sample.timed(lambda: [sample.decode_one_token(model, token, input_pos)
+                                               for _ in range(steps)], device)
+    totals = {event.key: event.cpu_time_total / 1e6 / steps for event in prof.key_averages()}
+    matmul = totals.get("aten::linear", 0.0)
+    attention = totals.get("aten::scaled_dot_product_attention", 0.0)
+    return {"step": seconds / steps, "matmul": matmul, "attention": attention,
+            "other": seconds / steps - matmul - attention}
+
+
+# --------------------------------------------------------------------------------------------------
 # Report
 
 
 @dataclass
 class Report:
+    """The table (rows added with `add`), lines printed above it (`note`) and every number (`numbers`)."""
+
     rows: list[tuple[str, str, str, str, str]] = field(default_factory=list)  # what, fox1, reference, ratio, note
+    notes: list[str] = field(default_factory=list)
     numbers: dict[str, object] = field(default_factory=dict)
 
     def add(self, what: str, ours: str, reference: str = "", ratio: str = "", note: str = "") -> None:
         self.rows.append((what, ours, reference, ratio, note))
 
+    def note(self, line: str) -> None:
+        self.notes.append(line)
+
     def print(self, title: str) -> None:
-        header = ("row", "fox1", "reference (HF)", "fox1/ref", "note")
+        header = ("row", "fox1", "reference", "fox1/ref: median (range)", "note")
         widths = [max(len(r[i]) for r in [header, *self.rows]) for i in range(5)]
-        print(title)
+        print("\n".join([title, *self.notes]))
         for row in [header, *self.rows]:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
         print(json.dumps(self.numbers))
@@ -320,140 +462,150 @@ def ratio(ours: float, reference: float) -> str:
     return f"{ours / reference:.2f}x"
 
 
-def versus(ours: float, reference: float | None, unit: str) -> tuple[str, str, str]:
-    """The fox1, reference and ratio cells of a row; the reference may be missing (not installed)."""
-    if reference is None:
-        return f"{ours:,.1f} {unit}", "not installed", ""
-    return f"{ours:,.1f} {unit}", f"{reference:,.1f} {unit}", ratio(ours, reference)
-
-
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Throughput, MFU, bandwidth utilisation and loss memory of fox1, "
-                                "next to Hugging Face transformers/tokenizers when installed.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", default="small", choices=["tiny", "small", "fox-1.6b"])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on cuda, float32 on cpu")
-    p.add_argument("--batch-size", type=int, help="training batch (default: 4 on cpu, 8 on cuda)")
-    p.add_argument("--seq-len", type=int, help="training sequence length (default: 256 on cpu, 2048 on cuda)")
-    p.add_argument("--steps", type=int, default=5,
-                   help="timed runs of each training step and generation (best counts), after one warm-up")
-    p.add_argument("--prompt-len", type=int, default=128, help="prefill length for the generation rows")
-    p.add_argument("--new-tokens", type=int, default=64, help="decoded tokens for the generation rows")
-    p.add_argument("--no-compile", action="store_true", help="skip fox1's compiled rows (training step and decode)")
-    p.add_argument("--loss-tokens", type=int, default=8192,
-                   help="tokens in the loss-memory rows (8192 = one Fox-1 context)")
-    p.add_argument("--tokenizer-mb", type=float, default=4.0, help="MB of text for the tokenizer rows")
-    p.add_argument("--tokenizer-vocab", type=int, default=8192, help="vocabulary trained in the tokenizer rows")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                   help="CPU threads for torch (1 is steadier while other processes share the cores)")
-    p.add_argument("--skip-tokenizer", action="store_true")
-    p.add_argument("--skip-reference", action="store_true", help="skip the Hugging Face rows")
-    args = p.parse_args()
-    args.device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    args.dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.type == "cuda" else "float32"))
-    args.batch_size = args.batch_size or (8 if args.device.type == "cuda" else 4)
-    args.seq_len = args.seq_len or (2048 if args.device.type == "cuda" else 256)
-    return args
-
-
-@dataclass
-class Machine:
-    """The machine's peaks, measured in this run. Other processes on a shared machine can slow one
-    measurement down, so each section re-measures and the best values are kept (MFU and bandwidth
-    utilisation against a depressed peak would read above the truth, even over 100%)."""
-
-    device: torch.device
-    dtype: torch.dtype
-    matmul_flops: float = 0.0  # FLOP/s
-    copy_bandwidth: float = 0.0  # bytes/s, read + write
-    measurements: int = 0
-
-    def measure(self) -> Machine:
-        self.matmul_flops = max(self.matmul_flops, matmul_peak_flops(self.device, self.dtype))
-        self.copy_bandwidth = max(self.copy_bandwidth, copy_bandwidth(self.device))
-        self.measurements += 1
-        return self
-
-    def report(self, report: Report) -> None:
-        report.numbers.update(matmul_tflops=self.matmul_flops / 1e12, copy_gb_per_s=self.copy_bandwidth / GB)
-        report.rows.insert(0, ("machine peak", f"matmul {self.matmul_flops / 1e9:,.1f} GFLOP/s", "", "",
-                               f"copy {self.copy_bandwidth / GB:.1f} GB/s (read+write); best of {self.measurements} "
-                               "measurements"))
+def versus(ours: float | list[float], reference: float | list[float] | None, unit: str,
+           name: str = "HF") -> tuple[str, str, str]:
+    """The fox1, reference and ratio cells of a row: medians, and the ratio's median and range over the
+    rounds (a ratio per round). A single number is one round; the reference may be missing."""
+    ours, reference = ([x] if isinstance(x, float) else x for x in (ours, reference or []))
+    cell = f"{statistics.median(ours):,.1f} {unit}"
+    if not reference:
+        return cell, f"{name}: not installed", ""
+    ratios = [a / b for a, b in zip(ours, reference)]
+    shown = ratio(ratios[0], 1.0) if len(ratios) == 1 else spread(ratios)
+    return cell, f"{name}: {statistics.median(reference):,.1f} {unit}", shown
 
 
 def bench_training(args: argparse.Namespace, report: Report, machine: Machine, model: Fox,
                    hf: torch.nn.Module | None) -> None:
-    """fox1's step eager and with every block compiled (`train.py --compile`), next to HF's eager step."""
+    """fox1's step eager and with every block compiled (`train.py --compile`), next to HF's eager step; in
+    the bench's dtype, and under bf16 autocast (both) where bf16 is native."""
     batch = torch.randint(model.config.vocab_size, (args.batch_size, args.seq_len + 1), device=args.device)
-    steps = {"fox1": training_step(model, fox_loss, batch)}
-    compiled = None
+    base = short_name(args.dtype)
+    steps = {f"fox1 {base} eager": training_step(model, fox_loss, batch)}
     if not args.no_compile:
         compiled = copy.deepcopy(model)
         for layer in compiled.layers:
             layer.compile()
-        steps["fox1 compiled"] = training_step(compiled, fox_loss, batch)
-    hf_error = None
+        steps[f"fox1 {base} compiled"] = training_step(compiled, fox_loss, batch)
+    if args.bf16:
+        steps["fox1 bf16 eager"] = training_step(model, fox_loss, batch, bf16=True)
     if hf is not None:
-        steps["hf"] = training_step(hf, hf_loss, batch)
-        hf_error = failure(steps["hf"])
-        if hf_error:  # e.g. its full-vocabulary logits do not fit in memory
-            del steps["hf"]
-    compile_error = failure(steps["fox1 compiled"]) if compiled is not None else None  # the cold compile
-    if compile_error:
-        del steps["fox1 compiled"]
-    best = best_seconds(steps, args.device, repeats=args.steps)
-    del compiled, steps
-    machine.measure()
+        steps[f"hf {base} eager"] = training_step(hf, hf_loss, batch)
+        if args.bf16:
+            steps["hf bf16 eager"] = training_step(hf, hf_loss, batch, bf16=True)
+    names = [name for name in steps if name.startswith("fox1")]
+    steps, errors = runnable(steps)  # HF's full-vocabulary logits may not fit in memory, inductor may fail...
+    seconds = interleaved_seconds(steps, args.device, args.repeats, warmup=0)
+    del steps
     tokens = args.batch_size * args.seq_len
-    speed = {name: tokens / seconds for name, seconds in best.items()}
-    mfu = {name: value * model.flops_per_token(args.seq_len) / machine.matmul_flops for name, value in speed.items()}
-    report.numbers.update(params=model.num_params(), train_tokens_per_s=speed["fox1"],
-                          compiled_train_tokens_per_s=speed.get("fox1 compiled"),
-                          hf_train_tokens_per_s=speed.get("hf"), mfu=mfu["fox1"], compiled_mfu=mfu.get("fox1 compiled"))
-    hf_note = f"; HF: {hf_error}" if hf_error else ""
-    shape = f"b={args.batch_size}, T={args.seq_len}"
-    report.add(f"train step ({shape}, eager)", *versus(speed["fox1"], speed.get("hf"), "tok/s"),
-               f"MFU {mfu['fox1']:.1%}{hf_note}")
-    if "fox1 compiled" in speed:
-        report.add(f"train step ({shape}, compiled)", *versus(speed["fox1 compiled"], speed.get("hf"), "tok/s"),
-                   f"MFU {mfu['fox1 compiled']:.1%}; every block torch.compiled, as `train.py --compile`")
-    if compile_error:
-        report.add(f"train step ({shape}, compiled)", "failed", note=compile_error)
+    speed = {name: [tokens / s for s in values] for name, values in seconds.items()}
+    report.numbers.update(params=model.num_params(), train_errors=errors,
+                          **{f"train_tok_per_s[{name}]": statistics.median(v) for name, v in speed.items()})
+    for name in names:
+        _, precision, mode = name.split()
+        what = f"train step (b={args.batch_size}, T={args.seq_len}, {precision}, {mode})"
+        if name not in speed:
+            report.add(what, "failed", note=errors[name])
+            continue
+        peak = machine.matmul_flops[getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[precision])]
+        mfu = statistics.median(speed[name]) * model.flops_per_token(args.seq_len) / peak
+        how = "; every block torch.compiled, as `train.py --compile`" if mode == "compiled" else ""
+        how += "; bf16 autocast for both" if precision == "bf16" and base == "fp32" else ""
+        reference = f"hf {precision} eager"
+        report.add(what, *versus(speed[name], speed.get(reference), "tok/s", errors.get(reference, "HF")),
+                   f"MFU {mfu:.1%}{how}")
+
+
+def short_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
 
 
 def bench_generation(args: argparse.Namespace, report: Report, machine: Machine, model: Fox,
-                     hf: torch.nn.Module | None) -> None:
+                     hf: torch.nn.Module | None) -> Fox:
+    """Prefill and batch-1 decode of fox1 (eager, compiled; fp32, bf16, int8 weights) and HF (eager).
+    Returns fox1's int8 model."""
     model.eval()
     prompt = torch.randint(model.config.vocab_size, (1, args.prompt_len), device=args.device)
+    base = short_name(args.dtype)
+    models = {f"fox1 {base}": model, "fox1 int8": quantize_int8(copy.deepcopy(model))}
+    if args.bf16:
+        models["fox1 bf16"] = copy.deepcopy(model).to(torch.bfloat16)
+    if hf is not None:
+        models[f"hf {base}"] = hf
+        if args.bf16:
+            models["hf bf16"] = copy.deepcopy(hf).to(torch.bfloat16)
     with torch.inference_mode():
-        # the cold compile takes ~30-70 s for `small` on 2 cores; it happens here, untimed
-        compile_error = None if args.no_compile else failure(
-            lambda: sample.generate(model, prompt, args.new_tokens, temperature=0, compile=True))
-        compiled = not args.no_compile and compile_error is None
-        calls = generation_calls(model, hf, prompt, args.new_tokens, compiled)
-        best = best_seconds(calls, args.device, repeats=args.steps)
-    machine.measure()
-    speed = {name: (args.new_tokens - 1) / max(best[name] - best[name.split()[0] + " prefill"], 1e-9)
-             for name in best if not name.endswith("prefill")}  # "fox1 compiled" - "fox1 prefill", ...
-    prefill = {name: prompt.numel() / best[f"{name} prefill"] for name in ("fox1", "hf")
-               if f"{name} prefill" in best}
-    weight_bytes = model.num_params() * model.embed_tokens.weight.element_size()
-    bound = machine.copy_bandwidth / weight_bytes  # tokens/s if each step only streamed the weights once
+        calls, errors = runnable(generation_calls(models, prompt, args.new_tokens, not args.no_compile))
+        seconds = interleaved_seconds(calls, args.device, args.repeats, warmup=0)
+    prefill = {name.removesuffix(" prefill"): [prompt.numel() / s for s in values]
+               for name, values in seconds.items() if name.endswith("prefill")}
+    decode = {name: [decode_steps(name, args.new_tokens) / max(t - p, 1e-9)
+                     for t, p in zip(values, seconds[name.rsplit(" ", 1)[0] + " prefill"])]
+              for name, values in seconds.items() if not name.endswith("prefill")}
+    report.numbers.update(generation_errors=errors,
+                          **{f"prefill_tok_per_s[{name}]": statistics.median(v) for name, v in prefill.items()},
+                          **{f"decode_tok_per_s[{name}]": statistics.median(v) for name, v in decode.items()})
+    add_generation_rows(args, report, machine, models, prefill, decode, errors)
+    return models["fox1 int8"]
+
+
+def add_generation_rows(args: argparse.Namespace, report: Report, machine: Machine, models: dict[str, Fox],
+                        prefill: dict[str, list[float]], decode: dict[str, list[float]],
+                        errors: dict[str, str]) -> None:
     cache = last_level_cache_bytes() if args.device.type == "cpu" else 0
-    caveat = f"; they fit in the {cache >> 20} MB cache: DRAM does not bound them" if weight_bytes < cache else ""
-    report.numbers.update(prefill_tokens_per_s=prefill["fox1"], hf_prefill_tokens_per_s=prefill.get("hf"),
-                          decode_tokens_per_s=speed["fox1"], hf_decode_tokens_per_s=speed.get("hf"),
-                          compiled_decode_tokens_per_s=speed.get("fox1 compiled"), decode_bound_tokens_per_s=bound)
-    report.add(f"prefill (b=1, T={args.prompt_len})", *versus(prefill["fox1"], prefill.get("hf"), "tok/s"))
-    for name, label in (("fox1", "decode (b=1, eager)"), ("fox1 compiled", "decode (b=1, torch.compile)")):
-        if name in speed:
-            report.add(label, *versus(speed[name], speed.get("hf"), "tok/s"),
-                       f"{speed[name] / bound:.0%} of the bandwidth bound {bound:,.1f} tok/s "
-                       f"({weight_bytes / 1e6:,.0f} MB of weights{caveat})")
-    if compile_error:
-        report.add("decode (b=1, torch.compile)", "failed", note=compile_error)
+    for precision in ("fp32", "bf16"):
+        if f"fox1 {precision}" not in prefill:
+            continue
+        report.add(f"prefill (b=1, T={args.prompt_len}, {precision})",
+                   *versus(prefill[f"fox1 {precision}"], prefill.get(f"hf {precision}"), "tok/s"))
+        for mode in ("eager", "compiled"):
+            name = f"fox1 {precision} {mode}"
+            if name in decode:
+                report.add(f"decode (b=1, {precision}, {mode})",
+                           *versus(decode[name], decode.get(f"hf {precision} eager"), "tok/s"),
+                           bound_note(decode[name], models[f"fox1 {precision}"], machine, cache))
+            elif name in errors:
+                report.add(f"decode (b=1, {precision}, {mode})", "failed", note=errors[name])
+    if "fox1 int8 compiled" in decode:  # against fox1's own fastest unquantised decode, round by round
+        unquantised = [name for name in decode if name.startswith("fox1") and "int8" not in name]
+        best = [max(speeds) for speeds in zip(*(decode[name] for name in unquantised))]
+        report.add("decode (b=1, int8 weights, compiled)",
+                   *versus(decode["fox1 int8 compiled"], best, "tok/s", "fox1 unquantised best"),
+                   bound_note(decode["fox1 int8 compiled"], models["fox1 int8"], machine, cache))
+
+
+def bound_note(speeds: list[float], model: Fox, machine: Machine, cache: int) -> str:
+    """The decode speed as a share of the bandwidth bound: tokens/s if each step only streamed the weights."""
+    size = weight_bytes(model)
+    bound = machine.copy_bandwidth / size
+    caveat = f"; they fit in the {cache >> 20} MB cache: DRAM does not bound them" if size < cache else ""
+    return (f"{statistics.median(speeds) / bound:.0%} of the bandwidth bound {bound:,.1f} tok/s "
+            f"({size / 1e6:,.0f} MB of weights{caveat})")
+
+
+def bench_int8_accuracy(args: argparse.Namespace, report: Report, model: Fox, int8: Fox) -> None:
+    trained, tokens = heldout_tokens(args, model.config)
+    if trained is not None:
+        model, int8 = trained, quantize_int8(copy.deepcopy(trained))
+    numbers = int8_agreement(model, int8, tokens)
+    report.numbers.update({f"int8_{key}": value for key, value in numbers.items()})
+    what = f"{args.ckpt} on {tokens.size(1)} tokens of {args.heldout}" if trained is not None else \
+        "random weights and tokens: perplexity meaningless (pass --ckpt)"
+    report.add("int8 vs unquantised logits", f"top-1 {numbers['top1_agreement']:.1%}",
+               f"perplexity {numbers['perplexity']:,.2f}", f"{numbers['quantized_perplexity'] / numbers['perplexity']:.4f}x",
+               f"int8 perplexity {numbers['quantized_perplexity']:,.2f}; relative logit error "
+               f"{numbers['relative_error']:.2%}; {what}")
+
+
+def bench_profile(report: Report, models: dict[str, Fox]) -> None:
+    """torch.profiler over eager decode steps: matmul vs attention vs the rest, per layer."""
+    for name, model in models.items():
+        parts = decode_step_profile(model)
+        layers = model.config.num_layers
+        report.numbers.update({f"profile[{name}]_{key}_ms": value * 1e3 for key, value in parts.items()})
+        report.add(f"decode step profile ({name}, eager)", f"{parts['step'] * 1e3:.2f} ms/step",
+                   note=", ".join(f"{key} {parts[key] / parts['step']:.0%} ({parts[key] * 1e3 / layers:.3f} ms/layer)"
+                                  for key in ("matmul", "attention", "other")) + "; under the profiler")
 
 
 def bench_loss_memory(args: argparse.Namespace, report: Report, config: FoxConfig) -> None:
@@ -483,38 +635,88 @@ def bench_tokenizer(args: argparse.Namespace, report: Report) -> None:
                                                  "MB/s"), compression)
 
 
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Throughput, MFU, bandwidth utilisation and loss memory of fox1, "
+                                "next to Hugging Face transformers/tokenizers when installed.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", default="small", choices=["tiny", "small", "fox-1.6b"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on cuda, float32 on cpu")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 rows next to the fp32 ones (default: where bf16 is native, e.g. AVX512-BF16 or AMX)")
+    p.add_argument("--batch-size", type=int, help="training batch (default: 4 on cpu, 8 on cuda)")
+    p.add_argument("--seq-len", type=int, help="training sequence length (default: 256 on cpu, 2048 on cuda)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed rounds of every training step and generation, after one untimed run of each")
+    p.add_argument("--prompt-len", type=int, default=128, help="prefill length for the generation rows")
+    p.add_argument("--new-tokens", type=int, default=64, help="decoded tokens for the generation rows")
+    p.add_argument("--no-compile", action="store_true", help="skip fox1's compiled rows (training step and decode)")
+    p.add_argument("--ckpt", help="a trained export (e.g. out/export) for the int8 perplexity row")
+    p.add_argument("--heldout", default=str(SHARED_CORPORA / "gutenberg_1342_austen_pride_and_prejudice.txt"),
+                   help="text the --ckpt model was not trained on, for the int8 perplexity row")
+    p.add_argument("--profile", action="store_true", help="profile eager decode steps: matmul vs attention vs rest")
+    p.add_argument("--loss-tokens", type=int, default=8192,
+                   help="tokens in the loss-memory rows (8192 = one Fox-1 context)")
+    p.add_argument("--tokenizer-mb", type=float, default=4.0, help="MB of text for the tokenizer rows")
+    p.add_argument("--tokenizer-vocab", type=int, default=8192, help="vocabulary trained in the tokenizer rows")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="CPU threads for torch (1 is steadier while other processes share the cores)")
+    p.add_argument("--skip-tokenizer", action="store_true")
+    p.add_argument("--skip-reference", action="store_true", help="skip the Hugging Face rows")
+    args = p.parse_args()
+    if args.repeats < 1 or args.new_tokens < 2 or args.prompt_len < 1:
+        p.error("--repeats and --prompt-len must be >= 1, --new-tokens >= 2")
+    if args.ckpt and not Path(args.heldout).is_file():
+        p.error(f"--heldout {args.heldout}: file not found")
+    args.device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    args.dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.type == "cuda" else "float32"))
+    args.bf16 = args.dtype == torch.float32 and (native_bf16(args.device) if args.bf16 is None else args.bf16)
+    args.batch_size = args.batch_size or (8 if args.device.type == "cuda" else 4)
+    args.seq_len = args.seq_len or (2048 if args.device.type == "cuda" else 256)
+    return args
+
+
 def main() -> None:
     args = parse_args()
     config = FoxConfig.from_preset(args.preset)
     report = Report()
     report.numbers.update(preset=args.preset, device=str(args.device), batch_size=args.batch_size,
-                          dtype=str(args.dtype).removeprefix("torch."), seq_len=args.seq_len, threads=args.threads,
-                          load_before=os.getloadavg()[0])
-    sections = ["machine", "training", "generation", "loss memory"] + ([] if args.skip_tokenizer else ["tokenizer"])
-    bar = tqdm(sections, desc="bench", file=sys.stderr)
+                          dtype=str(args.dtype).removeprefix("torch."), bf16_rows=args.bf16, seq_len=args.seq_len,
+                          threads=args.threads, repeats=args.repeats, load_before=os.getloadavg()[0])
+    sections = ["machine", "model", "training", "generation", "int8 accuracy", "profile", "loss memory",
+                "tokenizer", "machine again"]
+    skipped = {"profile": not args.profile, "tokenizer": args.skip_tokenizer}
+    bar = tqdm([s for s in sections if not skipped.get(s)], desc="bench", file=sys.stderr)
+    machine = Machine(args.device, [args.dtype] + ([torch.bfloat16] if args.bf16 else []))
     for section in bar:
         bar.set_description(section)
-        if section == "machine":
-            machine = Machine(args.device, args.dtype).measure()
-        elif section == "training":
+        if section in ("machine", "machine again"):
+            machine.measure()
+        elif section == "model":
             torch.manual_seed(0)
             model = Fox(config).to(device=args.device, dtype=args.dtype)
             hf = None if args.skip_reference else hf_llama(config, args.dtype, args.device)
+        elif section == "training":
             bench_training(args, report, machine, model, hf)
         elif section == "generation":
-            bench_generation(args, report, machine, model, hf)
-            del model, hf  # free their memory before the loss-memory processes start
+            int8 = bench_generation(args, report, machine, model, hf)
+        elif section == "int8 accuracy":
+            bench_int8_accuracy(args, report, model, int8)
+        elif section == "profile":
+            bench_profile(report, {"fp32": model, "int8": int8})
         elif section == "loss memory":
+            del model, hf, int8  # free their memory before the loss-memory processes start
             bench_loss_memory(args, report, config)
         else:
             bench_tokenizer(args, report)
     bar.close()
-    machine.report(report)
+    machine.describe(report)
     report.numbers["load_after"] = os.getloadavg()[0]
     report.print(f"fox1 bench: preset {args.preset}, {report.numbers['params']:,} parameters, {args.device} "
-                 f"{report.numbers['dtype']}, {args.threads} threads, batch {args.batch_size} x {args.seq_len}; "
-                 f"load average {report.numbers['load_before']:.1f} -> {report.numbers['load_after']:.1f} on "
-                 f"{os.cpu_count()} cores (other processes' load slows every number)")
+                 f"{report.numbers['dtype']}, {args.threads} threads, batch {args.batch_size} x {args.seq_len}, "
+                 f"{args.repeats} interleaved rounds; load average {report.numbers['load_before']:.1f} -> "
+                 f"{report.numbers['load_after']:.1f} on {os.cpu_count()} cores (other processes slow every number)")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 import data
-from model import IGNORE_INDEX, CheckpointError, Fox, checkpoint_tokens
+from model import IGNORE_INDEX, CheckpointError, Fox, checkpoint_tokens, quantize_int8
 from tokenizer import (DEFAULT_CHAT_TEMPLATE, SPECIAL_TOKENS, InputError, Tokenizer, encode_chat,
                        load_chat_template, load_tokenizer)
 
@@ -551,7 +551,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda, cuda:1 ... (default: %(default)s)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="weights and KV cache (default: bfloat16 on cuda, float32 on cpu)")
+                   help="weights and KV cache (default: bfloat16 on cuda, float32 on cpu: even with AVX512-BF16, "
+                        "bf16 decoding measured ~3x slower than fp32 on a 2-core EPYC, see bench.py)")
+    p.add_argument("--quantize", choices=["int8"],
+                   help="int8 weights with per-row scales, quantised at load (model.quantize_int8); with "
+                        "--compile, decoding streams a quarter of fp32's bytes")
     args = p.parse_args(argv)
     if args.max_new_tokens < 1 or args.num_samples < 1 or args.top_k < 0:
         p.error("--max-new-tokens and --num-samples must be >= 1; --top-k >= 0")
@@ -578,6 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if tokenizer.vocab_size > model.config.vocab_size:
             raise SampleError(f"tokenizer has {tokenizer.vocab_size} tokens but the model in {ckpt} only "
                               f"{model.config.vocab_size}: they do not belong together")
+        if args.quantize == "int8":
+            quantize_int8(model)
         if args.chat or args.score_chat:
             run_chat(model, tokenizer, ckpt, args, new_seed() if args.seed is None else args.seed)
             return 0
