@@ -1,0 +1,386 @@
+"""Tests for eval.py: packed log-likelihoods against plain full forwards, the harness's context/continuation
+split, acc vs acc_norm, LAMBADA's multi-token last word, the task loaders, one-line errors, the command line
+end to end, and a tiny model that learns a synthetic task and is then scored far above chance."""
+import json
+import math
+import os
+import random
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import eval as ev
+from model import IGNORE_INDEX, Fox, FoxConfig
+from tokenizer import Tokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+CONTEXT = 256
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: a 2-thread OpenMP region costs more waiting than it saves (see test_sample.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    stdlib = sorted(Path(os.__file__).parent.glob("*.py"))[:40]
+    return Tokenizer.train([p.read_text(encoding="utf-8") for p in stdlib], 512, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer) -> Fox:
+    """Random weights; init_std 0.3 spreads the logits so that greedy flags and choices are not near-ties."""
+    torch.manual_seed(0)
+    config = FoxConfig.from_preset("tiny", vocab_size=tokenizer.vocab_size, num_layers=2, context_len=CONTEXT,
+                                   init_std=0.3)
+    return Fox(config).eval()
+
+
+@pytest.fixture(scope="module")
+def text() -> str:
+    return (Path(os.__file__).parent / "textwrap.py").read_text(encoding="utf-8")
+
+
+def full_forward_loglikelihood(model: Fox, context: list[int], continuation: list[int]) -> tuple[float, bool]:
+    """The reference: one plain forward over (context + continuation)[-(context_len + 1):][:-1], the sum of
+    the continuation tokens' log-probabilities and whether each is the argmax."""
+    if not continuation:  # merged into the context's last token: nothing to score (the harness's 0, greedy)
+        return 0.0, True
+    ids = (context + continuation)[-(model.config.context_len + 1):]
+    with torch.no_grad():
+        log_probs = model(torch.tensor([ids[:-1]]))[0, -len(continuation):].log_softmax(dim=-1)
+    target = torch.tensor(continuation)
+    return log_probs.gather(1, target[:, None]).sum().item(), bool((log_probs.argmax(dim=-1) == target).all())
+
+
+def random_requests(text: str, count: int, seed: int) -> list[tuple[str, str]]:
+    """Contexts and continuations cut from real text; some contexts end in spaces, some are shared."""
+    rng = random.Random(seed)
+    requests = []
+    while len(requests) < count:
+        start = rng.randrange(len(text) - 400)
+        context = text[start:start + rng.randrange(0, 200)] + rng.choice(["", " ", "  ", "\n"])
+        for _ in range(rng.randrange(1, 5)):  # several continuations of the same context share a row
+            piece = text[start + 200:start + 200 + rng.randrange(1, 40)].strip() or "x"
+            requests.append((context, rng.choice(["", " "]) + piece))
+    return requests[:count]
+
+
+# --------------------------------------------------------------------------------------------------
+# Log-likelihoods
+
+
+def test_each_choice_loglikelihood_equals_a_plain_full_forward(model, tokenizer, text):
+    requests = random_requests(text, 40, seed=1)
+    requests.append((text[:3000], " and the rest"))  # longer than the context: cut from the left
+    got = ev.loglikelihoods(model, tokenizer, requests, batch_size=5)
+    for (context, continuation), (ll, greedy) in zip(requests, got):
+        want_ll, want_greedy = full_forward_loglikelihood(model, *ev.encode_pair(tokenizer, context, continuation))
+        assert ll == pytest.approx(want_ll, abs=1e-4)
+        assert greedy == want_greedy
+
+
+def test_shared_prefix_batching_equals_unbatched(model, tokenizer, text):
+    requests = random_requests(text, 30, seed=2)
+    contexts = {context for context, _ in requests}
+    assert len(contexts) < len(requests)  # some rows really hold several continuations
+    packed = ev.loglikelihoods(model, tokenizer, requests, batch_size=8)
+    alone = [ev.loglikelihoods(model, tokenizer, [request], batch_size=1)[0] for request in requests]
+    for (ll_packed, greedy_packed), (ll_alone, greedy_alone) in zip(packed, alone):
+        assert ll_packed == pytest.approx(ll_alone, abs=1e-4)
+        assert greedy_packed == greedy_alone
+
+
+def test_the_context_trailing_whitespace_moves_into_the_continuation(tokenizer):
+    context_ids, continuation_ids = ev.encode_pair(tokenizer, "Question: is it?\nAnswer: ", "yes")
+    assert context_ids == [tokenizer.bos_id] + tokenizer.encode("Question: is it?\nAnswer:")
+    whole = tokenizer.encode("Question: is it?\nAnswer: yes")
+    assert continuation_ids == whole[len(tokenizer.encode("Question: is it?\nAnswer:")):]
+    assert tokenizer.decode(continuation_ids) == " yes"
+    context_ids, continuation_ids = ev.encode_pair(tokenizer, "Answer:\n \n", "B", bos=False)  # any whitespace
+    assert context_ids == tokenizer.encode("Answer:")
+    assert continuation_ids == tokenizer.encode("Answer:\n \nB")[len(context_ids):]
+    assert ev.encode_pair(tokenizer, "", "x", bos=False)[0] == [tokenizer.eos_id]  # the harness's empty context
+    assert ev.encode_pair(tokenizer, "a b", " c", bos=False)[0] == tokenizer.encode("a b")
+
+
+def test_choice_mask_lets_each_continuation_see_the_context_and_itself():
+    segments = torch.tensor([[0, 0, 1, 1, 2, -1]])
+    mask = ev.choice_mask(segments)[0, 0].int().tolist()
+    assert mask == [[1, 0, 0, 0, 0, 0],
+                    [1, 1, 0, 0, 0, 0],
+                    [1, 1, 1, 0, 0, 0],
+                    [1, 1, 1, 1, 0, 0],
+                    [1, 1, 0, 0, 1, 0],
+                    [1, 1, 0, 0, 0, 1]]
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def test_acc_and_acc_norm_pick_different_choices_when_lengths_differ():
+    # raw: the short choice wins (-2 > -3); per character the long one does (-3/8 > -2/2)
+    metrics = ev.choice_metrics([-2.0, -3.0], ["ab", "abcdefgh"], gold=1)
+    assert (metrics["pred"], metrics["pred_norm"], metrics["acc"], metrics["acc_norm"]) == (0, 1, 0.0, 1.0)
+    metrics = ev.choice_metrics([-2.0, -3.0], ["ab", "abcdefgh"], gold=0)
+    assert (metrics["acc"], metrics["acc_norm"]) == (1.0, 0.0)
+    # the length is the choice's own, without the " " it is scored with: 4 vs 5 characters
+    metrics = ev.choice_metrics([-4.0, -4.9], ["abcd", "abcde"], gold=1)
+    assert (metrics["pred"], metrics["pred_norm"]) == (0, 1)
+
+
+def test_standard_errors_follow_the_harness():
+    values = [1.0, 0.0, 0.0, 1.0, 1.0]
+    assert ev.mean_stderr(values) == pytest.approx(statistics.stdev(values) / math.sqrt(5))
+    assert math.isnan(ev.mean_stderr([1.0]))
+    lls = [-1.0, -2.0, -3.0, -0.5] * 25
+    assert ev.perplexity(lls) == pytest.approx(math.exp(1.625))
+    delta_method = ev.perplexity(lls) * statistics.stdev(lls) / math.sqrt(len(lls))  # first-order bootstrap value
+    assert ev.perplexity_stderr(lls) == pytest.approx(delta_method, rel=0.15)
+    assert ev.perplexity_stderr(lls) == ev.perplexity_stderr(lls)  # seeded
+
+
+def test_multiple_choice_records_and_summary(model, tokenizer):
+    items = [{"query": f"def f{i}(x):\n    return", "choices": [" x", " x + 1", " None", " self.value"], "gold": i % 4}
+             for i in range(8)]
+    scored = ev.score_multiple_choice(model, tokenizer, items, batch_size=3)
+    for item, record in zip(items, scored["records"]):
+        requests = [(item["query"], " " + choice) for choice in item["choices"]]
+        want = [full_forward_loglikelihood(model, *ev.encode_pair(tokenizer, *r))[0] for r in requests]
+        assert record["loglikelihoods"] == pytest.approx(want, abs=1e-4)
+        assert record == {**record, **ev.choice_metrics(want, item["choices"], item["gold"])}
+    assert scored["acc"] == pytest.approx(sum(r["acc"] for r in scored["records"]) / 8)
+
+
+def test_lambada_scores_the_whole_multi_token_last_word(model, tokenizer):
+    items = [ev.lambada_item({"text": text}) for text in
+             ["She opened the door and saw the xylophonequark", "Then he said\n\nthe answer was zymurgical",
+              "import os, sys"]]
+    assert items[0] == {"query": "She opened the door and saw the", "choices": ["xylophonequark"], "gold": 0}
+    assert items[1]["query"] == "Then he said\n\nthe answer was"  # split on the last space only
+    scored = ev.score_last_word(model, tokenizer, items)
+    for item, record in zip(items, scored["records"]):
+        context, continuation = ev.encode_pair(tokenizer, item["query"], " " + item["choices"][0])
+        assert len(continuation) > 1 or item["choices"][0] == "sys"
+        ll, greedy = full_forward_loglikelihood(model, context, continuation)
+        assert record["loglikelihood"] == pytest.approx(ll, abs=1e-4) and record["acc"] == float(greedy)
+    assert scored["perplexity"] == pytest.approx(math.exp(-sum(r["loglikelihood"] for r in scored["records"]) / 3))
+
+
+def test_gsm8k_answers_and_exact_match():
+    assert ev.extract_answers("5 + 7 = 12 apples.\n#### 1,234.") == ("1,234.", "1,234.")
+    assert ev.extract_answers("so it is 40 then 45") == ("[invalid]", "45")
+    assert ev.normalize_answer("1,234.") == ev.normalize_answer("Half is 617 <<617*2=1234>>\n#### $1,234") == "1234"
+
+
+def test_generation_stops_at_the_stop_strings(model, tokenizer):
+    prompt = [tokenizer.bos_id] + tokenizer.encode("def main():\n    ")
+    free = ev.generate_until(model, tokenizer, prompt, [], max_new_tokens=40, chunk=16)
+    stop = free[len(free) // 2:][:3]
+    cut = ev.generate_until(model, tokenizer, prompt, [stop], max_new_tokens=40, chunk=16)
+    assert stop and cut == free.split(stop)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def test_task_layouts_become_items_as_the_harness_builds_them():
+    hellaswag = ev.hellaswag_item({"activity_label": "Home", "ctx_a": "How to x [title] Do y.", "ctx_b": "then",
+                                   "endings": [" go [step] on ", "stop"], "label": "1"})
+    assert hellaswag == {"query": "Home: How to x. Do y. Then", "choices": ["go on", "stop"], "gold": 1}
+    arc = ev.arc_item({"question": "Why?", "choices": {"text": ["a", "b", "c"], "label": ["1", "2", "3"]},
+                       "answerKey": "3"})
+    assert arc == {"query": "Question: Why?\nAnswer:", "choices": ["a", "b", "c"], "gold": 2}
+    assert ev.arc_item({"query": "Question: Why?", "choices": ["a", "b"], "gold": 1})["query"] == "Question: Why?\nAnswer:"
+    winogrande = ev.winogrande_item({"sentence": "The cup broke because _ was thin.", "option1": "the cup",
+                                     "option2": "the floor", "answer": "2"})
+    assert winogrande == {"query": ["The cup broke because the cup", "The cup broke because the floor"],
+                          "choices": ["was thin.", "was thin."], "gold": 1}
+    mmlu = ev.mmlu_item({"question": " 2+2? ", "subject": "math", "choices": ["1", "2", "3", "4"], "answer": 3})
+    assert mmlu["query"] == "2+2?\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer:" and mmlu["choices"] == list("ABCD")
+    assert ev.mmlu_description(mmlu) == "The following are multiple choice questions (with answers) about math.\n\n"
+    assert ev.TASKS["piqa"].make_item({"query": "q", "choices": ["a", "b"], "gold": 0})["query"] == "q"
+
+
+def test_limit_is_a_fixed_random_subset():
+    chosen = ev.subset(1000, 20, seed=3)
+    assert chosen == ev.subset(1000, 20, seed=3) and chosen != list(range(20)) and chosen == sorted(set(chosen))
+    assert ev.subset(10, 20, seed=3) == list(range(10))
+
+
+def test_fewshot_examples_never_include_the_scored_item():
+    task = ev.TASKS["arc_easy"]
+    items = [{"query": f"Question: q{i}\nAnswer:", "choices": [f"a{i}", f"b{i}"], "gold": i % 2} for i in range(6)]
+    prefixes = ev.fewshot_prefixes(task, items, range(6), items, True, 5, seed=0, pool_name="pool")
+    for i, prefix in enumerate(prefixes):
+        assert f"q{i}\n" not in prefix and prefix.count("\n\n") == 5
+    assert prefixes[0].startswith("Question: q") and f"q1\nAnswer: {'b1'}\n\n" in prefixes[0]
+    assert prefixes == ev.fewshot_prefixes(task, items, range(6), items, True, 5, seed=0, pool_name="pool")
+    with pytest.raises(ev.EvalError, match="pool: only 5 few-shot examples"):
+        ev.fewshot_prefixes(task, items, [0], items, True, 6, seed=0, pool_name="pool")
+    mmlu = ev.TASKS["mmlu"]  # the first n dev examples of the item's own subject
+    dev = [{"query": f"d{i}", "choices": list("ABCD"), "gold": 0, "subject": s} for i, s in enumerate("xyxyx")]
+    prefix = ev.fewshot_prefixes(mmlu, [{"subject": "x"}], [0], dev, False, 2, seed=0, pool_name="dev")[0]
+    assert prefix == "The following are multiple choice questions (with answers) about x.\n\nd0 A\n\nd2 A\n\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+WORDS = "apple river stone cloud green quiet table window summer garden violin bright".split()
+
+
+def task_records(task: str, count: int, rng: random.Random) -> list[dict]:
+    """Generated records in each task's Hugging Face layout."""
+    def words(n: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(n))
+
+    makers = {
+        "hellaswag": lambda: {"activity_label": words(1), "ctx_a": words(6) + ".", "ctx_b": words(2),
+                              "endings": [words(4) for _ in range(4)], "label": str(rng.randrange(4))},
+        "arc_easy": lambda: {"question": words(6) + "?", "choices": {"text": [words(2) for _ in range(4)],
+                                                                    "label": list("ABCD")}, "answerKey": rng.choice("ABCD")},
+        "piqa": lambda: {"goal": words(5), "sol1": words(4), "sol2": words(6), "label": rng.randrange(2)},
+        "winogrande": lambda: {"sentence": f"{words(4)} _ {words(3)}.", "option1": words(1), "option2": words(1),
+                               "answer": rng.choice("12")},
+        "mmlu": lambda: {"question": words(6) + "?", "subject": "high_school_biology",
+                         "choices": [words(2) for _ in range(4)], "answer": rng.randrange(4)},
+        "lambada": lambda: {"text": words(20)},
+        "gsm8k": lambda: {"question": words(8) + "?", "answer": f"{words(5)}\n#### {rng.randrange(100)}"},
+    }
+    return [makers[task]() for _ in range(count)]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory, model, tokenizer) -> Path:
+    directory = tmp_path_factory.mktemp("export")
+    model.save_pretrained(directory)
+    tokenizer.save(directory / "tokenizer.txt")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("data")
+    rng = random.Random(0)
+    names = {"hellaswag": ["hellaswag_val"], "arc_easy": ["arc_easy_test", "ARC-Challenge_test"],
+             "piqa": ["piqa_validation"], "winogrande": ["winogrande/validation"], "mmlu": ["mmlu_test", "mmlu_dev"],
+             "lambada": ["lambada_openai_test"], "gsm8k": ["gsm8k_test", "gsm8k_train"]}
+    for task, files in names.items():
+        for name in files:
+            (directory / name).parent.mkdir(exist_ok=True)
+            write_jsonl(directory / f"{name}.jsonl", task_records(task, 12, rng))
+    return directory
+
+
+def test_command_line_end_to_end(export, data, tmp_path):
+    out = tmp_path / "items.jsonl"
+    tasks = ",".join(ev.TASKS)
+    result = subprocess.run([sys.executable, "eval.py", "--ckpt", str(export), "--data", str(data), "--tasks", tasks,
+                             "--limit", "5", "--shots", "2,mmlu=3", "--max-new-tokens", "8", "--out", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert lines[0].split()[:3] == ["task", "shots", "metric"]
+    assert set(summary["tasks"]) == set(ev.TASKS)
+    for name, task in ev.TASKS.items():
+        metrics = summary["tasks"][name]
+        assert metrics["items"] == 5 and metrics["shots"] == (3 if name == "mmlu" else 2)
+        assert all(metric in metrics and f"{metric}_stderr" in metrics for metric in task.metrics)
+        assert all(0 <= metrics[m] <= 1 for m in task.metrics if m != "perplexity")
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 5 * len(ev.TASKS) and {r["task"] for r in records} == set(ev.TASKS)
+    assert not (tmp_path / "items.jsonl.tmp").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"text": "a b"}\n{"text": "a b"\n', "lambada_openai_test.jsonl:2: not valid JSON"),
+    ('{"passage": "a b"}\n', "lambada_openai_test.jsonl:1: no field 'text'"),
+    ('["a", "b"]\n', "lambada_openai_test.jsonl:1: expected a JSON object"),
+    ('{"text": "word"}\n', "lambada_openai_test.jsonl:1: lambada record has a field of the wrong kind"),
+    ("", "lambada_openai_test.jsonl: no items"),
+    (b'{"text": "caf\xe9 au lait"}\n', "lambada_openai_test.jsonl: not UTF-8 text"),
+])
+def test_malformed_files_give_one_line_errors(export, tmp_path, capsys, content, message):
+    path = tmp_path / "lambada_openai_test.jsonl"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert ev.main(["--ckpt", str(export), "--data", str(tmp_path), "--tasks", "lambada"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1] and "Traceback" not in "".join(err)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tasks", "hellaswag"], "no hellaswag file (looked for hellaswag_validation.jsonl"),
+    (["--tasks", "squad"], "--tasks: unknown task 'squad'"),
+    (["--tasks", "arc_easy", "--shots", "arc=3"], "--shots: unknown task 'arc'"),
+    (["--tasks", "hellaswag", "--data", "/nonexistent"], "/nonexistent: --data is not a directory"),
+])
+def test_bad_arguments_give_one_line_errors(export, tmp_path, capsys, args, message):
+    assert ev.main(["--ckpt", str(export), "--data", str(tmp_path), *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 2 and err[-1].startswith("error: ") and message in err[-1]
+
+
+def test_an_unknown_layout_names_the_file_and_the_field(tmp_path):
+    path = tmp_path / "hellaswag_val.jsonl"
+    write_jsonl(path, [{"ctx": "a", "activity_label": "b", "endings": ["c"], "label": 0}, {"question": "q"}])
+    with pytest.raises(ev.EvalError, match=r"hellaswag_val.jsonl:2: no field 'ctx'.*fields here: question"):
+        ev.read_items(path, ev.TASKS["hellaswag"])
+    write_jsonl(path, [{"ctx": "a", "activity_label": "b", "endings": ["c", "d"], "label": 2}])
+    with pytest.raises(ev.EvalError, match="field 'label' is 2, not one of the 2 choices"):
+        ev.read_items(path, ev.TASKS["hellaswag"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The harness can see learning
+
+
+ANIMALS = "cat dog fox owl bee ant cow pig hen elk yak eel bat rat emu ape gnu koi ram doe jay cod asp boa".split()
+COLORS = ["turquoise", "vermilion", "chartreuse", "magenta"]  # several tokens each with a 512-token vocabulary
+
+
+def test_a_tiny_model_learns_facts_and_the_harness_sees_it(tokenizer):
+    facts = {animal: COLORS[i % 4] for i, animal in enumerate(ANIMALS)}  # each color is gold equally often
+    items = [{"query": f"the {animal} is", "choices": COLORS, "gold": COLORS.index(color)} for animal, color in facts.items()]
+    words = [ev.lambada_item({"text": f"the {animal} is {color}"}) for animal, color in facts.items()]
+    assert all(len(ev.encode_pair(tokenizer, "the cat is", " " + c)[1]) > 1 for c in COLORS)
+    torch.manual_seed(0)
+    config = FoxConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=1,
+                       head_dim=16, intermediate_size=128, context_len=32)
+    model = Fox(config)
+    before = ev.score_multiple_choice(model.eval(), tokenizer, items)["acc"]
+    before_words = ev.score_last_word(model, tokenizer, words)["acc"]
+
+    sequences = [[tokenizer.bos_id] + tokenizer.encode(f"the {animal} is {color}") for animal, color in facts.items()]
+    length = max(map(len, sequences))
+    idx = torch.tensor([s + [0] * (length - len(s)) for s in sequences])
+    targets = torch.tensor([s[1:] + [IGNORE_INDEX] * (length - len(s) + 1) for s in sequences])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    model.train()
+    for _ in range(150):
+        loss = model(idx, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    after = ev.score_multiple_choice(model, tokenizer, items)["acc"]
+    after_words = ev.score_last_word(model, tokenizer, words)["acc"]
+    assert before <= 0.5 and before_words <= 0.1, (before, before_words)  # chance is 0.25 and ~0
+    assert after >= 0.9 and after_words >= 0.9, (after, after_words, loss.item())
