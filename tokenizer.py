@@ -1,21 +1,26 @@
-"""Byte-level BPE tokenizer for fox1: trained from scratch, encoded at native speed through tiktoken.
+"""Byte-level BPE tokenizer for fox1: trained from scratch, encoded at native speed through tiktoken; and any
+Hugging Face tokenizer.json of the Llama family (the released Fox-1's included) read exactly.
 
 Fox-1 (arXiv 2411.05281) bets on a large 256K vocabulary (Gemma-style: <pad>=0, <eos>=1, <bos>=2, <unk>=3, here
 followed by the instruct model's <start_of_turn>=4 and <end_of_turn>=5) so that each token carries more text. This
-file trains such a vocabulary on raw text and encodes with it:
+file, top to bottom:
 
-  reading   expand_inputs + iter_documents stream documents from plain text / JSONL files, optionally gzipped;
   training  Tokenizer.train: split documents into pre-tokens with a regex (in worker processes), count each distinct
-            pre-token once, then learn merges with incremental pair counts (pair -> words index, lazy max-heap);
+            pre-token once, then learn merges: train_reference is the textbook trainer, learn_merges the same result
+            with incremental pair counts (pair -> words index, lazy max-heap);
   encoding  Tokenizer.encode / encode_batch / decode through tiktoken, plus encode_reference in pure Python;
-  file      Tokenizer.save / load: a text header (format, pattern, special tokens, fingerprint), then one token per
-            line as "base64(bytes) id preview".
+  files     Tokenizer.save / load: a text header (format, pattern, special tokens, fingerprint), then one token per
+            line as "base64(bytes) id preview"; Tokenizer.save_pretrained: the same as a Hugging Face tokenizer.json;
+  HF        HFTokenizer: a tokenizer.json (SentencePiece-converted or byte-level BPE) encoded and decoded as the
+            `tokenizers` library does; load_tokenizer takes tokenizer.txt, tokenizer.json or a model folder;
+  reading   expand_inputs + iter_documents stream documents from plain text / JSONL files, optionally gzipped;
+  chat      the chat template: conversations -> text -> token ids and the loss mask of the replies.
 
 Ids: 0..5 the special tokens, 6..261 the 256 bytes, then the merges in the order they were learned.
 
 Run:
   python tokenizer.py train --input 'corpus/**/*.txt' data.jsonl --vocab-size 32768 --out out/tokenizer.txt
-  python tokenizer.py encode --tokenizer out/tokenizer.txt "some text"
+  python tokenizer.py encode --tokenizer out/tokenizer.txt "some text"     # also a tokenizer.json or model folder
 """
 from __future__ import annotations
 
@@ -46,18 +51,6 @@ from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tqdm import tqdm
 
-# A document longer than this (characters) with no blank-line separator is yielded in pieces cut at line boundaries,
-# so one 1 GB file without blank lines never sits in memory at once. Lines longer than this are read in pieces too
-# (not in JSONL, where a line is one JSON document that must be read whole: a book stored as JSONL is one long line).
-MAX_DOCUMENT_CHARS = 1 << 20
-# A file where more than this share of the bytes is not UTF-8 is binary (/bin/ls: 29%) or in another encoding
-# (Latin-1 French: ~3%, each accent lost): refused unless allow_binary. Checked from this many characters on.
-MAX_REPLACED_FRACTION = 0.02
-MIN_CHARS_TO_JUDGE = 1 << 16
-# After decoding with errors="surrogateescape", every undecodable byte is a lone surrogate U+DC80..U+DCFF; a JSON
-# "\ud83d" escape can also yield a lone surrogate. Neither can be encoded as UTF-8, so both become U+FFFD.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
 
 class InputError(ValueError):
     """Bad user input (missing/empty/corrupt file, malformed JSONL ...); message is one line naming file[:line]."""
@@ -78,141 +71,6 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         with contextlib.suppress(OSError):  # e.g. it was never created because the parent is a file
             temporary.unlink()
         raise
-
-
-@dataclass
-class ReadStats:
-    """Counters filled while reading documents."""
-
-    documents: int = 0
-    bad_lines: int = 0  # malformed JSONL lines skipped (only when skip_bad_lines=True)
-    replaced_bytes: int = 0  # undecodable bytes (and lone JSON surrogate escapes), each replaced by one U+FFFD
-
-
-def expand_inputs(patterns: Iterable[str | Path]) -> list[Path]:
-    """Files and globs (recursive ** allowed) -> sorted unique existing files; anything matching nothing is an error."""
-    found: set[Path] = set()
-    for pattern in map(str, patterns):
-        if glob.has_magic(pattern):
-            matches = [Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()]
-            if not matches:
-                raise InputError(f"{pattern}: no files match this pattern")
-            found.update(matches)
-        elif Path(pattern).is_dir():
-            raise InputError(f"{pattern}: is a directory (give files or a glob such as '{pattern}/**/*.txt')")
-        elif Path(pattern).is_file():
-            found.add(Path(pattern))
-        else:
-            raise InputError(f"{pattern}: no such file")
-    if not found:
-        raise InputError("no input files given")
-    return sorted(found)
-
-
-def iter_documents(
-    paths: Iterable[Path], *, skip_bad_lines: bool = False, stats: ReadStats | None = None, allow_binary: bool = False
-) -> Iterator[str]:
-    """Stream documents from files, never holding a whole file in memory.
-
-    *.jsonl / *.jsonl.gz: one document per line, its "text" string. A malformed line raises InputError naming
-    file:line, or is counted in stats.bad_lines and skipped when skip_bad_lines. Blank lines are ignored.
-    Anything else (optionally *.gz): plain text, documents separated by 2+ blank lines (whitespace-only lines count
-    as blank); CRLF/CR become LF; documents over MAX_DOCUMENT_CHARS are cut at line boundaries.
-    Undecodable UTF-8 bytes become U+FFFD (counted per byte). Whitespace-only documents are skipped. A file with
-    more than MAX_REPLACED_FRACTION undecodable bytes raises InputError naming it, unless allow_binary.
-    """
-    stats = stats if stats is not None else ReadStats()
-    for path in map(Path, paths):
-        is_jsonl = path.name.endswith((".jsonl", ".jsonl.gz"))
-        try:
-            opener = gzip.open if path.suffix == ".gz" else open
-            # newline=None: universal newlines (CRLF -> LF); utf-8-sig drops a leading byte-order mark.
-            with opener(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline=None) as file:
-                lines = _CountedLines(file, limit=-1 if is_jsonl else MAX_DOCUMENT_CHARS)
-                replaced_before = stats.replaced_bytes
-                parse = _jsonl_documents if is_jsonl else _text_documents
-                for document in parse(lines, path, skip_bad_lines, stats):
-                    if not allow_binary and lines.chars >= MIN_CHARS_TO_JUDGE:
-                        _check_mostly_text(path, stats.replaced_bytes - replaced_before, lines.chars)
-                    if not document.isspace():
-                        stats.documents += 1
-                        yield document
-                if not allow_binary:
-                    _check_mostly_text(path, stats.replaced_bytes - replaced_before, lines.chars)
-        except (OSError, EOFError, zlib.error) as error:  # missing, unreadable, truncated or corrupt gzip
-            raise InputError(f"{path}: cannot read ({error})") from None
-
-
-class _CountedLines:
-    """The lines of an open text file (each at most `limit` characters; -1: whole lines), counting characters."""
-
-    def __init__(self, file, limit: int) -> None:
-        self.file, self.limit, self.chars = file, limit, 0
-
-    def __iter__(self) -> Iterator[str]:
-        while line := self.file.readline(self.limit):
-            self.chars += len(line)
-            yield line
-
-
-def _check_mostly_text(path: Path, replaced: int, chars: int) -> None:
-    if replaced > MAX_REPLACED_FRACTION * chars:
-        raise InputError(
-            f"{path}: {replaced / chars:.0%} of the bytes read are not UTF-8 (a binary file, or text in another "
-            f"encoding): convert it to UTF-8, leave it out, or pass --allow-binary to read it anyway"
-        )
-
-
-def _replace_lone_surrogates(text: str, stats: ReadStats) -> str:
-    if text.isascii():  # fast path for most lines
-        return text
-    text, count = _LONE_SURROGATE.subn("\ufffd", text)
-    stats.replaced_bytes += count
-    return text
-
-
-def _jsonl_documents(lines: Iterable[str], path: Path, skip_bad_lines: bool, stats: ReadStats) -> Iterator[str]:
-    for number, line in enumerate(lines, start=1):
-        if line.isspace():
-            continue
-        try:
-            record = json.loads(_replace_lone_surrogates(line, stats))
-            problem = None if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
-            if problem is None and not isinstance(record.get("text"), str):
-                problem = 'no string field "text"'
-        except json.JSONDecodeError as error:
-            problem = f"invalid JSON ({error.msg} at column {error.colno})"
-        if problem is None:
-            yield _replace_lone_surrogates(record["text"], stats)
-        elif skip_bad_lines:
-            stats.bad_lines += 1
-        else:
-            raise InputError(f"{path}:{number}: {problem} (use --skip-bad-lines to skip such lines)")
-
-
-def _text_documents(lines: Iterable[str], path: Path, skip_bad_lines: bool, stats: ReadStats) -> Iterator[str]:
-    document: list[str] = []  # lines of the current document
-    size = 0
-    blank: list[str] = []  # blank lines seen since the last non-blank line
-    for line in lines:
-        line = _replace_lone_surrogates(line, stats)
-        if line.isspace():
-            if not document:
-                continue  # blank lines before a document belong to no document
-            blank.append(line)
-            if len(blank) >= 2:  # 2+ blank lines end the document
-                yield "".join(document)
-                document, size, blank = [], 0, []
-            continue
-        document += blank
-        document.append(line)
-        size += len(line) + sum(map(len, blank))
-        blank = []
-        if size >= MAX_DOCUMENT_CHARS:  # cap: a document without separators is yielded in pieces
-            yield "".join(document)
-            document, size = [], 0
-    if document:
-        yield "".join(document)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -321,9 +179,58 @@ def count_pretokens(documents: Iterable[str], pattern: str, workers: int, progre
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Training step 2: learn merges with incremental pair counts
+# Training step 2: learn merges. First the textbook trainer, then the same result fast.
 # ----------------------------------------------------------------------------------------------------------------
-#
+
+
+def train_reference(word_counts: dict[bytes, int], num_tokens: int) -> list[bytes]:
+    """The textbook BPE trainer: short, obviously correct, and slow (it recounts every pair after every merge).
+    Returns the bytes of num_tokens tokens (fewer if the text runs out of pairs): 256 single bytes, then merges.
+
+    Repeat: count each adjacent pair of tokens in each word (times the word's count), make the most frequent pair
+    a new token (the pair of smallest ids on a tie), and replace it in every word, left to right, without overlaps.
+    Worked example, the one word "aaabdaaabac" (bytes a=97, b=98, c=99, d=100):
+      aa 4, ab 2, ...    -> 256 = "aa":   256 a b d 256 a b a c
+      (256, a) 2, ab 2   -> 257 = "ab" (97, 98 are the smaller ids):   256 257 d 256 257 a c
+      (256, 257) 2       -> 258 = "aaab": 258 d 258 a c
+      all pairs 1        -> 259 = "ac" (97, 99 smallest): 258 d 258 259, and so on until one token is left.
+    learn_merges below gives the same tokens, and the tests check that it does.
+    """
+    words = Counter({tuple(word): count for word, count in word_counts.items()})
+    vocab = [bytes([byte]) for byte in range(256)]
+    while len(vocab) < num_tokens:
+        pairs: Counter[tuple[int, int]] = Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break  # every word is one token
+        a, b = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        token = vocab[a] + vocab[b]
+        if token not in vocab:  # the same bytes can be reached by two merge paths: keep one token (see below)
+            vocab.append(token)
+        new = vocab.index(token)
+        merged_words: Counter[tuple[int, ...]] = Counter()
+        for word, count in words.items():
+            merged_words[_replace_pair(word, a, b, new)] += count
+        words = merged_words
+    return vocab
+
+
+def _replace_pair(word: tuple[int, ...], a: int, b: int, new: int) -> tuple[int, ...]:
+    """Every (a, b) in word -> new, left to right: (a, a, a) with (a, a) -> n gives (n, a)."""
+    replaced, i = [], 0
+    while i < len(word):
+        if word[i] == a and i + 1 < len(word) and word[i + 1] == b:
+            replaced.append(new)
+            i += 2
+        else:
+            replaced.append(word[i])
+            i += 1
+    return tuple(replaced)
+
+
+# The fast trainer learns the same merges with incremental pair counts.
 # Each distinct pre-token ("word") is a list of token ids with a frequency (here byte b has id b and merges count
 # from 256; the Tokenizer shifts every id by the 6 special tokens). We keep
 #   pair_counts[(a, b)]  how often b follows a, summed over all words (times their frequency),
@@ -395,7 +302,13 @@ def _apply_merge(
     a: int, b: int, new: int, words: list[list[int]], freqs: list[int], pair_counts: dict, pair_words: dict
 ) -> set[tuple[int, int]]:
     """Merge (a, b) into `new` (left to right, non-overlapping) in every word containing it, updating the counts of
-    the neighbouring pairs only; return the pairs that gained count (they all contain `new`)."""
+    the neighbouring pairs only; return the pairs that gained count (they all contain `new`).
+
+    Example: (a, b) -> N in the word "x a b a b y" of frequency 3. First match: its left neighbour x loses (x, a)
+    and gains (x, N); its right neighbour a turns (b, a) into (N, a). Second match: its left neighbour is now the
+    N just made, so (N, a) goes back to 0 and (N, N) gains; on the right (b, y) becomes (N, y). Net: (x, a),
+    (b, a), (b, y) each -3; (x, N), (N, N), (N, y) each +3; and (a, b) itself is deleted: "x N N y".
+    """
     grown = set()
     for index in pair_words.pop((a, b)):
         word, freq = words[index], freqs[index]
@@ -1268,6 +1181,159 @@ def _special_token_names(directory: Path) -> dict[str, str | None]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Reading documents: plain text / JSONL files, optionally gzipped (data.py reads its inputs with these too)
+# ----------------------------------------------------------------------------------------------------------------
+
+# A document longer than this (characters) with no blank-line separator is yielded in pieces cut at line boundaries,
+# so one 1 GB file without blank lines never sits in memory at once. Lines longer than this are read in pieces too
+# (not in JSONL, where a line is one JSON document that must be read whole: a book stored as JSONL is one long line).
+MAX_DOCUMENT_CHARS = 1 << 20
+# A file where more than this share of the bytes is not UTF-8 is binary (/bin/ls: 29%) or in another encoding
+# (Latin-1 French: ~3%, each accent lost): refused unless allow_binary. Checked from this many characters on.
+MAX_REPLACED_FRACTION = 0.02
+MIN_CHARS_TO_JUDGE = 1 << 16
+# After decoding with errors="surrogateescape", every undecodable byte is a lone surrogate U+DC80..U+DCFF; a JSON
+# "\ud83d" escape can also yield a lone surrogate. Neither can be encoded as UTF-8, so both become U+FFFD.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+
+@dataclass
+class ReadStats:
+    """Counters filled while reading documents."""
+
+    documents: int = 0
+    bad_lines: int = 0  # malformed JSONL lines skipped (only when skip_bad_lines=True)
+    replaced_bytes: int = 0  # undecodable bytes (and lone JSON surrogate escapes), each replaced by one U+FFFD
+
+
+def expand_inputs(patterns: Iterable[str | Path]) -> list[Path]:
+    """Files and globs (recursive ** allowed) -> sorted unique existing files; anything matching nothing is an error."""
+    found: set[Path] = set()
+    for pattern in map(str, patterns):
+        if glob.has_magic(pattern):
+            matches = [Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()]
+            if not matches:
+                raise InputError(f"{pattern}: no files match this pattern")
+            found.update(matches)
+        elif Path(pattern).is_dir():
+            raise InputError(f"{pattern}: is a directory (give files or a glob such as '{pattern}/**/*.txt')")
+        elif Path(pattern).is_file():
+            found.add(Path(pattern))
+        else:
+            raise InputError(f"{pattern}: no such file")
+    if not found:
+        raise InputError("no input files given")
+    return sorted(found)
+
+
+def iter_documents(
+    paths: Iterable[Path], *, skip_bad_lines: bool = False, stats: ReadStats | None = None, allow_binary: bool = False
+) -> Iterator[str]:
+    """Stream documents from files, never holding a whole file in memory.
+
+    *.jsonl / *.jsonl.gz: one document per line, its "text" string. A malformed line raises InputError naming
+    file:line, or is counted in stats.bad_lines and skipped when skip_bad_lines. Blank lines are ignored.
+    Anything else (optionally *.gz): plain text, documents separated by 2+ blank lines (whitespace-only lines count
+    as blank); CRLF/CR become LF; documents over MAX_DOCUMENT_CHARS are cut at line boundaries.
+    Undecodable UTF-8 bytes become U+FFFD (counted per byte). Whitespace-only documents are skipped. A file with
+    more than MAX_REPLACED_FRACTION undecodable bytes raises InputError naming it, unless allow_binary.
+    """
+    stats = stats if stats is not None else ReadStats()
+    for path in map(Path, paths):
+        is_jsonl = path.name.endswith((".jsonl", ".jsonl.gz"))
+        try:
+            opener = gzip.open if path.suffix == ".gz" else open
+            # newline=None: universal newlines (CRLF -> LF); utf-8-sig drops a leading byte-order mark.
+            with opener(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline=None) as file:
+                lines = _CountedLines(file, limit=-1 if is_jsonl else MAX_DOCUMENT_CHARS)
+                replaced_before = stats.replaced_bytes
+                parse = _jsonl_documents if is_jsonl else _text_documents
+                for document in parse(lines, path, skip_bad_lines, stats):
+                    if not allow_binary and lines.chars >= MIN_CHARS_TO_JUDGE:
+                        _check_mostly_text(path, stats.replaced_bytes - replaced_before, lines.chars)
+                    if not document.isspace():
+                        stats.documents += 1
+                        yield document
+                if not allow_binary:
+                    _check_mostly_text(path, stats.replaced_bytes - replaced_before, lines.chars)
+        except (OSError, EOFError, zlib.error) as error:  # missing, unreadable, truncated or corrupt gzip
+            raise InputError(f"{path}: cannot read ({error})") from None
+
+
+class _CountedLines:
+    """The lines of an open text file (each at most `limit` characters; -1: whole lines), counting characters."""
+
+    def __init__(self, file, limit: int) -> None:
+        self.file, self.limit, self.chars = file, limit, 0
+
+    def __iter__(self) -> Iterator[str]:
+        while line := self.file.readline(self.limit):
+            self.chars += len(line)
+            yield line
+
+
+def _check_mostly_text(path: Path, replaced: int, chars: int) -> None:
+    if replaced > MAX_REPLACED_FRACTION * chars:
+        raise InputError(
+            f"{path}: {replaced / chars:.0%} of the bytes read are not UTF-8 (a binary file, or text in another "
+            f"encoding): convert it to UTF-8, leave it out, or pass --allow-binary to read it anyway"
+        )
+
+
+def _replace_lone_surrogates(text: str, stats: ReadStats) -> str:
+    if text.isascii():  # fast path for most lines
+        return text
+    text, count = _LONE_SURROGATE.subn("\ufffd", text)
+    stats.replaced_bytes += count
+    return text
+
+
+def _jsonl_documents(lines: Iterable[str], path: Path, skip_bad_lines: bool, stats: ReadStats) -> Iterator[str]:
+    for number, line in enumerate(lines, start=1):
+        if line.isspace():
+            continue
+        try:
+            record = json.loads(_replace_lone_surrogates(line, stats))
+            problem = None if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
+            if problem is None and not isinstance(record.get("text"), str):
+                problem = 'no string field "text"'
+        except json.JSONDecodeError as error:
+            problem = f"invalid JSON ({error.msg} at column {error.colno})"
+        if problem is None:
+            yield _replace_lone_surrogates(record["text"], stats)
+        elif skip_bad_lines:
+            stats.bad_lines += 1
+        else:
+            raise InputError(f"{path}:{number}: {problem} (use --skip-bad-lines to skip such lines)")
+
+
+def _text_documents(lines: Iterable[str], path: Path, skip_bad_lines: bool, stats: ReadStats) -> Iterator[str]:
+    document: list[str] = []  # lines of the current document
+    size = 0
+    blank: list[str] = []  # blank lines seen since the last non-blank line
+    for line in lines:
+        line = _replace_lone_surrogates(line, stats)
+        if line.isspace():
+            if not document:
+                continue  # blank lines before a document belong to no document
+            blank.append(line)
+            if len(blank) >= 2:  # 2+ blank lines end the document
+                yield "".join(document)
+                document, size, blank = [], 0, []
+            continue
+        document += blank
+        document.append(line)
+        size += len(line) + sum(map(len, blank))
+        blank = []
+        if size >= MAX_DOCUMENT_CHARS:  # cap: a document without separators is yielded in pieces
+            yield "".join(document)
+            document, size = [], 0
+    if document:
+        yield "".join(document)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -1290,7 +1356,7 @@ def _train_command(args: argparse.Namespace) -> None:
 
 
 def _encode_command(args: argparse.Namespace) -> None:
-    tokenizer = Tokenizer.load(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer)
     ids = tokenizer.encode(args.text, allow_special=args.allow_special)
     print(" ".join(map(str, ids)))
     print(" ".join(json.dumps(tokenizer.decode_bytes([i]).decode("utf-8", "replace"), ensure_ascii=False)
@@ -1312,7 +1378,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--force", action="store_true", help="replace an existing --out file")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     encode = commands.add_parser("encode", help="print the ids and tokens of a text")
-    encode.add_argument("--tokenizer", required=True, help="tokenizer file written by 'train'")
+    encode.add_argument("--tokenizer", required=True,
+                        help="tokenizer file written by 'train', a tokenizer.json or a model folder")
     encode.add_argument("--allow-special", action="store_true", help="treat '<eos>' etc. as special tokens")
     encode.add_argument("text")
     args = parser.parse_args(argv)

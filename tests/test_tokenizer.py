@@ -39,7 +39,7 @@ def token_list(tokenizer: Tokenizer) -> list[bytes]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Naive reference trainer: recount every pair after every merge (same tie-break and rules as learn_merges)
+# The fast trainer against the textbook one (tk.train_reference: recount every pair after every merge)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -49,33 +49,16 @@ def naive_train(documents: list[str], vocab_size: int, pattern: str = tk.DEFAULT
     words = Counter()
     for piece, count in pieces.items():
         assert len(piece) <= tk.MAX_PIECE_CHARS, "keep test pieces under the cap"
-        words[tuple(piece.encode("utf-8"))] += count
-    vocab = [bytes([byte]) for byte in range(256)]
-    while len(vocab) + len(tk.SPECIAL_TOKENS) < vocab_size:
-        pairs = Counter()
-        for word, count in words.items():
-            for pair in zip(word, word[1:]):
-                pairs[pair] += count
-        if not pairs:
-            raise ValueError(len(vocab) - 256)
-        a, b = min(pairs, key=lambda pair: (-pairs[pair], pair))  # highest count, then smallest ids
-        token = vocab[a] + vocab[b]
-        if token not in vocab:
-            vocab.append(token)
-        new = vocab.index(token)
-        merged_words = Counter()
-        for word, count in words.items():
-            merged, i = [], 0
-            while i < len(word):
-                if word[i] == a and i + 1 < len(word) and word[i + 1] == b:
-                    merged.append(new)
-                    i += 2
-                else:
-                    merged.append(word[i])
-                    i += 1
-            merged_words[tuple(merged)] += count
-        words = merged_words
+        words[piece.encode("utf-8")] += count
+    vocab = tk.train_reference(words, vocab_size - len(tk.SPECIAL_TOKENS))
+    if len(vocab) + len(tk.SPECIAL_TOKENS) < vocab_size:
+        raise ValueError(len(vocab) - 256)
     return vocab
+
+
+def test_reference_trainer_worked_example():
+    assert tk.train_reference({b"aaabdaaabac": 1}, 260)[256:] == [b"aa", b"ab", b"aaab", b"ac"]
+    assert tk.train_reference({b"ab": 1}, 1000)[256:] == [b"ab"]  # stops when the text runs out of pairs
 
 
 def tie_corpus(seed: int) -> list[str]:
