@@ -94,6 +94,7 @@ class TrainConfig:
     log_every: int = 10
     compile: bool | None = None  # None = on for CUDA, off for CPU (a cold compile costs ~20 s per shape there)
     activation_checkpointing: bool = False
+    bf16: bool | None = None  # bf16 compute, fp32 master weights and reductions; None = on for CUDA only
     # The instruction-tuning stage (--stage sft): its own budget (window tokens, padding included) and schedule.
     init: str | None = None  # start SFT from this Llama-format folder instead of stage 3's final checkpoint
     sft_tokens: int = 160_000  # tiny: ~2 min on 2 CPU cores, ~0.6 epochs of the built-in conversations
@@ -169,9 +170,9 @@ def build_model(model_config: FoxConfig, cfg: TrainConfig, env: Dist) -> Fox:
     with env.device:
         model = Fox(model_config)
     use_compile = cfg.compile if cfg.compile is not None else env.device.type == "cuda"
-    on_cuda = env.device.type == "cuda"
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if on_cuda else torch.float32,
-                                  reduce_dtype=torch.float32)
+    bf16 = cfg.bf16 if cfg.bf16 is not None else env.device.type == "cuda"
+    # FSDP2 casts each unit's fp32 weights to bf16 for its forward and backward; AdamW updates the fp32 copy
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else torch.float32, reduce_dtype=torch.float32)
     for layer in model.layers:
         if cfg.activation_checkpointing:
             activation_checkpoint(layer)
@@ -789,6 +790,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[int]]:
                         help="torch.compile each block (default: on for CUDA, off for CPU)")
     parser.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                         help="recompute block activations in backward (default: on for fox-1.6b)")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 matmuls with fp32 master weights and gradient reduction (FSDP2 mixed precision; "
+                             "default: on for CUDA, off for CPU)")
     args = parser.parse_args(argv)
     for name in ("max_steps", "total_tokens", "sft_tokens", "tokens_per_step", "micro_batch_tokens", "eval_every", "eval_batches",
                  "save_every", "keep", "log_every"):

@@ -159,7 +159,8 @@ def test_non_finite_loss_stops_with_a_clear_message(corpus, tmp_path):
     assert "loss is nan" in result.stderr or "loss is inf" in result.stderr
 
 
-@pytest.mark.parametrize("flag, tolerance", [("--compile", 1e-3), ("--activation-checkpointing", 1e-5)])
+# --bf16: bf16 matmuls (fp32 master weights) round the loss to ~3 significant digits
+@pytest.mark.parametrize("flag, tolerance", [("--compile", 1e-3), ("--activation-checkpointing", 1e-5), ("--bf16", 1e-2)])
 def test_compiled_or_checkpointed_blocks_give_the_same_losses(corpus, reference, tmp_path, flag, tolerance):
     run_train(corpus, tmp_path / "run", "--stage", "1", "--max-steps", "2", "--micro-batch-tokens", "512", flag)
     losses, plain = step_losses(tmp_path / "run"), step_losses(reference)
