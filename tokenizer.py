@@ -558,8 +558,10 @@ class Tokenizer:
     def from_hf_spec(cls, spec: dict) -> Tokenizer | None:
         """Our Tokenizer if `spec` (a parsed tokenizer.json) is exactly what save_pretrained writes, else None."""
         try:
+            if [token["content"] for token in spec["added_tokens"]] != list(SPECIAL_TOKENS):
+                return None  # the quick test: someone else's tokenizer
             pattern = spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]
-            ranks = {bytes(_CHAR_TO_BYTE[char] for char in token): token_id
+            ranks = {_byte_level_bytes(token): token_id
                      for token, token_id in spec["model"]["vocab"].items() if token_id >= FIRST_BYTE_ID}
             tokenizer = cls(ranks, pattern)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
@@ -582,12 +584,18 @@ def _fingerprint(pattern: str, ranks: dict[bytes, int]) -> str:
 # A tokenizer.json stores a byte-level vocabulary as text: GPT-2 maps each byte to a printable character, the 188
 # printable Latin-1 bytes to themselves and the other 68 (controls, space, ...) to U+0100 onwards ("Ġ" is the space).
 _PRINTABLE_BYTES = [*range(33, 127), *range(161, 173), *range(174, 256)]
-BYTE_CHARS = tuple(
-    chr(byte) if byte in _PRINTABLE_BYTES else chr(256 + [b for b in range(256) if b not in _PRINTABLE_BYTES].index(byte))
-    for byte in range(256)
-)
+_OTHER_BYTES = [byte for byte in range(256) if byte not in _PRINTABLE_BYTES]
+BYTE_CHARS = tuple(chr(byte) if byte in _PRINTABLE_BYTES else chr(256 + _OTHER_BYTES.index(byte)) for byte in range(256))
 _BYTES_TO_CHARS = str.maketrans({chr(byte): char for byte, char in enumerate(BYTE_CHARS)})  # latin-1 str -> chars
-_CHAR_TO_BYTE = {char: byte for byte, char in enumerate(BYTE_CHARS)}
+_CHARS_TO_BYTES = str.maketrans({char: chr(byte) for byte, char in enumerate(BYTE_CHARS)})  # -> latin-1 str
+_BYTE_CHAR_SET = frozenset(BYTE_CHARS)
+
+
+def _byte_level_bytes(token: str) -> bytes | None:
+    """The bytes a byte-level token stands for ("Ġthe" -> b" the"); None if it holds other characters."""
+    return token.translate(_CHARS_TO_BYTES).encode("latin-1") if _BYTE_CHAR_SET.issuperset(token) else None
+
+
 # The split GPT-2 (ByteLevel with use_regex) applies before mapping bytes.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # Conventional names, used for bos/eos only when neither tokenizer_config.json nor special_tokens_map.json names them.
@@ -671,22 +679,24 @@ class HFTokenizer:
             raise ValueError(f"model unk_token {unk!r} is not in the vocabulary")
         self.unk_id = None if unk is None else self.vocab[unk]
         self.merges: dict[tuple[int, int], tuple[int, int]] = {}  # (left id, right id) -> (rank, merged id)
+        vocab = self.vocab
         for rank, merge in enumerate(model["merges"]):
             left, right = merge.split(" ") if isinstance(merge, str) else merge  # "a b" (older files) or ["a", "b"]
-            if left + right not in self.vocab:
-                raise ValueError(f"merge {left!r} + {right!r}: the result is not in the vocabulary")
-            self.merges[self.vocab[left], self.vocab[right]] = (rank, self.vocab[left + right])
+            try:
+                self.merges[vocab[left], vocab[right]] = (rank, vocab[left + right])
+            except KeyError as missing:
+                raise ValueError(f"merge {left!r} + {right!r}: {missing} is not in the vocabulary") from None
 
     @classmethod
     def load(cls, path: str | Path, special_names: dict[str, str | None] | None = None) -> HFTokenizer:
         """Read a tokenizer.json; bos/eos/pad names from `special_names` (see load_tokenizer)."""
+        return cls.from_spec(*_read_tokenizer_json(path), special_names or {}, path)
+
+    @classmethod
+    def from_spec(cls, spec: dict, fingerprint: str, special_names: dict[str, str | None], path: str | Path):
+        """From a parsed tokenizer.json; anything unsupported or inconsistent is an InputError naming `path`."""
         try:
-            data = Path(path).read_bytes()
-            spec = json.loads(data)
-        except (OSError, ValueError) as error:
-            raise InputError(f"{path}: cannot read tokenizer file ({error})") from None
-        try:
-            return cls(spec, hashlib.sha256(data).hexdigest(), special_names or {})
+            return cls(spec, fingerprint, special_names)
         except (ValueError, KeyError, TypeError, AttributeError, regex.error) as error:
             raise InputError(f"{path}: unsupported or damaged tokenizer.json ({type(error).__name__}: {error})") from None
 
@@ -804,7 +814,7 @@ class HFTokenizer:
             if token_id in self.special_ids or not (self.byte_level or self.byte_fallback):
                 data = None
             elif self.byte_level:
-                data = bytes(_CHAR_TO_BYTE[char] for char in token) if all(c in _CHAR_TO_BYTE for c in token) else None
+                data = _byte_level_bytes(token)
             elif _BYTE_TOKEN.fullmatch(token):
                 data = bytes([int(token[3:5], 16)])
             else:
@@ -1124,10 +1134,8 @@ def _strip_decode(content: str, start: int, stop: int, tokens: list[str]) -> lis
 def _byte_level_decode(tokens: list[str]) -> list[str]:
     data = bytearray()
     for token in tokens:
-        if all(char in _CHAR_TO_BYTE for char in token):
-            data += bytes(_CHAR_TO_BYTE[char] for char in token)
-        else:  # an added token written in plain text
-            data += token.encode("utf-8")
+        token_bytes = _byte_level_bytes(token)
+        data += token_bytes if token_bytes is not None else token.encode("utf-8")  # an added token in plain text
     return [data.decode("utf-8", errors="replace")]
 
 
@@ -1154,12 +1162,18 @@ def load_tokenizer(path: str | Path) -> Tokenizer | HFTokenizer:
         raise InputError(f"{path}: no tokenizer.json or tokenizer.txt in this folder")
     if path.suffix != ".json":
         return Tokenizer.load(path)
+    spec, fingerprint = _read_tokenizer_json(path)
+    own = Tokenizer.from_hf_spec(spec)
+    return own if own is not None else HFTokenizer.from_spec(spec, fingerprint, _special_token_names(path.parent), path)
+
+
+def _read_tokenizer_json(path: str | Path) -> tuple[dict, str]:
+    """(the parsed file, sha256 of its bytes: the fingerprint of a Hugging Face tokenizer)."""
     try:
-        spec = json.loads(path.read_bytes())
+        data = Path(path).read_bytes()
+        return json.loads(data), hashlib.sha256(data).hexdigest()
     except (OSError, ValueError) as error:
         raise InputError(f"{path}: cannot read tokenizer file ({error})") from None
-    own = Tokenizer.from_hf_spec(spec)
-    return own if own is not None else HFTokenizer.load(path, _special_token_names(path.parent))
 
 
 def _special_token_names(directory: Path) -> dict[str, str | None]:
