@@ -516,16 +516,7 @@ class Tokenizer:
         special_tokens_map.json, so that transformers' AutoTokenizer encodes and decodes exactly as this one."""
         names = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
                  "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]}
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", **names, "clean_up_tokenization_spaces": False}
-        if chat_template is not None:
-            config["chat_template"] = chat_template
-        directory = Path(directory)
-        try:
-            write_atomic(directory / "tokenizer.json", json.dumps(self._hf_spec(), ensure_ascii=False, indent=1))
-            write_atomic(directory / "tokenizer_config.json", json.dumps(config, ensure_ascii=False, indent=2))
-            write_atomic(directory / "special_tokens_map.json", json.dumps(names, indent=2))
-        except OSError as error:
-            raise InputError(f"{directory}: cannot write the Hugging Face tokenizer files ({error})") from None
+        _save_hf_tokenizer(directory, json.dumps(self._hf_spec(), ensure_ascii=False, indent=1), names, chat_template)
 
     def _hf_spec(self) -> dict:
         """This tokenizer as a tokenizer.json. Hugging Face's BPE merges the pair of lowest *merge rank*; tiktoken
@@ -696,9 +687,24 @@ class HFTokenizer:
     def from_spec(cls, spec: dict, fingerprint: str, special_names: dict[str, str | None], path: str | Path):
         """From a parsed tokenizer.json; anything unsupported or inconsistent is an InputError naming `path`."""
         try:
-            return cls(spec, fingerprint, special_names)
+            tokenizer = cls(spec, fingerprint, special_names)
         except (ValueError, KeyError, TypeError, AttributeError, regex.error) as error:
             raise InputError(f"{path}: unsupported or damaged tokenizer.json ({type(error).__name__}: {error})") from None
+        tokenizer.path = Path(path)
+        return tokenizer
+
+    def save_pretrained(self, directory: str | Path, chat_template: str | None = None) -> None:
+        """Copy the tokenizer.json this was read from (byte for byte: same fingerprint) and write
+        tokenizer_config.json (bos/eos/pad, chat_template) and special_tokens_map.json next to it."""
+        try:
+            data = self.path.read_bytes()
+        except OSError as error:
+            raise InputError(f"{self.path}: cannot read tokenizer file ({error})") from None
+        if hashlib.sha256(data).hexdigest() != self.fingerprint:
+            raise InputError(f"{self.path}: changed since it was loaded; load it again")
+        names = {f"{name}_token": self._token_of[token_id] for name, token_id in
+                 (("bos", self.bos_id), ("eos", self.eos_id), ("pad", self.pad_id)) if token_id is not None}
+        _save_hf_tokenizer(directory, data, names, chat_template)
 
     def _special_id(self, name: str | None, conventional: tuple[str, ...]) -> int | None:
         for candidate in (name,) if name is not None else conventional:
@@ -1143,6 +1149,20 @@ def _metaspace_decode(replacement: str, scheme: str, tokens: list[str]) -> list[
     """"▁" -> " ", except in the first token (when a prefix was prepended) where it is removed."""
     return [token.replace(replacement, "" if index == 0 and scheme != "never" else " ")
             for index, token in enumerate(tokens)]
+
+
+def _save_hf_tokenizer(directory: str | Path, tokenizer_json: str | bytes, names: dict, chat_template: str | None):
+    """tokenizer.json, tokenizer_config.json and special_tokens_map.json, as transformers' AutoTokenizer reads them."""
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **names, "clean_up_tokenization_spaces": False}
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    directory = Path(directory)
+    try:
+        write_atomic(directory / "tokenizer.json", tokenizer_json)
+        write_atomic(directory / "tokenizer_config.json", json.dumps(config, ensure_ascii=False, indent=2))
+        write_atomic(directory / "special_tokens_map.json", json.dumps(names, ensure_ascii=False, indent=2))
+    except OSError as error:
+        raise InputError(f"{directory}: cannot write the Hugging Face tokenizer files ({error})") from None
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer | HFTokenizer:

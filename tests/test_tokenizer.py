@@ -612,6 +612,24 @@ def test_save_pretrained_round_trip_and_generic_reader(trained, tmp_path):
     assert generic.ids_starting_with(b" de") == trained.ids_starting_with(b" de")
 
 
+def test_hugging_face_tokenizer_is_saved_byte_for_byte(tmp_path):
+    spec = sentencepiece_spec(TINY_PIECES, TINY_MERGES)
+    spec["added_tokens"].append(added(400, "<end_of_turn>"))
+    write_json(tmp_path / "in" / "tokenizer.json", spec)
+    write_json(tmp_path / "in" / "special_tokens_map.json", {"eos_token": {"content": "<end_of_turn>"}})
+    original = tk.load_tokenizer(tmp_path / "in")
+    assert original.eos_id == 400
+    original.save_pretrained(tmp_path / "out", chat_template="{{ messages }}")
+    copy = tk.load_tokenizer(tmp_path / "out")
+    assert (copy.fingerprint, copy.bos_id, copy.eos_id) == (original.fingerprint, 1, 400)
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (tmp_path / "in" / "tokenizer.json").read_bytes()
+    config = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config["chat_template"] == "{{ messages }}" and config["eos_token"] == "<end_of_turn>"
+    (tmp_path / "in" / "tokenizer.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(InputError, match="changed since it was loaded"):
+        original.save_pretrained(tmp_path / "again")
+
+
 def test_load_tokenizer_accepts_our_file_and_folders(trained, tmp_path):
     trained.save(tmp_path / "run" / "tokenizer.txt")
     assert tk.load_tokenizer(tmp_path / "run").fingerprint == trained.fingerprint
