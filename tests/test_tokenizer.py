@@ -551,7 +551,8 @@ def test_merge_short_and_merge_all_agree():
 
 def test_added_tokens_flags_and_folder_names(tmp_path):
     spec = sentencepiece_spec(TINY_PIECES, TINY_MERGES)
-    spec["added_tokens"] += [added(500, "<mask>", lstrip=True), added(501, "<w>", special=False, single_word=True, normalized=False)]
+    word = added(501, "<w>", special=False, single_word=True, normalized=False)
+    spec["added_tokens"] += [added(500, "<mask>", lstrip=True), word]
     folder = tmp_path / "model"
     write_json(folder / "tokenizer.json", spec)
     write_json(folder / "tokenizer_config.json", {"bos_token": {"content": "<s>"}, "eos_token": "<mask>"})
@@ -650,7 +651,8 @@ def hf_sentencepiece(tokenizers, documents: list[str], style: str) -> dict:
     model.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
     model.train_from_iterator(documents, trainer)
     trained_spec = json.loads(model.to_str())["model"]
-    pieces = [t for t, _ in sorted(trained_spec["vocab"].items(), key=lambda i: i[1]) if t not in ("<unk>", "<s>", "</s>")]
+    in_order = [token for token, _ in sorted(trained_spec["vocab"].items(), key=lambda item: item[1])]
+    pieces = [token for token in in_order if token not in ("<unk>", "<s>", "</s>")]
     spec = sentencepiece_spec(pieces, trained_spec["merges"])
     spec["added_tokens"].append(added(len(pieces) + 259, "<end_of_turn>"))
     if style == "metaspace":  # transformers' LlamaConverter with legacy=False
