@@ -139,17 +139,22 @@ QUICK_MODEL = FoxConfig(vocab_size=512, hidden_size=64, num_layers=2, num_heads=
 QUICK_TRAINING = Training(QUICK_MODEL, tokens_per_step=512, seq_len=128, eval_bytes=8192, warmup_steps=2, seeds=2)
 
 PRESETS = {
-    # tiny at 1024 context: 1,900 / 1,520 / 1,230 tokens/s at 256 / 512 / 1,024 on a quiet 2-core CPU (README),
-    # so the four arms cost 2.6 ms per budget token per seed: 2 x 262K tokens ~ 23 min, plus ~1 min evaluation.
-    "curriculum": {"default": CurriculumSettings(Training(TINY), tokens=262_144),
+    # Costs below: single-thread CPU time per token relative to tiny at 256 tokens (measured with
+    # time.process_time, which a busy machine does not inflate), scaled to tiny's 1,900 tokens/s on a quiet
+    # 2-core CPU (README). tiny: 1,880 / 1,650 / 1,270 tokens/s at 256 / 512 / 1,024, so the four arms cost
+    # 2.5 ms per budget token per seed: 2 seeds x 246K tokens ~ 21 min, plus ~2 min of evaluation (2 x 32 KB
+    # of val text at 1,024 tokens) and preparation.
+    "curriculum": {"default": CurriculumSettings(replace(Training(TINY), eval_bytes=32768), tokens=245_760),
                    "quick": CurriculumSettings(QUICK_TRAINING, tokens=8192)},
-    # 4 layers x 256 (Fox-1's 64 width per layer): training costs ~6 x (2.2M + 256 V) FLOPs per token at ~70
-    # GFLOP/s; over 1K..32K at ~2.5-4 bytes per token that is ~2 x 11 min for 800 KB, plus 12 evaluations.
+    # 4 layers x 256 (Fox-1's 64 width per layer): 4,750 / 4,450 / 3,900 / 3,020 / 2,050 / 1,150 tokens/s at
+    # 1K..32K and 2.7 / 3.2 / 3.7 / 4.1 / 4.3 / 4.6 stdlib bytes per token: 0.58 ms per training byte for the
+    # six arms, so 2 seeds x 1 MB ~ 19.5 min, plus ~3 min of evaluation, decoding and preparation.
     "vocab": {"default": VocabSettings(replace(Training(TINY), model=replace(TINY, num_layers=4)),
-                                       vocab_sizes=(1024, 2048, 4096, 8192, 16384, 32768), train_bytes=800_000),
+                                       vocab_sizes=(1024, 2048, 4096, 8192, 16384, 32768), train_bytes=1_000_000),
               "quick": VocabSettings(QUICK_TRAINING, vocab_sizes=(384, 512), train_bytes=24_000, decode_tokens=8)},
-    # 2.2M non-embedding parameters (4 x 256 at Fox-1's ratio) and a 4K vocabulary: ~2,500 tokens/s, so ten
-    # arms (5 shapes x 2 seeds) of 393K tokens take ~26 min.
+    # 2.2M non-embedding parameters (4 x 256 at Fox-1's ratio), 4K vocabulary: 3,710 / 3,860 / 3,870 / 3,480 /
+    # 3,050 tokens/s at 1 / 2 / 4 / 8 / 16 layers, 1.4 ms per token for the five shapes, so 2 seeds x 393K
+    # tokens ~ 18 min (~21 if the narrow shapes gain less from the second core), plus ~3 min of evaluation.
     "depth": {"default": DepthSettings(replace(Training(TINY), model=replace(TINY, num_layers=4, vocab_size=4096)),
                                        layers=(1, 2, 4, 8, 16), tokens=393_216),
               "quick": DepthSettings(replace(QUICK_TRAINING, model=replace(QUICK_MODEL, hidden_size=128, num_heads=4,
@@ -357,6 +362,11 @@ def spread(values: list[float]) -> dict:
     return {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
 
 
+def seed_mean(values: list[float | None]) -> float:
+    """The mean over seeds, NaN (a gap in a plot) when a seed has no value."""
+    return math.nan if None in values else spread(values)["mean"]
+
+
 def verdict(a: list[float], b: list[float]) -> str:
     """'lower' / 'higher' when every seed of a is below / above every seed of b, else 'no difference'
     (a gap smaller than the seed-to-seed spread is not evidence)."""
@@ -415,6 +425,8 @@ class Panel:
 
 @dataclass
 class Report:
+    """What an experiment hands to main: its table, every number (for the JSON), plots, closing line, notes."""
+
     table: str
     numbers: dict
     panels: list[Panel]
@@ -459,7 +471,7 @@ def run_curriculum(settings: CurriculumSettings, seeds: int, out: Path) -> Repor
     panels = [Panel("training loss", "tokens", "loss (nats/token)", {k: mean_curve(v) for k, v in arms.items()}),
               Panel(f"eval loss by position in a {context}-token context", "position (% of context)", "loss",
                     {k: ([12.5 + 25 * q for q in range(POSITION_BUCKETS)],
-                         [spread([r["loss_by_position"][q] for r in v])["mean"] for q in range(POSITION_BUCKETS)])
+                         [seed_mean([r["loss_by_position"][q] for r in v]) for q in range(POSITION_BUCKETS)])
                      for k, v in arms.items()})]
     numbers = {"settings": asdict(settings), "seeds": seeds, "eval_context": context, "arms": arms}
     return Report(table, numbers, panels, curriculum_conclusion(arms, training.model, settings.tokens))
@@ -538,13 +550,12 @@ def run_vocab(settings: VocabSettings, seeds: int, out: Path) -> Report:
 
 
 def vocab_conclusion(arms: dict[int, dict], settings: VocabSettings) -> str:
-    bpb = {f"{v:,}-token": per_seed(a["runs"], "bits_per_byte") for v, a in arms.items()}
+    bpb = {f"{v:,}-token vocabulary": per_seed(a["runs"], "bits_per_byte") for v, a in arms.items()}
     largest = max(arms)
-    return (f"At {settings.train_bytes:,} training bytes the lowest eval bits/byte is the {best_arm(bpb, True)} "
-            f"vocabulary's; the largest vocabulary spends {arms[largest]['embedding_share']:.0%} of its parameters on the "
-            f"embedding. This is evidence about {settings.training.model.num_layers}-layer models with "
-            f"{settings.training.model.hidden_size}-wide embeddings, where a big vocabulary is mostly embedding; "
-            f"it says nothing direct about 256K tokens at width 2048 and 3T tokens.")
+    return (f"At {settings.train_bytes:,} training bytes the lowest eval bits/byte is the {best_arm(bpb, True)}; the "
+            f"largest vocabulary spends {arms[largest]['embedding_share']:.0%} of its parameters on the embedding. "
+            f"This is evidence about {settings.training.model.num_layers}-layer, "
+            f"{settings.training.model.hidden_size}-wide models, not about 256K tokens at width 2048 and 3T tokens.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -735,22 +746,40 @@ def depth_conclusion(arms: dict[str, dict], fox_like: str, target: int, settings
 # Experiment 4: grouped-query attention at decode time
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); without it bf16 is emulated, slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def matvec_bytes_per_s(dtype: torch.dtype, device: torch.device) -> float:
+    """Bytes/s at which one-row matmuls -- a decode step's work -- stream a matrix of Fox-1's SwiGLU shape
+    (8192 x 2048), best of 5 rounds of 10."""
+    weight = torch.randn(8192, 2048, device=device).to(dtype)
+    row = torch.randn(1, 2048, device=device).to(dtype)
+    best = math.inf
+    for _ in range(5):
+        sample.synchronize(device)
+        started = time.perf_counter()
+        for _ in range(10):
+            F.linear(row, weight)
+        sample.synchronize(device)
+        best = min(best, (time.perf_counter() - started) / 10)
+    return weight.nbytes / best
+
+
+def decode_dtype(device: torch.device) -> tuple[torch.dtype, str]:
+    """bf16 (Fox-1's serving dtype) where the hardware runs it well: on CUDA, and on a CPU whose bf16 one-row
+    matmul streams bytes at least as fast as fp32's (on this 2-core AVX512-BF16 CPU eager PyTorch does 2.2 GB/s
+    in bf16 vs 7.5 in fp32, so bf16 would be slower per token despite half the bytes). Returns (dtype, why)."""
+    if device.type == "cuda":
+        return torch.bfloat16, "bf16 on CUDA"
+    bf16, fp32 = matvec_bytes_per_s(torch.bfloat16, device), matvec_bytes_per_s(torch.float32, device)
+    choice = torch.bfloat16 if bf16 >= fp32 else torch.float32
+    return choice, f"{str(choice).removeprefix('torch.')}: one-row matmuls stream {bf16 / 1e9:.1f} GB/s in bf16, " \
+                   f"{fp32 / 1e9:.1f} GB/s in fp32 on this CPU"
 
 
 def kv_cache_bytes(model: Fox) -> int:
     return sum(layer.self_attn.kv_cache.k.nbytes + layer.self_attn.kv_cache.v.nbytes for layer in model.layers)
 
 
-def run_gqa(settings: GqaSettings, repeats: int, out: Path) -> Report:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" or cpu_has_bf16() else torch.float32
+def gqa_measurements(settings: GqaSettings, repeats: int, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    """Decode tokens/s and KV-cache bytes of every (KV heads, context) pair, on random weights."""
     rows = []
     for kv_heads in settings.kv_heads:
         config = replace(FoxConfig(), num_layers=settings.layers, vocab_size=settings.vocab_size,
@@ -759,32 +788,40 @@ def run_gqa(settings: GqaSettings, repeats: int, out: Path) -> Report:
         model = Fox(config).to(device=device, dtype=dtype).eval()
         for context in tqdm(settings.contexts, desc=f"{kv_heads} KV heads", leave=False):
             # sample.py's cache is static and read whole at every step, whatever the position: a step in a
-            # cache of `context` slots costs what a step at position `context` does, with no prefill needed.
+            # cache of `context` slots costs what a step at position `context` does, so no prefill is needed.
             model.setup_kv_cache(1, context, dtype)
             speed = max(sample.generate(model, [Tokenizer.bos_id], settings.decode_steps + 1,
                                         temperature=0).decode_tokens_per_s for _ in range(repeats))
             measured = kv_cache_bytes(model)
-            full = measured // settings.layers * 32 * 2 // dtype.itemsize  # Fox-1: 32 layers in bf16
             rows.append({"kv_heads": kv_heads, "context": context, "decode_tokens_per_s": speed,
-                         "kv_cache_bytes": measured, "fox1_kv_cache_bytes_bf16": full})
+                         "kv_cache_bytes": measured,  # and scaled to Fox-1: 32 layers, 2-byte bf16
+                         "fox1_kv_cache_bytes_bf16": measured // settings.layers * 32 * 2 // dtype.itemsize})
         del model
+    return rows
+
+
+def run_gqa(settings: GqaSettings, repeats: int, out: Path) -> Report:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype, dtype_reason = decode_dtype(device)
+    rows = gqa_measurements(settings, repeats, device, dtype)
     by_kv = {kv: {r["context"]: r for r in rows if r["kv_heads"] == kv} for kv in settings.kv_heads}
-    header = ["KV heads"] + [f"tok/s @{c:,}" for c in settings.contexts] + [f"KV MB @{c:,}" for c in settings.contexts] \
-        + [f"Fox-1 KV MB @{max(settings.contexts):,}"]
-    table = markdown_table(header, [[str(kv)] + [f"{by_kv[kv][c]['decode_tokens_per_s']:.1f}" for c in settings.contexts]
-                                    + [f"{by_kv[kv][c]['kv_cache_bytes'] / 2**20:,.1f}" for c in settings.contexts]
-                                    + [f"{by_kv[kv][max(settings.contexts)]['fox1_kv_cache_bytes_bf16'] / 2**20:,.0f}"]
-                                    for kv in settings.kv_heads])
-    panels = [Panel("decode speed", "context (tokens)", "tokens/s",
-                    {f"{kv} KV heads": (list(settings.contexts), [by_kv[kv][c]["decode_tokens_per_s"]
-                                                                 for c in settings.contexts]) for kv in settings.kv_heads}, logx=True),
-              Panel("KV cache", "context (tokens)", "MB",
-                    {f"{kv} KV heads": (list(settings.contexts), [by_kv[kv][c]["kv_cache_bytes"] / 2**20
-                                                                 for c in settings.contexts]) for kv in settings.kv_heads}, logx=True)]
+    contexts, longest = list(settings.contexts), max(settings.contexts)
+
+    def line(key: str, scale: float = 1.0) -> dict[str, tuple[list, list]]:
+        return {f"{kv} KV heads": (contexts, [by_kv[kv][c][key] * scale for c in contexts]) for kv in by_kv}
+
+    table = markdown_table(["KV heads", *(f"tok/s @{c:,}" for c in contexts), *(f"KV MB @{c:,}" for c in contexts),
+                            f"Fox-1 KV MB @{longest:,}"],
+                           [[str(kv), *(f"{r[c]['decode_tokens_per_s']:.1f}" for c in contexts),
+                             *(f"{r[c]['kv_cache_bytes'] / 2**20:,.1f}" for c in contexts),
+                             f"{r[longest]['fox1_kv_cache_bytes_bf16'] / 2**20:,.0f}"] for kv, r in by_kv.items()])
+    panels = [Panel("decode speed", "context (tokens)", "tokens/s", line("decode_tokens_per_s"), logx=True),
+              Panel("KV cache", "context (tokens)", "MB", line("kv_cache_bytes", 2**-20), logx=True)]
     note = (f"random weights, Fox-1's width (hidden 2048, 16 query heads of 128, SwiGLU 4096), {settings.layers} of "
-            f"its 32 layers and a {settings.vocab_size:,}-token vocabulary, {str(dtype).removeprefix('torch.')} on "
-            f"{device.type}, eager decode at batch 1, best of {repeats}; the last column scales the cache to 32 layers in bf16")
-    numbers = {"settings": asdict(settings), "repeats": repeats, "dtype": str(dtype), "device": device.type, "rows": rows}
+            f"its 32 layers and a {settings.vocab_size:,}-token vocabulary, {dtype_reason}; eager decode at batch 1, "
+            f"best of {repeats}; the last column scales the cache to Fox-1's 32 layers in bf16")
+    numbers = {"settings": asdict(settings), "repeats": repeats, "dtype": str(dtype), "device": device.type,
+               "rows": rows}
     return Report(table, numbers, panels, gqa_conclusion(by_kv, settings), [note])
 
 
