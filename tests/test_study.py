@@ -144,6 +144,11 @@ def test_verdicts_and_cells():
     assert study.verdict([1.0, 1.1], [1.2, 1.3]) == "lower"
     assert study.verdict([1.4, 1.5], [1.2, 1.3]) == "higher"
     assert study.verdict([1.0, 1.25], [1.2, 1.3]) == "no difference"
+    assert study.verdict([1.0], [2.0]) == "not judged (1 seed)"
+    assert study.best_arm({"a": [1.0, 1.1], "b": [1.2, 1.3], "c": [1.05, 1.4]}, lowest=True) == \
+        "a (no difference from c)"
+    assert study.best_arm({"a": [1.0, 1.1], "b": [1.2, 1.3]}, lowest=False) == \
+        "b (beyond the seed spread of every other arm)"
     assert study.cell([1.0, 2.0]) == "1.500 (1.000-2.000)"
     assert study.cell([3.0]) == "3.000"
     assert study.cell([1.0, None]) == "-"
@@ -175,7 +180,7 @@ def test_quick_curriculum_end_to_end(tmp_path):
         assert runs[0]["tokens"] == numbers["arms"]["3-stage curriculum"][0]["tokens"]
         assert len(runs[0]["loss_by_position"]) == study.POSITION_BUCKETS
     assert "| 3-stage curriculum | 32 / 64 / 128 |" in result.stdout
-    assert "not for Fox-1" in result.stdout.strip().splitlines()[-1]
+    assert "not judged (1 seed)" in result.stdout and "about Fox-1" in result.stdout.strip().splitlines()[-1]
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
