@@ -992,9 +992,9 @@ def _pre_tokenizer(spec: dict | None) -> tuple[Callable[[str, bool], list[str]],
         if byte_level:
             raise ValueError(f"pre_tokenizer {kind!r} after ByteLevel (ByteLevel must come last)")
         if kind == "Split":
-            if step.get("behavior") != "Isolated" or step.get("invert"):
-                raise ValueError(f"pre_tokenizer Split with behavior {step.get('behavior')!r} (only Isolated)")
-            functions.append(partial(_split_isolated, _compile_pattern(step["pattern"])))
+            if step.get("behavior") not in _SPLIT_BEHAVIORS:
+                raise ValueError(f"pre_tokenizer Split with behavior {step.get('behavior')!r}")
+            functions.append(partial(_split, _compile_pattern(step["pattern"]), step["behavior"], step.get("invert")))
         elif kind == "ByteLevel":
             byte_level = True
             if step.get("add_prefix_space") or step.get("use_regex", True):
@@ -1016,29 +1016,53 @@ def _pre_tokenizer(spec: dict | None) -> tuple[Callable[[str, bool], list[str]],
     return pre_tokenize, byte_level
 
 
-def _split_isolated(pattern: regex.Pattern, text: str, is_first: bool) -> list[str]:
-    """Split "Isolated": every match is a piece, and so is the text between matches."""
-    if not pattern.groups:  # (findall returns the groups of a pattern that has some)
+_SPLIT_BEHAVIORS = ("Isolated", "Removed", "MergedWithPrevious", "MergedWithNext", "Contiguous")
+
+
+def _split(pattern: regex.Pattern, behavior: str, invert: bool, text: str, is_first: bool = False) -> list[str]:
+    """tokenizers' Split: the matches (or with invert, the text between them) are delimiters, which are
+    Isolated (own pieces), Removed, MergedWithPrevious / MergedWithNext piece, or Contiguous (runs merged)."""
+    if behavior == "Isolated" and not pattern.groups:  # (findall returns the groups of a pattern that has some)
         pieces = pattern.findall(text)
         if sum(map(len, pieces)) == len(text):  # the usual case: the matches cover the text; findall is C speed
             return pieces
-    pieces, done = [], 0
+    parts, done = [], 0  # (text, is a delimiter)
     for match in pattern.finditer(text):
         start, stop = match.span()
         if start > done:
-            pieces.append(text[done:start])
+            parts.append((text[done:start], bool(invert)))
         if stop > start:
-            pieces.append(text[start:stop])
+            parts.append((text[start:stop], not invert))
         done = max(done, stop)
     if done < len(text):
-        pieces.append(text[done:])
-    return pieces
+        parts.append((text[done:], bool(invert)))
+    if behavior == "Isolated":
+        return [part for part, _ in parts]
+    if behavior == "Removed":
+        return [part for part, delimiter in parts if not delimiter]
+    return _merge_delimiters(parts, behavior)
+
+
+def _merge_delimiters(parts: list[tuple[str, bool]], behavior: str) -> list[str]:
+    """MergedWithPrevious: a delimiter joins the piece before it (unless that is a delimiter too); MergedWithNext:
+    the piece after it (the same walk from the right); Contiguous: runs of delimiters become one piece."""
+    backwards = behavior == "MergedWithNext"
+    pieces: list[str] = []
+    previous = False
+    for part, delimiter in reversed(parts) if backwards else parts:
+        joins = delimiter == previous if behavior == "Contiguous" else delimiter and not previous
+        if joins and pieces:
+            pieces[-1] = part + pieces[-1] if backwards else pieces[-1] + part
+        else:
+            pieces.append(part)
+        previous = delimiter
+    return pieces[::-1] if backwards else pieces
 
 
 def _byte_level_split(add_prefix_space: bool, use_regex: bool, text: str, is_first: bool) -> list[str]:
     if add_prefix_space and not text.startswith(" "):
         text = " " + text
-    return _split_isolated(_GPT2_SPLIT, text, is_first) if use_regex else [text]
+    return _split(_GPT2_SPLIT, "Isolated", False, text) if use_regex else [text]
 
 
 _GPT2_SPLIT = regex.compile(GPT2_PATTERN)
@@ -1056,15 +1080,7 @@ def _metaspace_split(replacement: str, scheme: str, split: bool, text: str, is_f
     text = text.replace(" ", replacement)
     if (scheme == "always" or scheme == "first" and is_first) and not text.startswith(replacement):
         text = replacement + text
-    if not split:
-        return [text]
-    return _split_before(replacement, text)
-
-
-def _split_before(separator: str, text: str) -> list[str]:
-    parts = text.split(separator)
-    pieces = [parts[0]] if parts[0] else []
-    return pieces + [separator + part for part in parts[1:]]
+    return _split(regex.compile(regex.escape(replacement)), "MergedWithNext", False, text) if split else [text]
 
 
 def _decoder(spec: dict | None) -> Callable[[list[str]], list[str]] | None:

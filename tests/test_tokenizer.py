@@ -658,8 +658,10 @@ def hf_sentencepiece(tokenizers, documents: list[str], style: str) -> dict:
     if style == "metaspace":  # transformers' LlamaConverter with legacy=False
         spec["normalizer"] = None
         spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False}
-    elif style == "gemma":  # no prefix space, no Strip
+    elif style == "gemma":  # no prefix space, no Strip; a Split on " " that finds none left
         spec["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+        spec["pre_tokenizer"] = {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious",
+                                 "invert": False}
         spec["decoder"]["decoders"] = spec["decoder"]["decoders"][:3]
     return spec
 
@@ -703,6 +705,24 @@ def test_same_ids_and_text_as_hugging_face_tokenizers(tmp_path, style):
             expected = reference.encode(text, add_special_tokens=False).ids
             assert ours.encode(text, allow_special=allow) == expected, repr(text)
             assert ours.decode(expected) == reference.decode(expected, skip_special_tokens=False), repr(text)
+
+
+def test_every_split_behavior_as_hugging_face_tokenizers(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    pre = tokenizers.pre_tokenizers
+    documents, rng = stdlib_text(60_000), random.Random(6)
+    texts = [random_text(rng) for _ in range(100)] + stdlib_text(10_000) + ["", " ", "  a  b. ", ".,"]
+    for behavior in ["removed", "isolated", "merged_with_previous", "merged_with_next", "contiguous"]:
+        for invert in (False, True):
+            reference = tokenizers.Tokenizer(tokenizers.models.BPE())
+            split = pre.Split(tokenizers.Regex(r"\s+|[.,]"), behavior=behavior, invert=invert)
+            reference.pre_tokenizer = pre.Sequence([split, pre.ByteLevel(add_prefix_space=False, use_regex=False)])
+            reference.train_from_iterator(documents, tokenizers.trainers.BpeTrainer(
+                vocab_size=400, initial_alphabet=pre.ByteLevel.alphabet(), show_progress=False))
+            reference.save(str(tmp_path / "tokenizer.json"))
+            ours = tk.load_tokenizer(tmp_path / "tokenizer.json")
+            for text in texts:
+                assert ours.encode(text) == reference.encode(text, add_special_tokens=False).ids, (behavior, text)
 
 
 def test_transformers_reads_our_export_exactly(trained, tmp_path):
