@@ -514,6 +514,13 @@ def test_sentencepiece_json_by_hand(tmp_path):
         hf.decode([len(ids)])
 
 
+def test_cli_encode_reads_a_tokenizer_json(tmp_path, capsys):
+    write_json(tmp_path / "model" / "tokenizer.json", sentencepiece_spec(TINY_PIECES, TINY_MERGES))
+    assert tk.main(["encode", "--tokenizer", str(tmp_path / "model"), "hi abc"]) == 0
+    ids, tokens, _ = capsys.readouterr().out.splitlines()
+    assert ids == "271 265 267" and tokens == '" hi" " a" "bc"'
+
+
 def test_merge_rank_is_not_the_rank_of_the_concatenation(tmp_path):
     """Hugging Face merges the pair listed first; tiktoken would merge the pair whose result has the lowest id."""
     pieces = ["▁", "x", "y", "z", "yz", "xy", "xyz"]  # ids: yz < xy, but the merge ("x", "y") is listed first
@@ -586,8 +593,9 @@ def test_unsupported_tokenizer_json_is_one_clear_line(tmp_path, component, chang
     path.write_text('{"model": ', encoding="utf-8")
     with pytest.raises(InputError, match="cannot read"):
         tk.load_tokenizer(path)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no tokenizer.json or tokenizer.txt"):
-        tk.load_tokenizer(tmp_path / "empty_folder" if (tmp_path / "empty_folder").mkdir() is None else None)
+        tk.load_tokenizer(tmp_path / "empty")
 
 
 def test_save_pretrained_round_trip_and_generic_reader(trained, tmp_path):
