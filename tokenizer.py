@@ -632,6 +632,7 @@ class HFTokenizer:
 
     def __init__(self, spec: dict, fingerprint: str, special_names: dict[str, str | None]) -> None:
         self.fingerprint = fingerprint
+        self.path: Path | None = None  # the file it was read from (from_spec): save_pretrained copies it
         self._normalize = _normalizer(spec.get("normalizer"))
         self._pre_tokenize, self.byte_level = _pre_tokenizer(spec.get("pre_tokenizer"))
         self._decode_tokens = _decoder(spec.get("decoder"))
@@ -699,8 +700,8 @@ class HFTokenizer:
         """Copy the tokenizer.json this was read from (byte for byte: same fingerprint) and write
         tokenizer_config.json (bos/eos/pad, chat_template) and special_tokens_map.json next to it."""
         try:
-            data = self.path.read_bytes()
-        except OSError as error:
+            data = Path(self.path).read_bytes()
+        except (OSError, TypeError) as error:  # TypeError: built from a spec, not read from a file
             raise InputError(f"{self.path}: cannot read tokenizer file ({error})") from None
         if hashlib.sha256(data).hexdigest() != self.fingerprint:
             raise InputError(f"{self.path}: changed since it was loaded; load it again")
