@@ -551,8 +551,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda, cuda:1 ... (default: %(default)s)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="weights and KV cache (default: bfloat16 on cuda, float32 on cpu: even with AVX512-BF16, "
-                        "bf16 decoding measured ~3x slower than fp32 on a 2-core EPYC, see bench.py)")
+                   help="weights and KV cache (default: bfloat16 on cuda, float32 on cpu, where bf16 was not "
+                        "reliably faster even with AVX512-BF16: bench.py's bf16 rows measure it on yours)")
     p.add_argument("--quantize", choices=["int8"],
                    help="int8 weights with per-row scales, quantised at load (model.quantize_int8); with "
                         "--compile, decoding streams a quarter of fp32's bytes")

@@ -17,15 +17,6 @@ STDLIB = sorted(Path(os.__file__).parent.glob("*.py"))
 SEQ_LEN = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The model is tiny: on a busy 2-core machine one thread is faster than two waiting for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
     return Tokenizer.train([p.read_text(encoding="utf-8") for p in STDLIB[:30]], 512, workers=1, progress=False)
