@@ -21,8 +21,9 @@ How it maps to the paper and why it is built this way:
     then 8 x 512, then 4 x 1024), split over ranks and gradient-accumulation micro-steps. The loss is the mean
     over every counted target token of the global batch, so 1 process x 2 micro-steps equals 2 processes x 1.
   * Parallelism: `fully_shard` (FSDP2) on every block and on the root, which holds the tied embedding / LM
-    head as one unit; bf16 params with fp32 gradient reduction on CUDA (NCCL), fp32 on CPU (gloo). Per-block
-    torch.compile and activation checkpointing are options. A plain `python train.py` is a 1-process group.
+    head as one unit; bf16 compute over fp32 master weights with fp32 gradient reduction on CUDA (NCCL), fp32
+    on CPU (gloo; --bf16 for CPUs with AVX512-BF16 or AMX). Per-block torch.compile and activation
+    checkpointing are options. A plain `python train.py` is a 1-process group.
   * Checkpoints: torch.distributed.checkpoint (sharded; reloadable at another world size), written to
     step_N.tmp/ and renamed, then `latest` is replaced: a kill at any moment leaves the previous one intact.
 """
