@@ -10,11 +10,17 @@ compares the tokens/s printed here with that bound.
     python sample.py --prompt "def "                      # latest export of train.py (out/export)
     python sample.py --ckpt DIR --tokenizer tok.txt       # any Llama-format Hugging Face directory
     python sample.py --prompt @prompt.txt --num-samples 4 --temperature 0.8 --top-p 0.95 --seed 1
+    python sample.py --chat --system "Answer in Python."   # talk to the SFT model (Fox-1-Instruct's turn format)
+    python sample.py --ckpt out/export --score-chat 100 --max-new-tokens 256   # the instruct-stage table in README
 
 Text goes to stdout as it is produced (one sample streams; several are printed when done), speeds to stderr.
 Documents in training are wrapped `<bos> ... <eos>`, so the prompt gets a leading `<bos>` and a sample ends
 at its first `<eos>`. The prompt's last token is regenerated (token healing, `heal_prompt`): "def " ends in a
 lone " " token that training text hardly ever has, and healing lets the model pick " main" instead.
+
+--chat renders the conversation with the checkpoint's chat template through tokenizer.encode_chat, the very
+function data.py prepares SFT data with, so the model reads a conversation exactly as it was trained on it; a
+reply ends at <end_of_turn> (or <eos>), and the conversation stays in the KV cache between turns.
 
 Randomness is per row: row r of a batch draws from its own generator seeded `seed + r`, and draws the same
 amount whatever the other rows do, so sample r of `--num-samples N --seed S` is exactly the single sample of
@@ -360,7 +366,8 @@ def chat_turn(model: Fox, session: ChatSession, user_text: str, max_new_tokens: 
     session.messages.append({"role": "user", "content": user_text})
     ids, _ = encode_chat(session.tokenizer, session.messages, session.template, add_generation_prompt=True)
     check_fits(model, len(ids), max_new_tokens)
-    shared = next((i for i, (a, b) in enumerate(zip(session.cached, ids)) if a != b), min(len(session.cached), len(ids)))
+    shared = next((i for i, (a, b) in enumerate(zip(session.cached, ids)) if a != b),
+                  min(len(session.cached), len(ids)))
     reused = min(shared, len(ids) - 1)  # prefill at least one token: its logits choose the first reply token
     device = model.embed_tokens.weight.device
     positions = torch.arange(reused, len(ids), device=device)

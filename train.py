@@ -5,14 +5,20 @@ data quality) on FSDP2, with exact resume.
     python train.py                                   # the whole pipeline on a laptop CPU (preset tiny)
     torchrun --nproc_per_node=8 train.py --preset fox-1.6b --data DATA --stage 1   # one stage on 8 GPUs
 
+    torchrun --nproc_per_node=8 train.py --preset fox-1.6b --stage sft --init Fox-1-1.6B --data chat/
+
 With no arguments it trains a byte-level BPE tokenizer on this Python's standard library (if out/ has none),
-prepares the built-in corpus (data.py), trains `tiny` through stages 1 -> 2 -> 3 (256 -> 512 -> 1024 tokens),
-evaluates each stage, and leaves checkpoints under out/stage{1,2,3}/ and a Hugging Face export in out/export/.
+prepares the built-in corpus and conversations (data.py), trains `tiny` through stages 1 -> 2 -> 3 (256 -> 512
+-> 1024 tokens) and then the instruction-tuning stage (sft), evaluates each stage, and leaves checkpoints under
+out/stage{1,2,3}/ and out/sft/ and a Hugging Face export (with its chat template) in out/export/.
 
 How it maps to the paper and why it is built this way:
   * Stages. Stage S starts from stage S-1's final checkpoint (weights AND AdamW moments: the curriculum is one
     continuous run cut in three, so dropping the moments would cause a loss spike) and trains on windows of its
     own length from its own mixture. A stage that has a checkpoint of its own resumes from it instead.
+  * SFT (Fox-1-Instruct: the base model fine-tuned on 5B tokens of instructions and conversations). It starts
+    from stage 3's final checkpoint, or with --init from any Llama-format folder, trains only on the assistant's
+    reply tokens (data.ChatLoader packs whole conversations), and has its own budget and schedule.
   * Schedule: warmup-stable-decay (WSD), not cosine. A cosine spans the whole 3T-token run, so the learning rate
     of a stage would depend on budgets decided up front; WSD holds the peak through stages 1-2 and decays
     linearly to 10% during stage 3, so the annealing coincides with the highest-quality data (the recipe
@@ -98,8 +104,8 @@ class TrainConfig:
     bf16: bool | None = None  # bf16 compute, fp32 master weights and reductions; None = on for CUDA only
     # The instruction-tuning stage (--stage sft): its own budget (window tokens, padding included) and schedule.
     init: str | None = None  # start SFT from this Llama-format folder instead of stage 3's final checkpoint
-    sft_tokens: int = 160_000  # tiny: ~2 min on 2 CPU cores, ~0.6 epochs of the built-in conversations
-    sft_lr: float = 3e-4
+    sft_tokens: int = 200_000  # tiny: ~2.5 min on 2 CPU cores, 0.6 epochs of the built-in conversations
+    sft_lr: float = 1e-3  # tiny: 3e-4 for 160K tokens left the format unlearned (replies did not stop)
     sft_warmup_steps: int = 4
     sft_seq_len: int | None = 512  # None = the model's context; the built-in conversations are ~100 tokens
 
@@ -592,7 +598,8 @@ def describe_stage(plan: StagePlan, loader: data.Loader | data.ChatLoader, cfg: 
     docs = "conversations" if stage.number == SFT else "docs"  # SFT cuts a conversation at a turn boundary
     packing = "; ".join(f"{name} {s.windows:,} windows/epoch, {s.docs_per_window:.1f} {docs}/window, "
                         f"{s.documents_cut:,} of {s.documents:,} {docs} cut" for name, s in loader.stats.items())
-    tqdm.write(f"{stage_label(stage.number)}: seq_len {stage.seq_len}, {plan.steps} steps of {cfg.tokens_per_step} tokens "
+    tqdm.write(f"{stage_label(stage.number)}: seq_len {stage.seq_len}, {plan.steps} steps of {cfg.tokens_per_step} "
+               f"tokens "
                f"({env.world_size} rank(s) x {plan.accumulation} micro-steps x {plan.micro_batch} windows)"
                + (f", resuming at step {step}" if step else "")
                + f"\n  mixture {stage.mixture}\n  packing: {packing}")
@@ -757,7 +764,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[int]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Examples:\n  python train.py\n"
-                                            "  torchrun --nproc_per_node=8 train.py --preset fox-1.6b --data DATA --stage 1\n"
+                                            "  torchrun --nproc_per_node=8 train.py --preset fox-1.6b --data DATA "
+                                            "--stage 1\n"
                                             "  torchrun --nproc_per_node=8 train.py --preset fox-1.6b --stage sft "
                                             "--init Fox-1-1.6B --data chat/")
     parser.add_argument("--preset", default="tiny", choices=list(TRAIN_PRESETS), help="model + training preset")
@@ -795,8 +803,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[int]]:
                         help="bf16 matmuls with fp32 master weights and gradient reduction (FSDP2 mixed precision; "
                              "default: on for CUDA, off for CPU)")
     args = parser.parse_args(argv)
-    for name in ("max_steps", "total_tokens", "sft_tokens", "tokens_per_step", "micro_batch_tokens", "eval_every", "eval_batches",
-                 "save_every", "keep", "log_every"):
+    for name in ("max_steps", "total_tokens", "sft_tokens", "tokens_per_step", "micro_batch_tokens", "eval_every",
+                 "eval_batches", "save_every", "keep", "log_every"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if (args.lr is not None and args.lr <= 0) or (args.warmup_steps is not None and args.warmup_steps < 0):
