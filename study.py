@@ -646,8 +646,12 @@ def synthetic_documents(rng: random.Random, facts: list[tuple[str, str]], lines:
 
 
 def addition_items(rng: random.Random, count: int, digits: int, seen: set[tuple[int, int]]) -> list[dict]:
-    """4-way multiple choice on problems not in `seen`: the sum, and three sums off by one unit, ten, ... in
-    one digit (a missed or extra carry)."""
+    """4-way multiple choice on problems not in `seen`: the sum, and three sums off by 1 or 2 in one digit
+    (a missed or extra carry is off by 1) with as many digits, so that no choice wins by being shorter (summed
+    log-likelihoods favour short choices: with 4-digit sums against 3-digit ones, untrained models
+    scored 12-14%, below chance)."""
+    if digits < 2:
+        raise StudyError(f"addition digits: {digits}, need at least 2 for three distractors of the sum's length")
     items, used = [], set(seen)
     while len(items) < count:
         a, b = addition_pair(rng, digits)
@@ -655,8 +659,8 @@ def addition_items(rng: random.Random, count: int, digits: int, seen: set[tuple[
             continue
         used.add((a, b))
         total = a + b
-        wrong = sorted({total + sign * 10 ** k for k in range(digits + 1) for sign in (1, -1)} - {total})
-        choices = [total, *rng.sample([w for w in wrong if w > 0], 3)]
+        wrong = sorted({total + step * 10 ** k for k in range(digits) for step in (-2, -1, 1, 2)})
+        choices = [total, *rng.sample([w for w in wrong if len(str(w)) == len(str(total))], 3)]
         rng.shuffle(choices)
         items.append({"query": f"{a} + {b} =", "choices": [str(c) for c in choices], "gold": choices.index(total)})
     return items

@@ -130,6 +130,7 @@ def test_synthetic_tasks():
         a, b = map(int, re.fullmatch(r"(\d+) \+ (\d+) =", item["query"]).groups())
         assert (a, b) not in seen
         assert int(item["choices"][item["gold"]]) == a + b and len(set(item["choices"])) == 4
+        assert len({len(choice) for choice in item["choices"]}) == 1
     recall = study.recall_items(rng, facts)
     for item, (name, color) in zip(recall, facts):
         assert item["query"] == f"the color of {name} is" and item["choices"][item["gold"]] == color
