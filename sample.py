@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 import data
 from model import IGNORE_INDEX, CheckpointError, Fox, checkpoint_tokens, quantize_int8
-from tokenizer import (DEFAULT_CHAT_TEMPLATE, SPECIAL_TOKENS, InputError, Tokenizer, encode_chat,
+from tokenizer import (DEFAULT_CHAT_TEMPLATE, InputError, Tokenizer, encode_chat,
                        load_chat_template, load_tokenizer)
 
 Result = TypeVar("Result")
@@ -313,7 +313,7 @@ def heal_prompt(tokenizer: Tokenizer, ids: list[int]) -> tuple[list[int], bytes,
     " " token that training text almost never has before a word: after "def " the model is off its
     data and writes noise. Healed, it continues from "def" with " __init__", " main", ... as it has
     learned to. Prompts that end in a special token are left alone."""
-    if len(ids) < 2 or ids[-1] < len(SPECIAL_TOKENS):
+    if len(ids) < 2 or ids[-1] in tokenizer.special_ids:
         return ids, b"", None
     tail = tokenizer.decode_bytes(ids[-1:])
     return ids[:-1], tail, tokenizer.ids_starting_with(tail)

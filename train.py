@@ -657,7 +657,7 @@ def prepare_inputs(cfg: TrainConfig, preset_vocab: int, stages: list[int], env: 
     data_root = Path(cfg.data) if cfg.data else out / "data"
     train_tokenizer = cfg.data is None and cfg.init is None and not tokenizer_path.exists()
     if cfg.data is None and cfg.tokenizer is None and cfg.init is None and not train_tokenizer:
-        vocab = Tokenizer.load(tokenizer_path).vocab_size
+        vocab = load_tokenizer(tokenizer_path).vocab_size
         if vocab != preset_vocab:  # left by a run of another preset: the model would silently get its vocabulary
             raise TrainError(f"{tokenizer_path} has {vocab:,} tokens but preset {cfg.preset} uses {preset_vocab:,}: "
                              f"use another --out, or pass --tokenizer {tokenizer_path} to train with it anyway")
@@ -719,7 +719,7 @@ def run(cfg: TrainConfig, stages: list[int]) -> None:
         if SFT in stages and not inputs.chat_sources and env.is_main:
             tqdm.write(f"{inputs.data_root} has no chat sources: skipping SFT (prepare some with data.py prepare-chat)")
         stages = [stage for stage in stages if stage != SFT or inputs.chat_sources]
-        tokenizer = Tokenizer.load(inputs.tokenizer_path)
+        tokenizer = load_tokenizer(inputs.tokenizer_path)
         model_config = (config_from_hf(Path(cfg.init) / "config.json")[0] if cfg.init
                         else FoxConfig.from_preset(cfg.preset, vocab_size=tokenizer.vocab_size))
         plan = stage_table(model_config, cfg, inputs)

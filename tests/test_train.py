@@ -76,7 +76,15 @@ def test_two_ranks_match_one_process_and_loss_decreases(corpus, reference, tmp_p
     assert one[10] < one[1] - 0.5
     rank1 = [json.loads(line) for line in (out / "stage1" / "metrics.rank1.jsonl").read_text().splitlines()]
     assert {row["step"]: row["loss"] for row in rank1 if "loss" in row} == two  # both ranks: the same loss
-    assert (out / "export" / "model.safetensors").exists() and (out / "export" / "tokenizer.txt").exists()
+    export = out / "export"  # a complete Hugging Face folder
+    for name in ("model.safetensors", "tokenizer.txt", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "generation_config.json"):
+        assert (export / name).exists(), name
+    tokenizer = Tokenizer.load(corpus[0])
+    config = json.loads((export / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"]) == (tokenizer.bos_id, tokenizer.eos_id)
+    assert config["fox1_tokenizer_fingerprint"] == tokenizer.fingerprint
+    assert "<start_of_turn>" in json.loads((export / "tokenizer_config.json").read_text())["chat_template"]
 
 
 def test_sigkill_then_resume_gives_identical_losses(corpus, reference, tmp_path):
