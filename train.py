@@ -653,7 +653,7 @@ def prepare_inputs(cfg: TrainConfig, preset_vocab: int, stages: list[int], env: 
     """Tokenizer and data: the built-in corpus and conversations are made on first use; a user --data root must
     exist. With --init the tokenizer is the folder's."""
     out = Path(cfg.out)
-    tokenizer_path = Path(cfg.tokenizer or (Path(cfg.init) / "tokenizer.txt" if cfg.init else out / "tokenizer.txt"))
+    tokenizer_path = Path(cfg.tokenizer or cfg.init or out / "tokenizer.txt")  # a folder: its tokenizer.json or .txt
     data_root = Path(cfg.data) if cfg.data else out / "data"
     train_tokenizer = cfg.data is None and cfg.init is None and not tokenizer_path.exists()
     if cfg.data is None and cfg.tokenizer is None and cfg.init is None and not train_tokenizer:
