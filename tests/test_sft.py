@@ -280,3 +280,13 @@ def test_sft_stage_resumes_exactly_after_a_kill(exported, chat_root, tmp_path):
                              timeout=600)
     assert "resuming at step 3" in resumed.stdout + resumed.stderr
     assert sft_losses(killed) == losses
+
+
+def test_sft_without_stage_three_or_with_init_elsewhere_is_refused(corpus, chat_root, tmp_path):
+    command = [sys.executable, str(REPO / "train.py"), "--data", str(chat_root), "--tokenizer", str(corpus[1]),
+               "--out", str(tmp_path / "run")]
+    result = subprocess.run(command + ["--stage", "sft"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: sft starts from stage 3's final checkpoint")
+    result = subprocess.run(command + ["--stage", "2", "--init", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2 and "--init starts the SFT stage" in result.stderr
