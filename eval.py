@@ -64,7 +64,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model import LOSS_CHUNK_ELEMENTS, CheckpointError, Fox, linear
+from model import LOSS_CHUNK_ELEMENTS, CheckpointError, Fox
 from sample import SampleError, check_checkpoint, generate, open_tokenizer, parse_device, special_ids
 from tokenizer import InputError, Tokenizer
 
@@ -173,17 +173,6 @@ def choice_mask(segments: torch.Tensor) -> torch.Tensor:
     return (causal & visible)[:, None]
 
 
-def hidden_states(model: Fox, idx: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Final-norm hidden states (B, T, hidden) under any attention mask: `Fox.forward`'s layers with
-    `choice_mask`, which forward's doc_ids (block-diagonal documents) cannot express. The LM head is left
-    out so that only the positions that predict a scored token go through it (`score_rows`)."""
-    cos, sin = model.rope_cos[positions][:, None], model.rope_sin[positions][:, None]
-    x = model.embed_tokens(idx)
-    for layer in model.layers:
-        x = layer(x, cos, sin, mask)
-    return model.norm(x)
-
-
 def score_rows(model: Fox, rows: Sequence[Row]) -> dict[int, tuple[float, bool]]:
     """One forward over the padded batch of rows -> {request index: (log-likelihood, greedy)}."""
     device = model.embed_tokens.weight.device
@@ -195,14 +184,14 @@ def score_rows(model: Fox, rows: Sequence[Row]) -> dict[int, tuple[float, bool]]
     idx = torch.tensor([padded(r.tokens, 0) for r in rows], device=device)
     positions = torch.tensor([padded(r.positions, 0) for r in rows], device=device)
     segments = torch.tensor([padded(r.segments, -1) for r in rows], device=device)
-    hidden = hidden_states(model, idx, positions, choice_mask(segments))
+    hidden = model.hidden(idx, positions, choice_mask(segments))  # the LM head only where a choice token is scored
     where = [(b, at, request) for b, row in enumerate(rows) for request, ats, _ in row.scored for at in ats]
     targets = torch.tensor([t for row in rows for _, _, ids in row.scored for t in ids], device=device)
     picked = hidden[torch.tensor([b for b, _, _ in where], device=device), torch.tensor([at for _, at, _ in where], device=device)]
     log_probs, greedy = [], []
     chunk = max(1, LOSS_CHUNK_ELEMENTS // model.config.vocab_size)  # (chunk x vocab) fp32 logits at a time
     for start in range(0, len(targets), chunk):
-        logits = linear(picked[start:start + chunk], model.embed_tokens.weight).float().log_softmax(dim=-1)
+        logits = model.logits(picked[start:start + chunk]).log_softmax(dim=-1)
         wanted = targets[start:start + chunk]
         log_probs.append(logits.gather(1, wanted[:, None])[:, 0])
         greedy.append(logits.argmax(dim=-1) == wanted)

@@ -366,31 +366,38 @@ class Fox(nn.Module):
         input_pos (T,): generation with the KV cache: the absolute positions of these T tokens (the
             same for every row); keys come from the cache, masked to positions <= the query's.
         last_only: return logits of the last position only (prefill without a (T x vocab) tensor)."""
-        B, T = idx.shape
-        if input_pos is not None:
-            positions = input_pos
-            cache_len = self.layers[0].self_attn.kv_cache.k.size(2)
-            mask = torch.arange(cache_len, device=idx.device)[None, :] <= input_pos[:, None]
-        else:
-            positions = position_ids if position_ids is not None else torch.arange(T, device=idx.device)
-            mask = document_mask(doc_ids) if doc_ids is not None else None
+        T = idx.size(1)
         if int(T) > self.config.context_len:
             raise ValueError(f"sequence of {T} tokens is longer than the context ({self.config.context_len})")
+        if input_pos is not None:
+            cache_len = self.layers[0].self_attn.kv_cache.k.size(2)
+            mask = torch.arange(cache_len, device=idx.device)[None, :] <= input_pos[:, None]
+            x = self.hidden(idx, input_pos, mask, input_pos)
+        else:
+            positions = position_ids if position_ids is not None else torch.arange(T, device=idx.device)
+            x = self.hidden(idx, positions, document_mask(doc_ids) if doc_ids is not None else None)
+        if targets is not None:
+            return chunked_cross_entropy(x.flatten(0, 1), self.embed_tokens.weight, targets.flatten())
+        return self.logits(x[:, -1:] if last_only else x)
+
+    def hidden(self, idx: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
+               input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-norm hidden states (B, T, hidden) of idx at RoPE positions ((T,) shared by the rows or (B, T)
+        per row) under a boolean attention mask (broadcastable to (B, 1, T, keys); None = causal over idx).
+        eval.py calls it with its own mask (each answer choice sees the question and itself only)."""
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         if cos.dim() == 2:  # shared positions (T, hd) -> (1, 1, T, hd); per-row (B, T, hd) -> (B, 1, T, hd)
             cos, sin = cos[None], sin[None]
         cos, sin = cos[:, None], sin[:, None]
-
         x = self.embed_tokens(idx)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, input_pos)
-        x = self.norm(x)
-        if targets is not None:
-            return chunked_cross_entropy(x.flatten(0, 1), self.embed_tokens.weight, targets.flatten())
-        if last_only:
-            x = x[:, -1:]
-        head = self.embed_tokens  # tied; an int8 table carries its row scales
-        return linear(x, head.weight, head.scale if isinstance(head, Int8Embedding) else None).float()
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head, tied to the embedding: final-norm hidden states (..., hidden) -> fp32 logits."""
+        head = self.embed_tokens  # an int8 table carries its row scales
+        return linear(hidden, head.weight, head.scale if isinstance(head, Int8Embedding) else None).float()
 
     # ----------------------------------------------------------------------------------------------
     # Hugging Face interop
