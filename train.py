@@ -507,9 +507,8 @@ def setup_stage(stage: data.Stage, model: Fox, optimizer, model_config: FoxConfi
     if resume is not None:
         meta = read_checkpoint_meta(resume, model_config)
         load_checkpoint(model, optimizer, resume, env)
-        loader.load_state_dict(meta["loader"])
         step = meta["step"]
-        if meta["complete"]:
+        if meta["complete"]:  # its loader state is not needed (and may be of an older data layout)
             if env.is_main:
                 tqdm.write(f"{stage_label(stage.number)}: already complete at {resume} "
                            f"(eval loss {meta['eval_loss']:.4f})")
@@ -517,6 +516,7 @@ def setup_stage(stage: data.Stage, model: Fox, optimizer, model_config: FoxConfi
         if step >= plan.steps:
             raise TrainError(f"{resume} is at step {step}, not before this run's last step {plan.steps}; "
                              f"raise --max-steps to continue it")
+        loader.load_state_dict(meta["loader"])
     if env.is_main:
         describe_stage(plan, loader, cfg, env, step)
     return StageRun(plan, directory, loader, eval_set, step, MetricsLog(directory, env.rank, step))
