@@ -65,7 +65,7 @@ import torch
 from tqdm import tqdm
 
 from model import LOSS_CHUNK_ELEMENTS, CheckpointError, Fox
-from sample import SampleError, check_checkpoint, generate, open_tokenizer, parse_device, special_ids
+from sample import SampleError, generate, open_checkpoint, parse_device
 from tokenizer import InputError, Tokenizer
 
 DEFAULT_CKPT = "out/export"
@@ -763,16 +763,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         tasks = check_arguments(args)
         shots = parse_shots(args.shots, tasks)
         device = parse_device(args.device)
-        dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
         ckpt = Path(args.ckpt)
-        check_checkpoint(ckpt)
-        tokenizer = open_tokenizer(ckpt, args.tokenizer)
-        bos_id, eos_ids = special_ids(ckpt, tokenizer)
-        model = Fox.from_pretrained(ckpt, dtype=dtype, device=device).eval()
-        if tokenizer.vocab_size > model.config.vocab_size:
-            raise EvalError(f"tokenizer has {tokenizer.vocab_size} tokens but the model in {ckpt} only "
-                            f"{model.config.vocab_size}: they do not belong together")
-        print(f"{ckpt}: {model.num_params():,} parameters, {dtype} on {device}", file=sys.stderr)
+        loaded = open_checkpoint(ckpt, args.tokenizer, device, args.dtype)
+        model, tokenizer, bos_id, eos_ids = loaded.model, loaded.tokenizer, loaded.bos_id, loaded.eos_ids
+        print(f"{ckpt}: {model.num_params():,} parameters, {loaded.dtype} on {device}", file=sys.stderr)
         results = [run_task(model, tokenizer, TASKS[name], Path(args.data), shots=shots[name], limit=args.limit,
                             seed=args.seed, batch_size=args.batch_size, bos=bos_id if args.bos else False, eos=eos_ids,
                             fewshot_from=Path(args.fewshot_from) if args.fewshot_from else None,

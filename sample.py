@@ -531,6 +531,32 @@ def check_checkpoint(ckpt: Path) -> None:
         raise SampleError(f"{ckpt}: no checkpoint here (config.json not found){hint}")
 
 
+@dataclass
+class Checkpoint:
+    """A model with the tokenizer and the bos / eos ids it was trained with."""
+
+    model: Fox
+    tokenizer: Tokenizer
+    bos_id: int
+    eos_ids: list[int]
+    dtype: torch.dtype
+
+
+def open_checkpoint(ckpt: Path, tokenizer_path: str | None, device: torch.device, dtype_name: str | None
+                    ) -> Checkpoint:
+    """Load a checkpoint folder for inference (sample.py, eval.py), checking that its parts belong together.
+    dtype_name None: bfloat16 on CUDA, float32 on CPU."""
+    dtype = getattr(torch, dtype_name or ("bfloat16" if device.type == "cuda" else "float32"))
+    check_checkpoint(ckpt)
+    tokenizer = open_tokenizer(ckpt, tokenizer_path)
+    bos, eos_ids = special_ids(ckpt, tokenizer)
+    model = Fox.from_pretrained(ckpt, dtype=dtype, device=device).eval()
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise SampleError(f"tokenizer has {tokenizer.vocab_size} tokens but the model in {ckpt} only "
+                          f"{model.config.vocab_size}: they do not belong together")
+    return Checkpoint(model, tokenizer, bos, eos_ids, dtype)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Generate text from a Fox checkpoint (KV-cached, optionally compiled).")
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="our export or a Llama-format Hugging Face directory (default: %(default)s)")
@@ -579,16 +605,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         device = parse_device(args.device)
-        dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
         text = read_prompt(args.prompt)
         ckpt = Path(args.ckpt)
-        check_checkpoint(ckpt)
-        tokenizer = open_tokenizer(ckpt, args.tokenizer)
-        bos, eos_ids = special_ids(ckpt, tokenizer)
-        model = Fox.from_pretrained(ckpt, dtype=dtype, device=device).eval()
-        if tokenizer.vocab_size > model.config.vocab_size:
-            raise SampleError(f"tokenizer has {tokenizer.vocab_size} tokens but the model in {ckpt} only "
-                              f"{model.config.vocab_size}: they do not belong together")
+        loaded = open_checkpoint(ckpt, args.tokenizer, device, args.dtype)
+        model, tokenizer, bos, eos_ids, dtype = (loaded.model, loaded.tokenizer, loaded.bos_id, loaded.eos_ids,
+                                                 loaded.dtype)
         if args.quantize == "int8":
             quantize_int8(model)
         if args.chat or args.score_chat:
