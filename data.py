@@ -133,9 +133,9 @@ def prose_ratio(source: str) -> float:
     return prose / max(len(source), 1)
 
 
-def _split_builtin(files: list[Path]) -> dict[str, list[Path]]:
+def _split_builtin(files: list[Path], progress: bool = True) -> dict[str, list[Path]]:
     groups: dict[str, list[Path]] = {name: [] for name in BUILTIN}
-    for path in tqdm(files, desc="classifying stdlib", unit="file", leave=False):
+    for path in tqdm(files, desc="classifying stdlib", unit="file", leave=False, disable=not progress):
         ratio = prose_ratio(path.read_text(encoding="utf-8", errors="replace"))
         groups["stdlib-docs" if ratio >= DOCS_PROSE_RATIO else "stdlib-code"].append(path)
     return groups
@@ -149,7 +149,7 @@ def prepare_builtin(tokenizer_path: Path, data_root: Path, *, workers: int | Non
     key = _inputs_key(files, tokenizer, val_fraction=BUILTIN_VAL_FRACTION, docs_prose_ratio=DOCS_PROSE_RATIO)
     if all(_is_prepared(Path(data_root) / name, key) for name in BUILTIN):
         return list(BUILTIN)
-    for name, group in _split_builtin(files).items():
+    for name, group in _split_builtin(files, progress).items():
         stats = ReadStats()
         _build_source(_read_files(group, stats), Path(tokenizer_path), Path(data_root) / name, key=key,
                       val_fraction=BUILTIN_VAL_FRACTION, workers=workers, shard_tokens=SHARD_TOKENS,
