@@ -15,25 +15,11 @@ import torch
 
 import eval as ev
 from model import IGNORE_INDEX, Fox, FoxConfig
-from tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 CONTEXT = 256
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: a 2-thread OpenMP region costs more waiting than it saves (see test_sample.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    stdlib = sorted(Path(os.__file__).parent.glob("*.py"))[:40]
-    return Tokenizer.train([p.read_text(encoding="utf-8") for p in stdlib], 512, workers=1, progress=False)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -17,22 +17,7 @@ from tokenizer import Tokenizer
 REPO = Path(__file__).resolve().parent.parent
 CONTEXT = 64
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny (1.2M parameters): each op is microseconds of work, and on a busy 2-core
-    machine a 2-thread OpenMP region waits milliseconds for its second thread. One thread is ~3x faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    """A 512-token BPE trained on ~1 MB of the standard library's own source (well under a second)."""
-    stdlib = sorted(Path(os.__file__).parent.glob("*.py"))[:40]
-    return Tokenizer.train([p.read_text(encoding="utf-8") for p in stdlib], 512, workers=1, progress=False)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +213,7 @@ def test_text_stream_replaces_bytes_that_never_form_a_character(tokenizer):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as in one_thread()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as the one_thread fixture does in-process
     return subprocess.run([sys.executable, str(REPO / "sample.py"), *args], capture_output=True, text=True,
                           cwd=REPO, timeout=120, env=env)
 

@@ -11,15 +11,9 @@ import torch.nn.functional as F
 
 import sample
 from model import Fox, FoxConfig, Int8Linear, quantize_int8, quantize_rows_int8
-from tokenizer import Tokenizer
 
 STDLIB = sorted(Path(os.__file__).parent.glob("*.py"))
 SEQ_LEN = 64
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    return Tokenizer.train([p.read_text(encoding="utf-8") for p in STDLIB[:30]], 512, workers=1, progress=False)
 
 
 @pytest.fixture(scope="module")
