@@ -34,6 +34,7 @@ import argparse
 import concurrent.futures
 import copy
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -77,7 +78,8 @@ def interleaved_seconds(calls: dict[str, Callable[[], object]], device: torch.de
 
 
 def spread(values: list[float], unit: str = "x", digits: int = 2) -> str:
-    """'1.23x (1.10-1.31)': the median and the range over the rounds."""
+    """'1.23x (1.10-1.31)': the median and the range over the rounds (nan ones left out)."""
+    values = [v for v in values if not math.isnan(v)] or [math.nan]
     return f"{statistics.median(values):,.{digits}f}{unit} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
 
@@ -467,12 +469,17 @@ def versus(ours: float | list[float], reference: float | list[float] | None, uni
     """The fox1, reference and ratio cells of a row: medians, and the ratio's median and range over the
     rounds (a ratio per round). A single number is one round; the reference may be missing."""
     ours, reference = ([x] if isinstance(x, float) else x for x in (ours, reference or []))
-    cell = f"{statistics.median(ours):,.1f} {unit}"
+    cell = f"{median(ours):,.1f} {unit}"
     if not reference:
         return cell, f"{name}: not installed", ""
     ratios = [a / b for a, b in zip(ours, reference)]
     shown = ratio(ratios[0], 1.0) if len(ratios) == 1 else spread(ratios)
-    return cell, f"{name}: {statistics.median(reference):,.1f} {unit}", shown
+    return cell, f"{name}: {median(reference):,.1f} {unit}", shown
+
+
+def median(values: list[float]) -> float:
+    """The median of the rounds that were not disturbed (nan)."""
+    return statistics.median([v for v in values if not math.isnan(v)] or [math.nan])
 
 
 def bench_training(args: argparse.Namespace, report: Report, machine: Machine, model: Fox,
@@ -539,12 +546,12 @@ def bench_generation(args: argparse.Namespace, report: Report, machine: Machine,
         seconds = interleaved_seconds(calls, args.device, args.repeats, warmup=0)
     prefill = {name.removesuffix(" prefill"): [prompt.numel() / s for s in values]
                for name, values in seconds.items() if name.endswith("prefill")}
-    decode = {name: [decode_steps(name, args.new_tokens) / max(t - p, 1e-9)
+    decode = {name: [decode_steps(name, args.new_tokens) / (t - p) if t > p else math.nan  # nan: a disturbed round
                      for t, p in zip(values, seconds[name.rsplit(" ", 1)[0] + " prefill"])]
               for name, values in seconds.items() if not name.endswith("prefill")}
     report.numbers.update(generation_errors=errors,
                           **{f"prefill_tok_per_s[{name}]": statistics.median(v) for name, v in prefill.items()},
-                          **{f"decode_tok_per_s[{name}]": statistics.median(v) for name, v in decode.items()})
+                          **{f"decode_tok_per_s[{name}]": median(v) for name, v in decode.items()})
     add_generation_rows(args, report, machine, models, prefill, decode, errors)
     return models["fox1 int8"]
 
@@ -568,7 +575,8 @@ def add_generation_rows(args: argparse.Namespace, report: Report, machine: Machi
                 report.add(f"decode (b=1, {precision}, {mode})", "failed", note=errors[name])
     if "fox1 int8 compiled" in decode:  # against fox1's own fastest unquantised decode, round by round
         unquantised = [name for name in decode if name.startswith("fox1") and "int8" not in name]
-        best = [max(speeds) for speeds in zip(*(decode[name] for name in unquantised))]
+        best = [max((s for s in speeds if not math.isnan(s)), default=math.nan)
+                for speeds in zip(*(decode[name] for name in unquantised))]
         report.add("decode (b=1, int8 weights, compiled)",
                    *versus(decode["fox1 int8 compiled"], best, "tok/s", "fox1 unquantised best"),
                    bound_note(decode["fox1 int8 compiled"], models["fox1 int8"], machine, cache))
@@ -579,7 +587,7 @@ def bound_note(speeds: list[float], model: Fox, machine: Machine, cache: int) ->
     size = weight_bytes(model)
     bound = machine.copy_bandwidth / size
     caveat = f"; they fit in the {cache >> 20} MB cache: DRAM does not bound them" if size < cache else ""
-    return (f"{statistics.median(speeds) / bound:.0%} of the bandwidth bound {bound:,.1f} tok/s "
+    return (f"{median(speeds) / bound:.0%} of the bandwidth bound {bound:,.1f} tok/s "
             f"({size / 1e6:,.0f} MB of weights{caveat})")
 
 
