@@ -406,11 +406,10 @@ def heldout_tokens(args: argparse.Namespace, config: FoxConfig) -> tuple[Fox | N
     else random tokens (the random-weight bench model has no text to be right about)."""
     if args.ckpt is None:
         return None, torch.randint(config.vocab_size, (1, args.prompt_len * 4), device=args.device)
-    model = Fox.from_pretrained(args.ckpt, dtype=torch.float32, device=args.device).eval()
-    tokenizer = sample.load_tokenizer(Path(args.ckpt), None)
-    ids = tokenizer.encode(Path(args.heldout).read_text(encoding="utf-8", errors="replace"))
-    length = min(len(ids), model.config.context_len - 1)
-    return model, torch.tensor([[tokenizer.bos_id] + ids[:length]], device=args.device)
+    loaded = sample.open_checkpoint(Path(args.ckpt), None, torch.device(args.device), "float32")
+    ids = loaded.tokenizer.encode(Path(args.heldout).read_text(encoding="utf-8", errors="replace"))
+    length = min(len(ids), loaded.model.config.context_len - 1)
+    return loaded.model, torch.tensor([[loaded.bos_id] + ids[:length]], device=args.device)
 
 
 def decode_step_profile(model: Fox, steps: int = 8) -> dict[str, float]:
