@@ -803,6 +803,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[int]]:
                         help="bf16 matmuls with fp32 master weights and gradient reduction (FSDP2 mixed precision; "
                              "default: on for CUDA, off for CPU)")
     args = parser.parse_args(argv)
+    check_flags(parser, args)
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if f.name != "preset" and getattr(args, f.name, None) is not None}
+    cfg = replace(TRAIN_PRESETS[args.preset], **overrides)
+    stages = {"1": [1], "2": [2], "3": [3], "sft": [SFT], None: [1, 2, 3, SFT]}[args.stage]
+    return cfg, stages
+
+
+def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse values no run can use, before anything starts (argparse's usage line + one error line)."""
     for name in ("max_steps", "total_tokens", "sft_tokens", "tokens_per_step", "micro_batch_tokens", "eval_every",
                  "eval_batches", "save_every", "keep", "log_every"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -813,11 +823,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[int]]:
         parser.error("--sft-lr must be positive")
     if args.init and args.stage != "sft":
         parser.error("--init starts the SFT stage from a model folder: use it with --stage sft")
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                 if f.name != "preset" and getattr(args, f.name, None) is not None}
-    cfg = replace(TRAIN_PRESETS[args.preset], **overrides)
-    stages = {"1": [1], "2": [2], "3": [3], "sft": [SFT], None: [1, 2, 3, SFT]}[args.stage]
-    return cfg, stages
 
 
 def main(argv: list[str] | None = None) -> int:
