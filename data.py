@@ -145,7 +145,7 @@ def prepare_builtin(tokenizer_path: Path, data_root: Path, *, workers: int | Non
                     progress: bool = True) -> list[str]:
     """Prepare the BUILTIN sources under data_root (nothing to do when already prepared); return their names."""
     files = builtin_files()
-    tokenizer = open_tokenizer(tokenizer_path)
+    tokenizer = cached_tokenizer(tokenizer_path)
     key = _inputs_key(files, tokenizer, val_fraction=BUILTIN_VAL_FRACTION, docs_prose_ratio=DOCS_PROSE_RATIO)
     if all(_is_prepared(Path(data_root) / name, key) for name in BUILTIN):
         return list(BUILTIN)
@@ -172,7 +172,7 @@ def prepare(inputs: list[str], tokenizer_path: Path, data_root: Path, name: str,
     """
     _check_source_settings(name, val_fraction)
     paths = expand_inputs(inputs)
-    tokenizer = open_tokenizer(tokenizer_path)
+    tokenizer = cached_tokenizer(tokenizer_path)
     key = _inputs_key(paths, tokenizer, val_fraction=val_fraction, skip_bad_lines=skip_bad_lines,
                       shard_tokens=shard_tokens)
     directory = Path(data_root) / name
@@ -215,7 +215,7 @@ def _is_prepared(directory: Path, key: str) -> bool:
         return False
 
 
-def open_tokenizer(path: str | Path) -> Tokenizer:
+def cached_tokenizer(path: str | Path) -> Tokenizer:
     """load_tokenizer(path) (tokenizer.txt, tokenizer.json or a folder), loaded once per process and file
     version: the workers that encode chunk after chunk, and every source of one run, share one."""
     stat = Path(path).stat()
@@ -230,7 +230,7 @@ def _load_tokenizer(path: str, mtime_ns: int, size: int) -> Tokenizer:
 def _encode_documents(job: tuple[str, list[str]]) -> tuple[np.ndarray, np.ndarray, int]:
     """In a worker: documents -> (all their tokens as <bos> ids <eos>, one after another; lengths; UTF-8 bytes)."""
     tokenizer_path, documents = job
-    tokenizer = open_tokenizer(tokenizer_path)
+    tokenizer = cached_tokenizer(tokenizer_path)
     bos, eos = np.array([tokenizer.bos_id], TOKEN_DTYPE), np.array([tokenizer.eos_id], TOKEN_DTYPE)
     pieces, lengths = [], []
     for ids in tokenizer.encode_batch(documents, num_threads=1):
@@ -286,7 +286,7 @@ def _build_source(documents: Iterable[str], tokenizer_path: Path, directory: Pat
         if splits["train"]["documents"] + splits["val"]["documents"] == 0:
             raise DataError(f"{directory.name}: the inputs hold no documents (empty or whitespace-only)")
         read_stats = read_stats or ReadStats()
-        meta = _source_meta(directory, key, open_tokenizer(tokenizer_path), splits, val_fraction=val_fraction,
+        meta = _source_meta(directory, key, cached_tokenizer(tokenizer_path), splits, val_fraction=val_fraction,
                             bad_lines_skipped=read_stats.bad_lines, replaced_bytes=read_stats.replaced_bytes)
         (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
     if progress:
@@ -725,7 +725,7 @@ def _exchange(question: str, answer: str) -> list[dict]:
 
 def prepare_builtin_chat(tokenizer_path: Path, data_root: Path, *, progress: bool = True) -> str:
     """Prepare BUILTIN_CHAT under data_root with our chat template (nothing to do when done); return its name."""
-    tokenizer = open_tokenizer(tokenizer_path)
+    tokenizer = cached_tokenizer(tokenizer_path)
     key = _inputs_key(builtin_files(), tokenizer, kind="chat", template=DEFAULT_CHAT_TEMPLATE,
                       held_out=BUILTIN_CHAT_HELD_OUT, max_lines=BUILTIN_CHAT_MAX_LINES)
     directory = Path(data_root) / BUILTIN_CHAT
@@ -748,7 +748,7 @@ def prepare_chat(inputs: list[str], tokenizer_path: Path, data_root: Path, name:
     folder's template if it has one, else DEFAULT_CHAT_TEMPLATE)."""
     _check_source_settings(name, val_fraction)
     paths = expand_inputs(inputs)
-    tokenizer = open_tokenizer(tokenizer_path)
+    tokenizer = cached_tokenizer(tokenizer_path)
     template = resolve_chat_template(template_path, tokenizer_path)
     key = _inputs_key(paths, tokenizer, kind="chat", template=template, val_fraction=val_fraction, strict=strict)
     directory = Path(data_root) / name
