@@ -671,7 +671,12 @@ BUILTIN_CHAT = "stdlib-chat"
 BUILTIN_CHAT_HELD_OUT = 10  # one module in 10 (by a hash of its name) is held out: 10% of the conversations
 BUILTIN_CHAT_MAX_LINES = 25  # longer functions make replies of 300+ tokens (8K vocab): too long to teach a stop
 BUILTIN_CHAT_MAX_DOC_CHARS = 800
-WRITE_FUNCTION = re.compile(r"Write a Python function `(\w+)\(")
+# The prompt quotes the signature as the reply begins it ("def name(args)"), so BPE gives the name the same
+# tokens in both and the reply can copy them: after a backtick, `name(` tokenizes as "get", "name" where the
+# reply's "def getname(" has " get", "name", a translation between ids a 6.5M-parameter model never learned
+# (0% of held-out replies started with the asked-for name; 480K tokens of SFT did not change it).
+WRITE_FUNCTION_PROMPT = "Write a Python function `def {name}({args})` that: {summary}"
+WRITE_FUNCTION = re.compile(r"Write a Python function `def (\w+)\(")
 
 
 @dataclass
@@ -685,7 +690,7 @@ class ChatStats:
 
 def builtin_conversations() -> dict[str, list[list[dict]]]:
     """Instruction conversations made from the standard library, {"train": [...], "val": [...]}: for every public
-    top-level function or class with a docstring, "Write a Python function `name(args)` that: <first paragraph of
+    top-level function or class with a docstring, "Write a Python function `def name(args)` that: <first paragraph of
     its docstring>" answered by the function's source, and "What does `module.name` do?" answered by the docstring.
     All conversations of a module go to one split, so the held-out ones ask about code the model never saw."""
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -712,8 +717,8 @@ def _module_conversations(source: str, module: str) -> list[list[dict]]:
         code = ast.get_source_segment(source, node) if isinstance(node, ast.FunctionDef) else None
         if code and code.count("\n") < BUILTIN_CHAT_MAX_LINES:
             summary = " ".join(doc.split("\n\n")[0].split())
-            conversations.append(_exchange(f"Write a Python function `{node.name}({ast.unparse(node.args)})` "
-                                           f"that: {summary}", code))
+            prompt = WRITE_FUNCTION_PROMPT.format(name=node.name, args=ast.unparse(node.args), summary=summary)
+            conversations.append(_exchange(prompt, code))
         if len(doc) <= BUILTIN_CHAT_MAX_DOC_CHARS:
             conversations.append(_exchange(f"What does `{module}.{node.name}` do?", doc))
     return conversations
@@ -727,7 +732,8 @@ def prepare_builtin_chat(tokenizer_path: Path, data_root: Path, *, progress: boo
     """Prepare BUILTIN_CHAT under data_root with our chat template (nothing to do when done); return its name."""
     tokenizer = cached_tokenizer(tokenizer_path)
     key = _inputs_key(builtin_files(), tokenizer, kind="chat", template=DEFAULT_CHAT_TEMPLATE,
-                      held_out=BUILTIN_CHAT_HELD_OUT, max_lines=BUILTIN_CHAT_MAX_LINES)
+                      held_out=BUILTIN_CHAT_HELD_OUT, max_lines=BUILTIN_CHAT_MAX_LINES,
+                      prompt=WRITE_FUNCTION_PROMPT)
     directory = Path(data_root) / BUILTIN_CHAT
     if not _is_prepared(directory, key):
         splits = builtin_conversations()
