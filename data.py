@@ -56,7 +56,7 @@ from tqdm import tqdm
 from model import IGNORE_INDEX
 from tokenizer import (CHUNK_CHARS, DEFAULT_CHAT_TEMPLATE, InputError, ReadStats, Tokenizer, _replace_lone_surrogates,
                        check_conversation, document_chunks, encode_chat, expand_inputs, iter_documents,
-                       load_chat_template, load_tokenizer, ordered_map)
+                       load_chat_template, load_tokenizer, ordered_map, read_text)
 
 FORMAT = "fox1-token-shards-v1"
 TOKEN_DTYPE = np.dtype("<u4")  # uint32, little-endian on disk whatever the machine: ids up to 4G, 4 bytes a token
@@ -780,10 +780,7 @@ def resolve_chat_template(template_path: Path | None, tokenizer_path: Path) -> s
         if template is None:
             raise DataError(f"{template_path}: no tokenizer_config.json with a chat_template")
         return template
-    try:
-        return Path(template_path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{template_path}: cannot read chat template ({error})") from None
+    return read_text(Path(template_path))
 
 
 def _jsonl_lines(paths: list[Path]) -> Iterator[tuple[str, str]]:
@@ -1019,19 +1016,25 @@ def print_stats(data_root: Path, context_len: int, total_tokens: int | None, sou
                   f"{p.documents_cut / max(p.documents, 1):>9.1%} {p.docs_per_window:>11.2f}{epochs:>8.2f}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _add_source_arguments(p: argparse.ArgumentParser, input_help: str, name: str, val_fraction: float) -> None:
+    """The arguments `prepare` and `prepare-chat` share: inputs, tokenizer, where the source goes, its split."""
+    p.add_argument("--input", nargs="+", required=True, help=input_help)
+    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer file (python tokenizer.py train ...)")
+    p.add_argument("--out", type=Path, required=True, help="data root; the source goes to OUT/NAME")
+    p.add_argument("--name", default=name, help=f"source name, as the curriculum mixture names it (default: {name})")
+    p.add_argument("--val-fraction", type=float, default=val_fraction,
+                   help=f"share of documents (conversations) held out (default: {val_fraction})")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     workers_help = "tokenizer processes (default: 1 below 32 MB of input, else all CPU cores)"
     p = commands.add_parser("prepare", help="tokenize text/JSONL files into token shards")
-    p.add_argument("--input", nargs="+", required=True, help="files or globs: .txt (documents separated by 2+ blank "
-                   "lines), .jsonl ('text' field), .gz of either")
-    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer file (python tokenizer.py train ...)")
-    p.add_argument("--out", type=Path, required=True, help="data root; the source goes to OUT/NAME")
-    p.add_argument("--name", default="corpus", help="source name used by the curriculum mixture (default: corpus)")
+    _add_source_arguments(p, "files or globs: .txt (documents separated by 2+ blank lines), .jsonl ('text' field), "
+                          ".gz of either", name="corpus", val_fraction=0.01)
     p.add_argument("--workers", type=int, default=None, help=workers_help)
-    p.add_argument("--val-fraction", type=float, default=0.01, help="share of documents held out (default: 0.01)")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed JSONL lines")
     p.add_argument("--allow-binary", action="store_true",
                    help="accept files with more than a few percent of undecodable bytes (replaced by U+FFFD)")
@@ -1040,21 +1043,21 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", type=Path, required=True, help="data root")
     b.add_argument("--workers", type=int, default=None, help=workers_help)
     c = commands.add_parser("prepare-chat", help="render chat JSONL through a chat template into tokens + loss mask")
-    c.add_argument("--input", nargs="+", required=True, help='files or globs: .jsonl (.gz) with {"messages": [{"role": '
-                   '"system"|"user"|"assistant", "content": ...}]} or {"prompt": ..., "response": ...} per line')
-    c.add_argument("--tokenizer", type=Path, required=True, help="tokenizer file")
-    c.add_argument("--out", type=Path, required=True, help="data root; the source goes to OUT/NAME")
-    c.add_argument("--name", default="chat", help="source name (default: chat)")
+    _add_source_arguments(c, 'files or globs: .jsonl (.gz) with {"messages": [{"role": "system"|"user"|"assistant", '
+                          '"content": ...}]} or {"prompt": ..., "response": ...} per line', name="chat", val_fraction=0.02)
     c.add_argument("--chat-template", type=Path, help="a model folder (its tokenizer_config.json) or a Jinja file "
                    "(default: the tokenizer folder's template, else fox1's Gemma-style turns)")
-    c.add_argument("--val-fraction", type=float, default=0.02, help="share of conversations held out (default: 0.02)")
     c.add_argument("--strict", action="store_true", help="stop at the first malformed line instead of skipping it")
     s = commands.add_parser("stats", help="token/document counts and per-stage packing statistics")
     s.add_argument("--data", type=Path, required=True, help="data root")
     s.add_argument("--context-len", type=int, default=1024, help="model context; stages use /4, /2, /1 of it")
     s.add_argument("--total-tokens", type=int, default=None, help="curriculum budget (default: one pass of the data)")
     s.add_argument("--sources", nargs="+", default=None, help="sources in quality order (default: all prepared)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         if args.command == "prepare":
             prepare(args.input, args.tokenizer, args.out, args.name, workers=args.workers,

@@ -66,7 +66,7 @@ from tqdm import tqdm
 
 from model import LOSS_CHUNK_ELEMENTS, CheckpointError, Fox
 from sample import SampleError, generate, open_checkpoint, parse_device
-from tokenizer import InputError, Tokenizer
+from tokenizer import InputError, Tokenizer, read_text
 
 DEFAULT_CKPT = "out/export"
 BOOTSTRAP_RESAMPLES = 1000  # perplexity's stderr: the harness draws 100,000; 1,000 pin it to ~2% of itself
@@ -562,14 +562,7 @@ def find_file(directory: Path, task: Task, split: str, plain: bool) -> Path | No
 
 def read_items(path: Path, task: Task) -> list[dict]:
     """Every line of a JSONL file as an item of `task`; any bad line is an EvalError naming file:line."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise EvalError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise EvalError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise EvalError(f"{path}: cannot read ({e.strerror})") from None
+    lines = read_text(path).splitlines()
     items = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -47,7 +47,7 @@ from tqdm import tqdm
 import data
 from model import IGNORE_INDEX, CheckpointError, Fox, checkpoint_tokens, quantize_int8
 from tokenizer import (DEFAULT_CHAT_TEMPLATE, InputError, Tokenizer, encode_chat,
-                       load_chat_template, load_tokenizer)
+                       load_chat_template, load_tokenizer, read_text)
 
 Result = TypeVar("Result")
 DEFAULT_CKPT = "out/export"  # train.py exports the latest weights and tokenizer.txt here after every stage
@@ -476,15 +476,7 @@ def read_prompt(prompt: str) -> str:
     """The prompt text itself, or the contents of a UTF-8 file given as @path."""
     if not prompt.startswith("@"):
         return prompt
-    path = Path(prompt[1:])
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SampleError(f"{path}: prompt file not found") from None
-    except UnicodeDecodeError as e:
-        raise SampleError(f"{path}: prompt file is not valid UTF-8 (byte {e.start})") from None
-    except OSError as e:
-        raise SampleError(f"{path}: cannot read prompt file ({e.strerror})") from None
+    return read_text(Path(prompt[1:]))
 
 
 def open_tokenizer(ckpt: Path, tokenizer_path: str | None) -> Tokenizer:

@@ -56,6 +56,18 @@ class InputError(ValueError):
     """Bad user input (missing/empty/corrupt file, malformed JSONL ...); message is one line naming file[:line]."""
 
 
+def read_text(path: Path) -> str:
+    """A whole UTF-8 text file, or an InputError that names it in one line."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start} is not valid UTF-8)") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write a file whole or not at all: a temporary file next to it, then a rename (atomic on POSIX and Windows).
     A failed write removes the temporary file and raises OSError; a reader never sees half a file. Creates the

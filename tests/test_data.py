@@ -5,6 +5,7 @@ The corpora are generated here; the tokenizer is a small one trained on them (vo
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -172,6 +173,12 @@ def test_undecodable_bytes_are_replaced_and_counted(tmp_path, tokenizer_path):
     assert meta["replaced_bytes"] == 2 and meta["splits"]["train"]["documents"] == 2
 
 
+def copied_source(root: Path, copy: Path) -> Path:
+    """A copy of the prepared source root/src under copy/src, to damage."""
+    shutil.copytree(root / "src", copy / "src")
+    return copy
+
+
 def test_missing_or_empty_input_and_truncated_shard_are_clear_errors(tmp_path, tokenizer_path, corpus):
     with pytest.raises(InputError, match="no such file"):
         prepare([str(tmp_path / "missing.txt")], tokenizer_path, tmp_path, "s", progress=False)
@@ -180,11 +187,7 @@ def test_missing_or_empty_input_and_truncated_shard_are_clear_errors(tmp_path, t
         prepare([str(tmp_path / "empty.txt")], tokenizer_path, tmp_path, "s", workers=1, progress=False)
     with pytest.raises(DataError, match="not prepared"):
         TokenSplit(tmp_path, "nothing", "train")
-    root, _ = corpus
-    copy = tmp_path / "copy"
-    (copy / "src").mkdir(parents=True)
-    for path in (root / "src").iterdir():
-        (copy / "src" / path.name).write_bytes(path.read_bytes())
+    copy = copied_source(corpus[0], tmp_path / "copy")
     shard = copy / "src" / "train_000003.bin"
     shard.write_bytes(shard.read_bytes()[:-4])
     with pytest.raises(DataError, match="train_000003.bin: missing or truncated"):
@@ -294,14 +297,20 @@ def test_mixture_proportions_follow_weights(tmp_path, tokenizer_path, tokenizer)
     assert abs(counts["a"] / 2000 - 0.25) < 0.04 and counts["a"] + counts["b"] == 2000
 
 
+def advanced(loader: Loader, steps: int):
+    """The loader's running iterator after `steps` batches, and the loader's state at that point."""
+    iterator = iter(loader)
+    for _ in range(steps):
+        next(iterator)
+    return iterator, loader.state_dict()
+
+
 def test_exact_resume_mid_epoch(corpus):
     root, _ = corpus
     stage = Stage(1, 16, 0, {"src": 1.0})
     loader = Loader(root, stage, 3, seed=7)
-    iterator = iter(loader)
-    for _ in range(5):
-        next(iterator)
-    state = json.loads(json.dumps(loader.state_dict()))  # plain data: survives a checkpoint round trip
+    iterator, state = advanced(loader, 5)
+    state = json.loads(json.dumps(state))  # plain data: survives a checkpoint round trip
     rest = [next(iterator) for _ in range(12)]  # crosses the end of the first epoch (~17 batches)
 
     resumed = Loader(root, stage, 3, seed=7)
@@ -316,11 +325,7 @@ def test_exact_resume_mid_epoch(corpus):
 def test_resume_with_another_world_size_continues_the_global_stream(corpus):
     root, _ = corpus
     stage = Stage(1, 16, 0, {"src": 1.0})
-    single = Loader(root, stage, 4, seed=3)
-    iterator = iter(single)
-    for _ in range(3):
-        next(iterator)
-    state = single.state_dict()
+    iterator, state = advanced(Loader(root, stage, 4, seed=3), 3)
     expected = [next(iterator) for _ in range(4)]
     halves = []
     for rank in range(2):
@@ -442,11 +447,7 @@ def test_killed_prepare_debris_is_cleaned_and_outputs_follow_the_umask(tmp_path,
 
 
 def test_damaged_source_metadata_and_doc_starts_are_one_line_errors(tmp_path, corpus):
-    root, _ = corpus
-    copy = tmp_path / "copy"
-    (copy / "src").mkdir(parents=True)
-    for path in (root / "src").iterdir():
-        (copy / "src" / path.name).write_bytes(path.read_bytes())
+    copy = copied_source(corpus[0], tmp_path / "copy")
     starts = copy / "src" / "train_doc_starts.npy"
     starts.write_bytes(starts.read_bytes()[:100])
     with pytest.raises(DataError, match="train_doc_starts.npy: unreadable or truncated"):
