@@ -231,6 +231,26 @@ def decode(model: Fox, step: Callable, token: torch.Tensor, input_pos: torch.Ten
 
 
 @torch.inference_mode()
+def prompt_batch(prompt_ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
+                 device: torch.device) -> torch.Tensor:
+    """(B, T) long tensor of prompts given as a tensor, one list of ids, or equally long lists. Prompts of
+    different lengths are refused: a row padded on the left would need its own positions and mask."""
+    if not isinstance(prompt_ids, torch.Tensor) and prompt_ids and not isinstance(prompt_ids[0], int):
+        lengths = sorted({len(row) for row in prompt_ids})
+        if len(lengths) > 1:
+            raise SampleError(f"prompts of different lengths ({lengths[0]} to {lengths[-1]} tokens) cannot share a "
+                              f"batch here: generate them separately (or pad them yourself)")
+    prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
+    return prompt[None] if prompt.dim() == 1 else prompt
+
+
+def id_mask(ids: Sequence[int], vocab_size: int, device: torch.device) -> torch.Tensor:
+    """(vocab_size,) booleans, True at ids."""
+    mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    mask[torch.as_tensor(ids, dtype=torch.long, device=device)] = True
+    return mask
+
+
 def generate(model: Fox, prompt_ids: torch.Tensor | Sequence[int], max_new_tokens: int, *,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              seed: int | None = None, eos_id: int | Sequence[int] | None = None, vocab_limit: int | None = None,
@@ -242,20 +262,14 @@ def generate(model: Fox, prompt_ids: torch.Tensor | Sequence[int], max_new_token
     temperature 0 is greedy; top_k / top_p restrict sampling (None: off). seed: row r uses a generator
     seeded seed + r (None: `new_seed()`). eos_id: a row stops at it (or at any of a list of ids, as Hugging
     Face's generation_config allows), and generation stops when every row has; finished rows keep emitting
-    the (first) eos id in the batch. Prompts of different lengths are refused: batch equal lengths. vocab_limit: only ids below it are generated (a
-    tokenizer smaller than the model's vocabulary cannot decode the rest). first_allowed: the first new
+    the (first) eos id in the batch (`prompt_batch`: prompts of one length). vocab_limit: only ids below it
+    are generated (a tokenizer smaller than the model's vocabulary cannot decode the rest). first_allowed: the first new
     token is chosen among these ids only (token healing, see `heal_prompt`). on_token(ids) is called after
     each step with the new token of every row. compile: run the decode step through torch.compile."""
     device = model.embed_tokens.weight.device
     check_temperature(temperature)
-    if not isinstance(prompt_ids, torch.Tensor) and prompt_ids and not isinstance(prompt_ids[0], int):
-        lengths = sorted({len(row) for row in prompt_ids})
-        if len(lengths) > 1:
-            raise SampleError(f"prompts of different lengths ({lengths[0]} to {lengths[-1]} tokens) cannot share a "
-                              f"batch here: generate them separately (or pad them yourself)")
     eos_ids = [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id)
-    prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
-    prompt = prompt[None] if prompt.dim() == 1 else prompt
+    prompt = prompt_batch(prompt_ids, device)
     rows, prompt_len = prompt.shape
     check_fits(model, prompt_len, max_new_tokens)
     seed = new_seed() if seed is None else seed
@@ -267,10 +281,7 @@ def generate(model: Fox, prompt_ids: torch.Tensor | Sequence[int], max_new_token
         return sample_next(logits[:, :vocab_limit], generators, temperature, top_k, top_p)
 
     ensure_kv_cache(model, rows, prompt_len + max_new_tokens - 1)
-    allowed = None
-    if first_allowed is not None:
-        allowed = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
-        allowed[torch.as_tensor(first_allowed, dtype=torch.long, device=device)] = True
+    allowed = None if first_allowed is None else id_mask(first_allowed, model.config.vocab_size, device)
     positions = torch.arange(prompt_len, device=device)
     first, prefill_seconds = timed(lambda: choose(prefill(model, prompt, positions), allowed), device)
     if on_token is not None:
