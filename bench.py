@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import sample
-from model import Fox, FoxConfig, chunked_cross_entropy, config_to_hf, cpu_flags, native_bf16, quantize_int8
+from model import (Fox, FoxConfig, chunked_cross_entropy, column_major, config_to_hf, cpu_flags, native_bf16,
+                   quantize_int8)
 from tokenizer import Tokenizer
 
 SHARED_CORPORA = Path(__file__).resolve().parent.parent / "shared" / "corpora"
@@ -248,7 +249,10 @@ def generation_calls(models: dict[str, torch.nn.Module], prompt: torch.Tensor, n
             continue
         calls[f"{name} prefill"] = fox1_generation(model, prompt, 1, compile=False)
         if "int8" not in name:  # eager int8 converts every weight to floats at every step: never the fast path
-            calls[f"{name} eager"] = fox1_generation(model, prompt, new_tokens, compile=False)
+            dtype = model.embed_tokens.weight.dtype
+            eager = (column_major(copy.deepcopy(model)) if sample.streams_column_major(prompt.device, dtype, False, 1)
+                     else model)  # as sample.py decodes
+            calls[f"{name} eager"] = fox1_generation(eager, prompt, new_tokens, compile=False)
         if compile:
             calls[f"{name} compiled"] = fox1_generation(model, prompt, new_tokens, compile=True)
     return calls

@@ -452,6 +452,20 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cuda" or bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
+def column_major(model: Fox) -> Fox:
+    """Store every weight matrix column by column, in place: the same (out, in) parameters with transposed
+    strides, so F.linear hands MKL an (in, out) row-major matrix, which it streams faster when multiplying a
+    single row. That is decoding one token at a time in fp32 on a CPU. On the 2-core AMD EPYC (2 threads),
+    `small`'s 210 MB of matrices take 12.5 ms per step instead of 19.2 (its 64 MB LM head 2.6 instead of 6.1);
+    only there: at 8 rows it is 0.85x, from 128 rows on even, in bf16 no faster, and the one-row loop
+    torch.compile makes of `linear` reads rows. For inference: training keeps the usual layout."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.data = parameter.data.t().contiguous().t()
+    return model
+
+
 # --------------------------------------------------------------------------------------------------
 # int8 weight-only quantization, for decoding (gpt-fast style)
 

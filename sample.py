@@ -45,7 +45,7 @@ import torch
 from tqdm import tqdm
 
 import data
-from model import IGNORE_INDEX, CheckpointError, Fox, checkpoint_tokens, quantize_int8
+from model import IGNORE_INDEX, CheckpointError, Fox, checkpoint_tokens, column_major, quantize_int8
 from tokenizer import (DEFAULT_CHAT_TEMPLATE, InputError, Tokenizer, encode_chat,
                        load_chat_template, load_tokenizer, read_text)
 
@@ -230,7 +230,6 @@ def decode(model: Fox, step: Callable, token: torch.Tensor, input_pos: torch.Ten
     return new_tokens
 
 
-@torch.inference_mode()
 def prompt_batch(prompt_ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]],
                  device: torch.device) -> torch.Tensor:
     """(B, T) long tensor of prompts given as a tensor, one list of ids, or equally long lists. Prompts of
@@ -251,6 +250,7 @@ def id_mask(ids: Sequence[int], vocab_size: int, device: torch.device) -> torch.
     return mask
 
 
+@torch.inference_mode()
 def generate(model: Fox, prompt_ids: torch.Tensor | Sequence[int], max_new_tokens: int, *,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              seed: int | None = None, eos_id: int | Sequence[int] | None = None, vocab_limit: int | None = None,
@@ -545,6 +545,11 @@ class Checkpoint:
     dtype: torch.dtype
 
 
+def streams_column_major(device: torch.device, dtype: torch.dtype, compile: bool, rows: int) -> bool:
+    """Whether decoding is faster with `model.column_major` weights: eager, fp32, one row, on a CPU."""
+    return device.type == "cpu" and dtype == torch.float32 and not compile and rows == 1
+
+
 def open_checkpoint(ckpt: Path, tokenizer_path: str | None, device: torch.device, dtype_name: str | None
                     ) -> Checkpoint:
     """Load a checkpoint folder for inference (sample.py, eval.py), checking that its parts belong together.
@@ -615,6 +620,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  loaded.dtype)
         if args.quantize == "int8":
             quantize_int8(model)
+        elif streams_column_major(device, dtype, args.compile, args.num_samples):
+            column_major(model)
         if args.chat or args.score_chat:
             run_chat(model, tokenizer, ckpt, args, new_seed() if args.seed is None else args.seed)
             return 0

@@ -1,5 +1,6 @@
 """Tests for sample.py: the KV-cached generator against the uncached model, sampling restrictions, per-row
 randomness in batches, UTF-8 streaming, and the command line (output, speeds, one-line errors)."""
+import copy
 import os
 import re
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 import sample
-from model import Fox, FoxConfig
+from model import Fox, FoxConfig, column_major
 from sample import TextStream, allowed_tokens, generate, sample_next
 from tokenizer import Tokenizer
 
@@ -70,6 +71,21 @@ def test_compiled_decode_step_gives_the_eager_tokens(model, tokenizer, tmp_path,
     assert compiled.tokens == eager.tokens
     assert compiled.compile_seconds > 0 and eager.compile_seconds == 0
     assert compiled.decode_steps == eager.decode_steps == 11  # compiled by an untimed call before decoding
+
+
+def test_column_major_weights_give_the_same_logits_and_tokens(model, tokenizer):
+    streamed = column_major(copy.deepcopy(model))
+    gate_up = streamed.layers[0].mlp.gate_up_proj.weight
+    assert gate_up.shape == model.layers[0].mlp.gate_up_proj.weight.shape and gate_up.stride() == (1, gate_up.size(0))
+    prompt = prompts(tokenizer, ["def main(argv):\n"])
+    with torch.no_grad():
+        assert torch.allclose(streamed(prompt), model(prompt), atol=1e-4)
+    assert generate(streamed, prompt, 12, temperature=0).tokens == generate(model, prompt, 12, temperature=0).tokens
+    cpu, fp32 = torch.device("cpu"), torch.float32
+    assert sample.streams_column_major(cpu, fp32, compile=False, rows=1)
+    assert not any((sample.streams_column_major(cpu, fp32, compile=True, rows=1),  # compile's loop reads rows
+                    sample.streams_column_major(cpu, fp32, compile=False, rows=8),  # MKL prefers rows at 8 rows
+                    sample.streams_column_major(cpu, torch.bfloat16, compile=False, rows=1)))
 
 
 def test_same_seed_same_tokens_other_seed_other_tokens(model, tokenizer):
