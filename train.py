@@ -104,7 +104,7 @@ class TrainConfig:
     bf16: bool | None = None  # bf16 compute, fp32 master weights and reductions; None = on for CUDA only
     # The instruction-tuning stage (--stage sft): its own budget (window tokens, padding included) and schedule.
     init: str | None = None  # start SFT from this Llama-format folder instead of stage 3's final checkpoint
-    # tiny: 88 steps, ~3 min on 2 CPU cores, 1.1 epochs of the built-in conversations. On 100 held-out ones,
+    # tiny: 87 steps, ~3 min on 2 CPU cores, 1.1 epochs of the built-in conversations. On 100 held-out ones,
     # replies closed by <end_of_turn>: 81% after 240K tokens, 97% after 360K (masked loss 5.28, 5.20; base 5.6)
     sft_tokens: int = 360_000
     sft_lr: float = 2e-3  # tiny: 1e-3 learned slower (held-out reply loss 5.26 after 200K tokens; 2e-3: 5.20 after 240K)
