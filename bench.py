@@ -236,6 +236,14 @@ def hf_generation(hf: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) ->
                                min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
 
 
+def as_sample_decodes(model: Fox) -> Fox:
+    """The model laid out as sample.py decodes one sample eagerly: a column-major copy where that streams the
+    weights faster (`sample.streams_column_major`: fp32 on a CPU), else the model itself."""
+    weight = model.embed_tokens.weight
+    return (column_major(copy.deepcopy(model)) if sample.streams_column_major(weight.device, weight.dtype, False, 1)
+            else model)
+
+
 def generation_calls(models: dict[str, torch.nn.Module], prompt: torch.Tensor, new_tokens: int,
                      compile: bool) -> dict[str, Callable[[], object]]:
     """For each model ("fox1 fp32", "hf bf16", ...): "<name> prefill" makes 1 token, "<name> eager" and, for
@@ -249,10 +257,7 @@ def generation_calls(models: dict[str, torch.nn.Module], prompt: torch.Tensor, n
             continue
         calls[f"{name} prefill"] = fox1_generation(model, prompt, 1, compile=False)
         if "int8" not in name:  # eager int8 converts every weight to floats at every step: never the fast path
-            dtype = model.embed_tokens.weight.dtype
-            eager = (column_major(copy.deepcopy(model)) if sample.streams_column_major(prompt.device, dtype, False, 1)
-                     else model)  # as sample.py decodes
-            calls[f"{name} eager"] = fox1_generation(eager, prompt, new_tokens, compile=False)
+            calls[f"{name} eager"] = fox1_generation(as_sample_decodes(model), prompt, new_tokens, compile=False)
         if compile:
             calls[f"{name} compiled"] = fox1_generation(model, prompt, new_tokens, compile=True)
     return calls
@@ -609,9 +614,9 @@ def bench_int8_accuracy(args: argparse.Namespace, report: Report, model: Fox, in
 
 
 def bench_profile(report: Report, models: dict[str, Fox]) -> None:
-    """torch.profiler over eager decode steps: matmul vs attention vs the rest, per layer."""
+    """torch.profiler over eager decode steps, as sample.py decodes: matmul vs attention vs the rest, per layer."""
     for name, model in models.items():
-        parts = decode_step_profile(model)
+        parts = decode_step_profile(as_sample_decodes(model))
         layers = model.config.num_layers
         report.numbers.update({f"profile[{name}]_{key}_ms": value * 1e3 for key, value in parts.items()})
         report.add(f"decode step profile ({name}, eager)", f"{parts['step'] * 1e3:.2f} ms/step",

@@ -93,7 +93,7 @@ class Training:
     def train_config(self, seed: int) -> train.TrainConfig:
         return replace(train.TRAIN_PRESETS["tiny"], tokens_per_step=self.tokens_per_step,
                        micro_batch_tokens=self.tokens_per_step, lr=self.lr, warmup_steps=self.warmup_steps,
-                       seed=seed, compile=False)
+                       seed=seed, compile=False, bf16=False)  # fp32: the tables do not move with the CPU
 
 
 @dataclass(frozen=True)

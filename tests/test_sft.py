@@ -246,7 +246,7 @@ def sft_command(exported: Path, chat_root: Path, out: Path, *args: str) -> list[
     return [sys.executable, str(REPO / "train.py"), "--stage", "sft", "--init", str(exported), "--data",
             str(chat_root), "--out", str(out), "--tokens-per-step", "1024", "--micro-batch-tokens", "512",
             "--eval-batches", "1", "--log-every", "1", "--sft-lr", "3e-3", "--max-steps", "8", "--save-every", "3",
-            *args]
+            "--no-bf16", *args]
 
 
 def sft_losses(out: Path) -> dict[int, float]:
