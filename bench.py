@@ -79,8 +79,8 @@ def interleaved_seconds(calls: dict[str, Callable[[], object]], device: torch.de
 
 
 def spread(values: list[float], unit: str = "x", digits: int = 2) -> str:
-    """'1.23x (1.10-1.31)': the median and the range over the rounds (nan ones left out)."""
-    values = [v for v in values if not math.isnan(v)] or [math.nan]
+    """'1.23x (1.10-1.31)': the median and the range over the undisturbed rounds."""
+    values = undisturbed(values)
     return f"{statistics.median(values):,.{digits}f}{unit} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
 
@@ -485,9 +485,13 @@ def versus(ours: float | list[float], reference: float | list[float] | None, uni
     return cell, f"{name}: {median(reference):,.1f} {unit}", shown
 
 
+def undisturbed(values: list[float]) -> list[float]:
+    """The rounds that were not disturbed (a disturbed decode round is nan), or [nan] if none was."""
+    return [v for v in values if not math.isnan(v)] or [math.nan]
+
+
 def median(values: list[float]) -> float:
-    """The median of the rounds that were not disturbed (nan)."""
-    return statistics.median([v for v in values if not math.isnan(v)] or [math.nan])
+    return statistics.median(undisturbed(values))
 
 
 def bench_training(args: argparse.Namespace, report: Report, machine: Machine, model: Fox,
@@ -583,8 +587,7 @@ def add_generation_rows(args: argparse.Namespace, report: Report, machine: Machi
                 report.add(f"decode (b=1, {precision}, {mode})", "failed", note=errors[name])
     if "fox1 int8 compiled" in decode:  # against fox1's own fastest unquantised decode, round by round
         unquantised = [name for name in decode if name.startswith("fox1") and "int8" not in name]
-        best = [max((s for s in speeds if not math.isnan(s)), default=math.nan)
-                for speeds in zip(*(decode[name] for name in unquantised))]
+        best = [max(undisturbed(list(speeds))) for speeds in zip(*(decode[name] for name in unquantised))]
         report.add("decode (b=1, int8 weights, compiled)",
                    *versus(decode["fox1 int8 compiled"], best, "tok/s", "fox1 unquantised best"),
                    bound_note(decode["fox1 int8 compiled"], models["fox1 int8"], machine, cache))

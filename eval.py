@@ -33,8 +33,9 @@ here does (`--no-bos` for the harness's choice).
 Speed: each item is one row, its context followed by all of its choices, with per-row positions and a
 mask that lets each choice see the context and itself only (`choice_mask`). The context is computed once
 per item instead of once per choice, only the positions that predict a choice token go through the LM
-head, and rows of similar length are batched. HellaSwag on `small` (52M) holds half the tokens of one full
-forward per choice (14,602 vs 28,805 for 64 items); measured 2.0-2.5x faster (README, "Evaluate").
+head, and rows of similar length are batched up to 1,024 padded tokens. HellaSwag on `small` (52M), against
+one full forward per choice, on a quiet 2-core AMD EPYC: 0-shot holds half the tokens (14,602 vs 28,805 for 64
+items) and ran 2.4-2.9x faster (median 2.5x, 3 runs); 10-shot ran 3.8-4.0x faster (README, "Evaluate").
 
 Data (--data DIR): one JSONL file per task and split, looked up as DIR/<name>_<split>.jsonl,
 DIR/<name>/<split>.jsonl or DIR/<name>.jsonl (`TASKS` lists the names and splits, e.g. hellaswag_val.jsonl,
