@@ -65,6 +65,8 @@ SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx
 def interleaved_seconds(calls: dict[str, Callable[[], object]], device: torch.device, repeats: int,
                         warmup: int = 1) -> dict[str, list[float]]:
     """Seconds of each call in each of `repeats` rounds, after `warmup` untimed rounds (compilation, caches).
+    A compiled sample.generate calls its compiled steps once before it starts (`sample.compiled_steps`): that
+    warm-up is left out, as the first compile is.
 
     Within a round the calls take turns (a, b, a, b, ...): other processes on a shared machine come and
     go, and a ratio formed within one round compares runs made under about the same load."""
@@ -74,7 +76,8 @@ def interleaved_seconds(calls: dict[str, Callable[[], object]], device: torch.de
     seconds: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
-            seconds[name].append(sample.timed(call, device)[1])
+            result, elapsed = sample.timed(call, device)
+            seconds[name].append(elapsed - getattr(result, "compile_seconds", 0.0))  # a compiled generate's warm-up
     return seconds
 
 
@@ -246,27 +249,29 @@ def as_sample_decodes(model: Fox) -> Fox:
 
 def generation_calls(models: dict[str, torch.nn.Module], prompt: torch.Tensor, new_tokens: int,
                      compile: bool) -> dict[str, Callable[[], object]]:
-    """For each model ("fox1 fp32", "hf bf16", ...): "<name> prefill" makes 1 token, "<name> eager" and, for
-    fox1 with `compile`, "<name> compiled" make new_tokens. All are timed alike, from outside:
-    prefill = t(1 token), decode = t(new_tokens) - t(1 token) for `decode_steps` steps."""
+    """For each model ("fox1 fp32", "hf bf16", ...) and mode ("eager"; for fox1 with `compile` also
+    "compiled"): "<name> prefill[ compiled]" makes 1 token, "<name> <mode>" makes new_tokens. All are timed
+    alike, from outside: prefill = t(1 token), decode = t(new_tokens) - t(1 token) for new_tokens - 1 steps."""
     calls = {}
     for name, model in models.items():
         if name.startswith("hf"):
             calls.update({f"{name} prefill": hf_generation(model, prompt, 1),
                           f"{name} eager": hf_generation(model, prompt, new_tokens)})
             continue
-        calls[f"{name} prefill"] = fox1_generation(model, prompt, 1, compile=False)
         if "int8" not in name:  # eager int8 converts every weight to floats at every step: never the fast path
+            calls[f"{name} prefill"] = fox1_generation(model, prompt, 1, compile=False)
             calls[f"{name} eager"] = fox1_generation(as_sample_decodes(model), prompt, new_tokens, compile=False)
         if compile:
+            calls[f"{name} prefill compiled"] = fox1_generation(model, prompt, 1, compile=True)
             calls[f"{name} compiled"] = fox1_generation(model, prompt, new_tokens, compile=True)
     return calls
 
 
-def decode_steps(call_name: str, new_tokens: int) -> int:
-    """Forwards after the prefill in a timed call: new_tokens - 1, plus, for a compiled call, the untimed
-    (by sample.generate, not by us) warm-up step `sample.decode_step` makes before decoding."""
-    return new_tokens - 1 + call_name.endswith("compiled")
+def prefill_of(call_name: str) -> str:
+    """The prefill call timed like a generation call: "fox1 fp32 compiled" -> "fox1 fp32 prefill compiled",
+    "hf fp32 eager" -> "hf fp32 prefill"."""
+    model, mode = call_name.rsplit(" ", 1)
+    return f"{model} prefill" + (" compiled" if mode == "compiled" else "")
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -556,11 +561,10 @@ def bench_generation(args: argparse.Namespace, report: Report, machine: Machine,
     with torch.inference_mode():
         calls, errors = runnable(generation_calls(models, prompt, args.new_tokens, not args.no_compile))
         seconds = interleaved_seconds(calls, args.device, args.repeats, warmup=0)
-    prefill = {name.removesuffix(" prefill"): [prompt.numel() / s for s in values]
-               for name, values in seconds.items() if name.endswith("prefill")}
-    decode = {name: [decode_steps(name, args.new_tokens) / (t - p) if t > p else math.nan  # nan: a disturbed round
-                     for t, p in zip(values, seconds[name.rsplit(" ", 1)[0] + " prefill"])]
-              for name, values in seconds.items() if not name.endswith("prefill")}
+    prefill = {name: [prompt.numel() / s for s in values] for name, values in seconds.items() if " prefill" in name}
+    decode = {name: [(args.new_tokens - 1) / (t - p) if t > p else math.nan  # nan: a disturbed round
+                     for t, p in zip(values, seconds[prefill_of(name)])]
+              for name, values in seconds.items() if " prefill" not in name}
     report.numbers.update(generation_errors=errors,
                           **{f"prefill_tok_per_s[{name}]": statistics.median(v) for name, v in prefill.items()},
                           **{f"decode_tok_per_s[{name}]": median(v) for name, v in decode.items()})
@@ -573,10 +577,11 @@ def add_generation_rows(args: argparse.Namespace, report: Report, machine: Machi
                         errors: dict[str, str]) -> None:
     cache = last_level_cache_bytes() if args.device.type == "cpu" else 0
     for precision in ("fp32", "bf16"):
-        if f"fox1 {precision}" not in prefill:
-            continue
-        report.add(f"prefill (b=1, T={args.prompt_len}, {precision})",
-                   *versus(prefill[f"fox1 {precision}"], prefill.get(f"hf {precision}"), "tok/s"))
+        for mode in ("eager", "compiled"):
+            name = f"fox1 {precision} {mode}"
+            if prefill_of(name) in prefill:
+                report.add(f"prefill (b=1, T={args.prompt_len}, {precision}, {mode})",
+                           *versus(prefill[prefill_of(name)], prefill.get(f"hf {precision} prefill"), "tok/s"))
         for mode in ("eager", "compiled"):
             name = f"fox1 {precision} {mode}"
             if name in decode:

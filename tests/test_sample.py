@@ -63,14 +63,15 @@ def test_greedy_equals_argmax_of_the_uncached_forward_at_every_step(model, token
     assert torch.equal(logits[:, T - 1:-1].argmax(dim=-1), new)
 
 
-def test_compiled_decode_step_gives_the_eager_tokens(model, tokenizer, tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # a cold compile, ~10 s
-    prompt = prompts(tokenizer, ["def main(argv):\n"])
-    eager = generate(model, prompt, 12, temperature=0)
-    compiled = generate(model, prompt, 12, temperature=0, compile=True)
-    assert compiled.tokens == eager.tokens
-    assert compiled.compile_seconds > 0 and eager.compile_seconds == 0
-    assert compiled.decode_steps == eager.decode_steps == 11  # compiled by an untimed call before decoding
+def test_compiled_prefill_and_decode_step_give_the_eager_tokens(model, tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # a cold compile, ~20 s
+    for text in ("def main(argv):\n", "import os\nimport sys\n\nclass Parser:\n"):  # two prompt lengths
+        prompt = prompts(tokenizer, [text])
+        eager = generate(model, prompt, 12, temperature=0)
+        compiled = generate(model, prompt, 12, temperature=0, compile=True)
+        assert compiled.tokens == eager.tokens
+        assert compiled.compile_seconds > 0 and eager.compile_seconds == 0
+        assert compiled.decode_steps == eager.decode_steps == 11  # compiled by an untimed call before decoding
 
 
 def test_column_major_weights_give_the_same_logits_and_tokens(model, tokenizer):
@@ -79,7 +80,8 @@ def test_column_major_weights_give_the_same_logits_and_tokens(model, tokenizer):
     assert gate_up.shape == model.layers[0].mlp.gate_up_proj.weight.shape and gate_up.stride() == (1, gate_up.size(0))
     prompt = prompts(tokenizer, ["def main(argv):\n"])
     with torch.no_grad():
-        assert torch.allclose(streamed(prompt), model(prompt), atol=1e-4)
+        expected = model(prompt)  # logits up to ~18: MKL sums in another order (1e-5 of that on an AMX Xeon)
+        assert torch.allclose(streamed(prompt), expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
     assert generate(streamed, prompt, 12, temperature=0).tokens == generate(model, prompt, 12, temperature=0).tokens
     cpu, fp32 = torch.device("cpu"), torch.float32
     assert sample.streams_column_major(cpu, fp32, compile=False, rows=1)
