@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import re
 import sys
@@ -67,7 +66,7 @@ from tqdm import tqdm
 
 from model import LOSS_CHUNK_ELEMENTS, CheckpointError, Fox
 from sample import SampleError, generate, open_checkpoint, parse_device
-from tokenizer import InputError, Tokenizer, read_text
+from tokenizer import InputError, Tokenizer, read_text, write_atomic
 
 DEFAULT_CKPT = "out/export"
 BOOTSTRAP_RESAMPLES = 1000  # perplexity's stderr: the harness draws 100,000; 1,000 pin it to ~2% of itself
@@ -690,14 +689,10 @@ def summary_json(ckpt: str, results: Sequence[TaskResult]) -> str:
 
 
 def write_records(path: Path, results: Sequence[TaskResult]) -> None:
-    """Per-item results as JSONL, written to a temp file and renamed into place."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Per-item results as JSONL, written whole or not at all (`write_atomic`)."""
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for result in results:
-                for record in result.records:
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, "".join(json.dumps(record, ensure_ascii=False) + "\n"
+                                   for result in results for record in result.records))
     except OSError as e:
         raise EvalError(f"{path}: cannot write ({e.strerror})") from None
 

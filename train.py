@@ -264,9 +264,7 @@ def point_latest_at(checkpoint: Path) -> None:
     """--resume-from: make `latest` of the checkpoint's stage directory name it (atomically)."""
     if not checkpoint.name.startswith("step_") or not is_complete_checkpoint(checkpoint):
         raise CheckpointError(f"--resume-from {checkpoint}: not a complete step_* checkpoint directory")
-    marker_tmp = checkpoint.parent / "latest.tmp"
-    marker_tmp.write_text(checkpoint.name + "\n")
-    os.replace(marker_tmp, checkpoint.parent / "latest")
+    write_atomic(checkpoint.parent / "latest", checkpoint.name + "\n")
 
 
 def read_checkpoint_meta(path: Path, model_config: FoxConfig) -> dict:
@@ -476,9 +474,7 @@ class MetricsLog:
         path = directory / ("metrics.jsonl" if rank == 0 else f"metrics.rank{rank}.jsonl")
         if path.exists():
             kept = [line for line, row in read_metrics(path) if row["step"] <= resume_step]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
+            write_atomic(path, "".join(line + "\n" for line in kept))
         self.file = open(path, "a")
 
     def write(self, **row) -> None:

@@ -90,6 +90,15 @@ def test_column_major_weights_give_the_same_logits_and_tokens(model, tokenizer):
                     sample.streams_column_major(cpu, torch.bfloat16, compile=False, rows=1)))
 
 
+def test_decode_dtype_is_bf16_only_where_it_decodes_faster():
+    cpu = torch.device("cpu")
+    assert sample.decode_dtype(torch.device("cuda"), compile=False, quantize=None) == "bfloat16"
+    assert sample.decode_dtype(cpu, compile=False, quantize=None) == "float32"  # eager bf16 is no faster
+    assert sample.decode_dtype(cpu, compile=True, quantize="int8") == "float32"  # int8 converts to fp32 faster
+    native = "bfloat16" if sample.native_bf16(cpu) else "float32"
+    assert sample.decode_dtype(cpu, compile=True, quantize=None) == native
+
+
 def test_same_seed_same_tokens_other_seed_other_tokens(model, tokenizer):
     prompt = prompts(tokenizer, ["for i in range"])
     run = lambda seed: generate(model, prompt, 30, temperature=1.0, seed=seed).tokens  # noqa: E731
