@@ -485,7 +485,7 @@ def versus(ours: float | list[float], reference: float | list[float] | None, uni
     ours, reference = ([x] if isinstance(x, float) else x for x in (ours, reference or []))
     cell = f"{median(ours):,.1f} {unit}"
     if not reference:
-        return cell, f"{name}: not installed", ""
+        return cell, f"{name}: not run", ""  # not installed, failed, or --skip-reference
     ratios = [a / b for a, b in zip(ours, reference)]
     shown = ratio(ratios[0], 1.0) if len(ratios) == 1 else spread(ratios)
     return cell, f"{name}: {median(reference):,.1f} {unit}", shown
