@@ -90,13 +90,13 @@ def test_column_major_weights_give_the_same_logits_and_tokens(model, tokenizer):
                     sample.streams_column_major(cpu, torch.bfloat16, compile=False, rows=1)))
 
 
-def test_decode_dtype_is_bf16_only_where_it_decodes_faster():
+def test_default_dtype_is_bf16_only_where_it_decodes_faster():
     cpu = torch.device("cpu")
-    assert sample.decode_dtype(torch.device("cuda"), compile=False, quantize=None) == "bfloat16"
-    assert sample.decode_dtype(cpu, compile=False, quantize=None) == "float32"  # eager bf16 is no faster
-    assert sample.decode_dtype(cpu, compile=True, quantize="int8") == "float32"  # int8 converts to fp32 faster
+    assert sample.default_dtype(torch.device("cuda"), compile=False, quantize=None) == "bfloat16"
+    assert sample.default_dtype(cpu, compile=False, quantize=None) == "float32"  # eager bf16 is no faster
+    assert sample.default_dtype(cpu, compile=True, quantize="int8") == "float32"  # int8 converts to fp32 faster
     native = "bfloat16" if sample.native_bf16(cpu) else "float32"
-    assert sample.decode_dtype(cpu, compile=True, quantize=None) == native
+    assert sample.default_dtype(cpu, compile=True, quantize=None) == native
 
 
 def test_same_seed_same_tokens_other_seed_other_tokens(model, tokenizer):
