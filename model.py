@@ -123,10 +123,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = N
     """x @ weight.T, as F.linear; but a single row on CPU under torch.compile is multiplied and summed.
     scale (out,): weight holds int8 rows whose real values are weight * scale (`quantize_int8`).
 
-    Decoding one token multiplies one row by every matrix: a pure stream of the weights. On a 2-core CPU,
+    Decoding one token multiplies one row by every matrix: a pure stream of the weights. On the 2-core EPYC,
     MKL's one-row matmul reads nn.Linear's (out, in) weights at ~14 GB/s (the 64 MB LM head of `small` takes
-    6 ms), while the dot-product loop inductor writes for `(x * weight).sum(-1)` reaches ~22 GB/s and fuses
-    the norm or activation before it: `small`'s compiled decode went from 49-69 to 74-98 tokens/s.
+    6 ms), while the dot-product loop inductor writes for `(x * weight).sum(-1)` reaches ~22 GB/s: `small`'s
+    compiled decode went from 49-69 to 74-98 tokens/s (see also sample.CPU_DECODE_INDUCTOR).
     The same loop converts int8 weights to floats in registers, so they stream at a quarter of the bytes.
     Eagerly that expression would build the whole (out, in) product, so it is used only when compiling.
     GPUs keep cuBLAS, which is not known to need this (not measured)."""
