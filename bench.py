@@ -695,7 +695,7 @@ def parse_args() -> argparse.Namespace:
         p.error(f"--heldout {args.heldout}: file not found")
     args.device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    args.dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.type == "cuda" else "float32"))
+    args.dtype = getattr(torch, args.dtype or sample.default_dtype(args.device, compile=False, quantize=None))
     args.bf16 = args.dtype == torch.float32 and (native_bf16(args.device) if args.bf16 is None else args.bf16)
     args.batch_size = args.batch_size or (8 if args.device.type == "cuda" else 4)
     args.seq_len = args.seq_len or (2048 if args.device.type == "cuda" else 256)

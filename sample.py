@@ -587,8 +587,8 @@ def default_dtype(device: torch.device, compile: bool, quantize: str | None) -> 
 def open_checkpoint(ckpt: Path, tokenizer_path: str | None, device: torch.device, dtype_name: str | None
                     ) -> Checkpoint:
     """Load a checkpoint folder for inference (sample.py, eval.py), checking that its parts belong together.
-    dtype_name None: bfloat16 on CUDA, float32 on CPU."""
-    dtype = getattr(torch, dtype_name or ("bfloat16" if device.type == "cuda" else "float32"))
+    dtype_name None: `default_dtype` of an eager decode (bfloat16 on CUDA, float32 on CPU)."""
+    dtype = getattr(torch, dtype_name or default_dtype(device, compile=False, quantize=None))
     check_checkpoint(ckpt)
     tokenizer = open_tokenizer(ckpt, tokenizer_path)
     bos, eos_ids = special_ids(ckpt, tokenizer)
