@@ -44,7 +44,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -360,16 +360,26 @@ def benchmark_documents(megabytes: float) -> tuple[list[str], str]:
     return documents, source
 
 
-def tokenizer_speed(documents: list[str], vocab_size: int) -> dict[str, float]:
+def timed_tokenizer(documents: list[str], train: Callable[[], object],
+                    encode: Callable[[object], Sequence]) -> dict[str, float]:
+    """MB/s of train() and of encode(trained tokenizer) over the documents, and the bytes per token (encode
+    returns one item per document whose len() is its token count)."""
     size = sum(len(d.encode()) for d in documents)
     start = time.perf_counter()
-    tokenizer = Tokenizer.train(documents, vocab_size, workers=min(2, os.cpu_count() or 1), progress=False)
+    tokenizer = train()
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    ids = tokenizer.encode_batch(documents)
+    ids = encode(tokenizer)
     encode_seconds = time.perf_counter() - start
     return {"train_mb_per_s": size / 1e6 / train_seconds, "train_s": train_seconds,
             "encode_mb_per_s": size / 1e6 / encode_seconds, "bytes_per_token": size / sum(map(len, ids))}
+
+
+def tokenizer_speed(documents: list[str], vocab_size: int) -> dict[str, float]:
+    return timed_tokenizer(documents,
+                           lambda: Tokenizer.train(documents, vocab_size, workers=min(2, os.cpu_count() or 1),
+                                                   progress=False),
+                           lambda tokenizer: tokenizer.encode_batch(documents))
 
 
 def hf_tokenizer_speed(documents: list[str], vocab_size: int) -> dict[str, float] | None:
@@ -381,7 +391,6 @@ def hf_tokenizer_speed(documents: list[str], vocab_size: int) -> dict[str, float
         return None
     from tokenizer import DEFAULT_PATTERN, SPECIAL_TOKENS
 
-    size = sum(len(d.encode()) for d in documents)
     tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(tokenizers.Regex(DEFAULT_PATTERN), behavior="isolated"),
@@ -389,15 +398,12 @@ def hf_tokenizer_speed(documents: list[str], vocab_size: int) -> dict[str, float
     trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                              show_progress=False)
-    start = time.perf_counter()
-    tokenizer.train_from_iterator(documents, trainer)
-    train_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    encodings = tokenizer.encode_batch(documents)
-    encode_seconds = time.perf_counter() - start
-    return {"train_mb_per_s": size / 1e6 / train_seconds, "train_s": train_seconds,
-            "encode_mb_per_s": size / 1e6 / encode_seconds,
-            "bytes_per_token": size / sum(len(e.ids) for e in encodings)}
+
+    def train() -> tokenizers.Tokenizer:
+        tokenizer.train_from_iterator(documents, trainer)
+        return tokenizer
+
+    return timed_tokenizer(documents, train, lambda trained: trained.encode_batch(documents))  # len() = tokens
 
 
 # --------------------------------------------------------------------------------------------------
