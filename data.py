@@ -183,8 +183,8 @@ def prepare(inputs: list[str], tokenizer_path: Path, data_root: Path, name: str,
     stats = ReadStats()
     total_bytes = None if any(p.suffix == ".gz" for p in paths) else sum(p.stat().st_size for p in paths)
     documents = iter_documents(paths, skip_bad_lines=skip_bad_lines, stats=stats, allow_binary=allow_binary)
-    _build_source(documents, Path(tokenizer_path), directory, key=key, val_fraction=val_fraction, workers=workers, shard_tokens=shard_tokens,
-                  total_bytes=total_bytes, progress=progress, read_stats=stats)
+    _build_source(documents, Path(tokenizer_path), directory, key=key, val_fraction=val_fraction, workers=workers,
+                  shard_tokens=shard_tokens, total_bytes=total_bytes, progress=progress, read_stats=stats)
     return directory
 
 
@@ -553,7 +553,8 @@ class Loader:
     g // MIX_BLOCK); each source hands out its windows in a seeded per-epoch permutation and starts a new epoch when
     it runs out. Window w of an epoch starts at token offset + w * seq_len, where the epoch's seeded offset (0 up to
     the tokens left over by the grid) moves the grid, so the same tail is not left out of every epoch.
-    A global batch is world_size * batch_size consecutive slots and rank r takes the r-th block of batch_size: ranks are disjoint and together see every window of a source exactly once per epoch, dropping none.
+    A global batch is world_size * batch_size consecutive slots and rank r takes the r-th block of batch_size:
+    ranks are disjoint and together see every window of a source exactly once per epoch, dropping none.
     State is (slots consumed, each source's epoch and position), so a resumed job -- even with another world size or
     batch size -- continues the same global stream; another stage, seed or data is refused.
     """
