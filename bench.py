@@ -303,8 +303,8 @@ def loss_peak_bytes(kind: str, tokens: int, hidden_size: int, vocab_size: int, d
     hidden = torch.randn(tokens, hidden_size, device=device, dtype=dtype, requires_grad=True)
     weight = (0.02 * torch.randn(vocab_size, hidden_size, device=device)).to(dtype).requires_grad_()
     targets = torch.randint(vocab_size, (tokens,), device=device)
+    sample.synchronize(device)
     if device.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()
     else:
@@ -315,8 +315,8 @@ def loss_peak_bytes(kind: str, tokens: int, hidden_size: int, vocab_size: int, d
     else:
         loss = F.cross_entropy((hidden @ weight.T).float(), targets)
     loss.backward()
+    sample.synchronize(device)
     if device.type == "cuda":
-        torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - baseline
     return _resident_kb("VmHWM") * 1024 - baseline
 

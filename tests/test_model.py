@@ -123,6 +123,21 @@ def test_chunked_loss_equals_naive_loss_value_and_gradients(monkeypatch):
         torch.testing.assert_close(chunked_cross_entropy(hidden, weight, targets) * 3.0, naive)
 
 
+def test_chunked_loss_gradients_in_bf16_are_close_to_fp32(monkeypatch):
+    """bf16 inputs take bf16 matmuls (each chunk's weight gradient summed in fp32): within bf16 rounding."""
+    monkeypatch.setattr(model, "LOSS_CHUNK_ELEMENTS", 16 * 300)  # 16-token chunks: 8 partial sums
+    torch.manual_seed(0)
+    hidden = torch.randn(128, 32).bfloat16().requires_grad_()
+    weight = torch.randn(300, 32).bfloat16().requires_grad_()
+    targets = torch.randint(0, 300, (128,))
+    chunked_cross_entropy(hidden, weight, targets).backward()
+    hidden32, weight32 = (t.detach().float().requires_grad_() for t in (hidden, weight))
+    F.cross_entropy(hidden32 @ weight32.T, targets).backward()
+    assert weight.grad.dtype == torch.bfloat16
+    for got, want in ((hidden.grad, hidden32.grad), (weight.grad, weight32.grad)):
+        assert (got.float() - want).norm() / want.norm() < 2e-2
+
+
 def test_model_loss_matches_cross_entropy_of_logits(micro):
     idx = torch.randint(0, MICRO.vocab_size, (2, 9))
     targets = torch.randint(0, MICRO.vocab_size, (2, 9))
