@@ -263,8 +263,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             grad_hidden[start:start + chunk] = grad_logits @ weight
             if h.dtype == torch.float32:
                 grad_weight.addmm_(grad_logits.T, h)
-            else:  # a bf16 matmul (an fp32 one is 15x slower on an H200), its products summed up in fp32
-                grad_weight += grad_logits.T @ h
+            else:  # a bf16 matmul, its products summed in fp32. As an fp32 matmul it made fox-1.6b's bf16
+                grad_weight += grad_logits.T @ h  # training step on an H200 0.62x HF's (0.94x this way)
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return loss / count
 
