@@ -530,7 +530,7 @@ def bench_training(args: argparse.Namespace, report: Report, machine: Machine, m
     del steps
     tokens = args.batch_size * args.seq_len
     speed = {name: [tokens / s for s in values] for name, values in seconds.items()}
-    report.numbers.update(params=model.num_params(), train_errors=errors,
+    report.numbers.update(train_errors=errors,
                           **{f"train_tok_per_s[{name}]": statistics.median(v) for name, v in speed.items()})
     for name in names:
         _, precision, mode = name.split()
@@ -552,9 +552,8 @@ def short_name(dtype: torch.dtype) -> str:
 
 
 def bench_generation(args: argparse.Namespace, report: Report, machine: Machine, model: Fox,
-                     hf: torch.nn.Module | None) -> Fox:
-    """Prefill and batch-1 decode of fox1 (eager, compiled; fp32, bf16, int8 weights) and HF (eager).
-    Returns fox1's int8 model."""
+                     hf: torch.nn.Module | None) -> None:
+    """Prefill and batch-1 decode of fox1 (eager, compiled; fp32, bf16, int8 weights) and HF (eager)."""
     model.eval()
     prompt = torch.randint(model.config.vocab_size, (1, args.prompt_len), device=args.device)
     base = short_name(args.dtype)
@@ -576,7 +575,6 @@ def bench_generation(args: argparse.Namespace, report: Report, machine: Machine,
                           **{f"prefill_tok_per_s[{name}]": statistics.median(v) for name, v in prefill.items()},
                           **{f"decode_tok_per_s[{name}]": median(v) for name, v in decode.items()})
     add_generation_rows(args, report, machine, models, prefill, decode, errors)
-    return models["fox1 int8"]
 
 
 def add_generation_rows(args: argparse.Namespace, report: Report, machine: Machine, models: dict[str, Fox],
@@ -614,11 +612,11 @@ def bound_note(speeds: list[float], model: Fox, machine: Machine, cache: int) ->
             f"({size / 1e6:,.0f} MB of weights{caveat})")
 
 
-def bench_int8_accuracy(args: argparse.Namespace, report: Report, model: Fox, int8: Fox) -> None:
+def bench_int8_accuracy(args: argparse.Namespace, report: Report, model: Fox) -> None:
+    """int8 weights against the weights they were quantised from: --ckpt's trained model, else the bench's."""
     trained, tokens = heldout_tokens(args, model.config)
-    if trained is not None:
-        model, int8 = trained, quantize_int8(copy.deepcopy(trained))
-    numbers = int8_agreement(model, int8, tokens)
+    model = trained or model
+    numbers = int8_agreement(model, quantize_int8(copy.deepcopy(model)), tokens)
     report.numbers.update({f"int8_{key}": value for key, value in numbers.items()})
     what = f"{args.ckpt} on {tokens.size(1)} tokens of {args.heldout}" if trained is not None else \
         "random weights and tokens: perplexity meaningless (pass --ckpt)"
@@ -692,7 +690,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tokenizer-vocab", type=int, default=8192, help="vocabulary trained in the tokenizer rows")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="CPU threads for torch (1 is steadier while other processes share the cores)")
-    p.add_argument("--skip-tokenizer", action="store_true")
+    p.add_argument("--skip", nargs="+", default=[], choices=["training", "generation", "int8", "loss-memory",
+                                                             "tokenizer"],
+                   help="sections to leave out, e.g. on a GPU lent for minutes: --skip generation int8 tokenizer")
     p.add_argument("--skip-reference", action="store_true", help="skip the Hugging Face rows")
     args = p.parse_args()
     if args.repeats < 1 or args.new_tokens < 2 or args.prompt_len < 1:
@@ -715,10 +715,10 @@ def main() -> None:
     report.numbers.update(preset=args.preset, device=str(args.device), batch_size=args.batch_size,
                           dtype=str(args.dtype).removeprefix("torch."), bf16_rows=args.bf16, seq_len=args.seq_len,
                           threads=args.threads, repeats=args.repeats, load_before=os.getloadavg()[0])
-    sections = ["machine", "model", "training", "generation", "int8 accuracy", "profile", "loss memory",
-                "tokenizer", "machine again"]
-    skipped = {"profile": not args.profile, "tokenizer": args.skip_tokenizer}
-    bar = tqdm([s for s in sections if not skipped.get(s)], desc="bench", file=sys.stderr)
+    sections = ["machine", "model", "training", "generation", "int8", "profile", "loss-memory", "tokenizer",
+                "machine again"]
+    skipped = set(args.skip) | ({"profile"} if not args.profile else set())
+    bar = tqdm([s for s in sections if s not in skipped], desc="bench", file=sys.stderr)
     machine = Machine(args.device, [args.dtype] + ([torch.bfloat16] if args.bf16 else []))
     for section in bar:
         bar.set_description(section)
@@ -727,17 +727,18 @@ def main() -> None:
         elif section == "model":
             torch.manual_seed(0)
             model = Fox(config).to(device=args.device, dtype=args.dtype)
+            report.numbers["params"] = model.num_params()
             hf = None if args.skip_reference else hf_llama(config, args.dtype, args.device)
         elif section == "training":
             bench_training(args, report, machine, model, hf)
         elif section == "generation":
-            int8 = bench_generation(args, report, machine, model, hf)
-        elif section == "int8 accuracy":
-            bench_int8_accuracy(args, report, model, int8)
+            bench_generation(args, report, machine, model, hf)
+        elif section == "int8":
+            bench_int8_accuracy(args, report, model)
         elif section == "profile":
-            bench_profile(report, {"fp32": model, "int8": int8})
-        elif section == "loss memory":
-            del model, hf, int8  # free their memory before the loss-memory processes start
+            bench_profile(report, {short_name(args.dtype): model, "int8": quantize_int8(copy.deepcopy(model))})
+        elif section == "loss-memory":
+            del model, hf  # free their memory before the loss-memory processes start
             bench_loss_memory(args, report, config)
         else:
             bench_tokenizer(args, report)

@@ -1,0 +1,42 @@
+"""Tests for bench.py as a user runs it: the command ends with its table and one JSON line of numbers, and
+--skip leaves sections out. Smoke runs on the tiny preset, eager only; no number here is a speed claim (those
+come from quiet runs of bench.py itself, see README)."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ["--preset", "tiny", "--batch-size", "1", "--seq-len", "32", "--repeats", "1", "--prompt-len", "8",
+         "--new-tokens", "4", "--no-compile", "--no-bf16", "--skip-reference", "--threads", "1"]
+
+
+def run_bench(*args: str) -> tuple[str, dict]:
+    """(the table bench.py prints, its closing JSON line)."""
+    done = subprocess.run([sys.executable, "bench.py", *QUICK, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table, _, last = done.stdout.rstrip().rpartition("\n")
+    return table, json.loads(last)
+
+
+def test_bench_reports_training_generation_and_int8_rows():
+    table, numbers = run_bench("--skip", "loss-memory", "tokenizer")
+    assert numbers["params"] == 6_557_952  # the tiny preset
+    for key in ("train_tok_per_s[fox1 fp32 eager]", "prefill_tok_per_s[fox1 fp32 prefill]",
+                "decode_tok_per_s[fox1 fp32 eager]", "int8_perplexity"):
+        assert math.isfinite(numbers[key]) and numbers[key] > 0, key
+    assert 0.0 <= numbers["int8_top1_agreement"] <= 1.0
+    assert numbers["train_errors"] == {} and numbers["generation_errors"] == {}
+    for row in ("train step (b=1, T=32, fp32, eager)", "decode (b=1, fp32, eager)", "int8 vs unquantised logits"):
+        assert row in table
+    assert "HF: not run" in table  # --skip-reference: the rows say so instead of inventing a ratio
+
+
+def test_bench_skip_leaves_sections_out():
+    table, numbers = run_bench("--skip", "training", "generation", "int8", "loss-memory", "tokenizer")
+    assert numbers["params"] == 6_557_952
+    assert not any(key.startswith(("train_", "decode_", "int8_")) for key in numbers)
+    assert "train step" not in table and "decode" not in table
+    assert "machine:" in table  # the machine's peaks are measured whatever is skipped
