@@ -237,22 +237,29 @@ def decode(model: Fox, step: Callable, token: torch.Tensor, input_pos: torch.Ten
            choose: Callable[[torch.Tensor], torch.Tensor], eos_ids: list[int],
            on_token: Callable[[list[int]], None] | None) -> list[torch.Tensor]:
     """Up to count tokens after `token` (B,), one step each, until every row has produced one of eos_ids.
-    A finished row keeps emitting eos_ids[0], so the rows stay one batch."""
+    A finished row keeps emitting eos_ids[0], so the rows stay one batch.
+
+    A compiled step runs here without Dynamo's guards (`skip_guard_eval_unsafe`): they check ~130 tensors
+    (every weight, every cache) before each call, ~0.15 ms of a 5 ms bf16 step of `small` on the 2-core
+    Xeon (interleaved: 1.04x faster in bf16 and fp32, 1.02x with int8 weights). That is safe only because
+    `compiled_steps` already ran this step on the same model, cache and shapes, so no guard can fail here."""
     stops = torch.tensor(eos_ids, dtype=torch.long, device=token.device)
     done = torch.isin(token, stops)
     input_pos = input_pos.clone()
     new_tokens = []
-    while len(new_tokens) < count and not bool(done.all()):
-        if token.device.type == "cuda" and step is not decode_one_token:
-            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
-        token = choose(step(model, token[:, None], input_pos))
-        if eos_ids:
-            token = token.masked_fill(done, eos_ids[0])
-            done |= torch.isin(token, stops)
-        new_tokens.append(token)
-        input_pos += 1
-        if on_token is not None:
-            on_token(token.tolist())
+    compiled = step is not decode_one_token
+    with torch.compiler.set_stance("default", skip_guard_eval_unsafe=compiled):
+        while len(new_tokens) < count and not bool(done.all()):
+            if token.device.type == "cuda" and compiled:
+                torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
+            token = choose(step(model, token[:, None], input_pos))
+            if eos_ids:
+                token = token.masked_fill(done, eos_ids[0])
+                done |= torch.isin(token, stops)
+            new_tokens.append(token)
+            input_pos += 1
+            if on_token is not None:
+                on_token(token.tolist())
     return new_tokens
 
 
