@@ -37,6 +37,7 @@ import os
 import random
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
@@ -248,7 +249,7 @@ def decode(model: Fox, step: Callable, token: torch.Tensor, input_pos: torch.Ten
     input_pos = input_pos.clone()
     new_tokens = []
     compiled = step is not decode_one_token
-    with torch.compiler.set_stance("default", skip_guard_eval_unsafe=compiled):
+    with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True) if compiled else nullcontext():
         while len(new_tokens) < count and not bool(done.all()):
             if token.device.type == "cuda" and compiled:
                 torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed

@@ -65,8 +65,10 @@ def test_greedy_equals_argmax_of_the_uncached_forward_at_every_step(model, token
 
 def test_compiled_prefill_and_decode_step_give_the_eager_tokens(model, tokenizer, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # a cold compile, ~20 s
-    for text in ("def main(argv):\n", "import os\nimport sys\n\nclass Parser:\n"):  # two prompt lengths
-        prompt = prompts(tokenizer, [text])
+    # two prompt lengths, then two rows: a second compiled decode step beside the first, which the decode loop,
+    # running without Dynamo's guards, must still tell apart (`sample.decode`)
+    for texts in (["def main(argv):\n"], ["import os\nimport sys\n\nclass Parser:\n"], ["def main(argv):\n"] * 2):
+        prompt = prompts(tokenizer, texts)
         eager = generate(model, prompt, 12, temperature=0)
         compiled = generate(model, prompt, 12, temperature=0, compile=True)
         assert compiled.tokens == eager.tokens
