@@ -8,12 +8,12 @@ in one run:
   * the machine: CPU model, instruction sets (AVX512-BF16, AMX ...) and threads; peak matmul FLOP/s and
     memory copy bandwidth, measured here, not taken from a data sheet;
   * training step tokens/s and MFU (model FLOPs, `Fox.flops_per_token`, over the measured matmul peak),
-    in fp32 and, where bf16 is native (`model.native_bf16`), under bf16 autocast;
+    in fp32 and, where bf16 is native (`fox1.speed.native_bf16`), under bf16 autocast;
   * prefill tokens/s, and decode tokens/s at batch 1 with its memory-bandwidth utilisation: decoding reads
     every weight once per token, so copy bandwidth / weight bytes is the speed limit; in fp32, bf16 and
     with int8 weights (`sample.py --quantize int8`), and how far int8's logits are from fp32's;
   * peak memory of the chunked loss vs the naive `F.cross_entropy(hidden @ W.T)` at the preset's vocabulary;
-  * tokenizer training and encoding throughput (on ../shared/corpora when present, else Python's stdlib);
+  * tokenizer training and encoding throughput (on Python's standard library);
   * the same rows for Hugging Face `transformers.LlamaForCausalLM` (same config, precision and batch) and
     `tokenizers` when they are installed (they are not dependencies of fox1; rows are skipped without them).
 
@@ -46,39 +46,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 import sample
-from model import (Fox, FoxConfig, chunked_cross_entropy, column_major, config_to_hf, cpu_flags, native_bf16,
-                   quantize_int8)
+from fox1.corpus import BUILTIN_VAL_FRACTION, builtin_documents
+from fox1.files import Number, check_numbers, read_text
+from fox1.hf_llama import config_to_hf
+from fox1.shards import held_out
+from fox1.machine import GB, Machine, interleaved_seconds, read_bandwidth, synchronize, timed
+from fox1.speed import column_major, default_dtype, native_bf16, quantize_int8, streams_column_major
+from model import Fox, FoxConfig, chunked_cross_entropy
 from tokenizer import Tokenizer
 
-SHARED_CORPORA = Path(__file__).resolve().parent.parent / "shared" / "corpora"
-GB = 1e9
-# The instruction sets that decide which kernels run: AVX512 vectors, native bf16 dot products
-# (AVX512-BF16, Cooper Lake / Zen 4), int8 dot products (VNNI), and the AMX tile units (Sapphire Rapids)
-SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
-
-
-def interleaved_seconds(calls: dict[str, Callable[[], object]], device: torch.device, repeats: int,
-                        warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds of each call in each of `repeats` rounds, after `warmup` untimed rounds (compilation, caches).
-    A compiled sample.generate calls its compiled steps once before it starts (`sample.compiled_steps`): that
-    warm-up is left out, as the first compile is.
-
-    Within a round the calls take turns (a, b, a, b, ...): other processes on a shared machine come and
-    go, and a ratio formed within one round compares runs made under about the same load."""
-    for _ in range(warmup):
-        for call in calls.values():
-            call()
-    seconds: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            result, elapsed = sample.timed(call, device)
-            seconds[name].append(elapsed - getattr(result, "compile_seconds", 0.0))  # a compiled generate's warm-up
-    return seconds
 
 
 def spread(values: list[float], unit: str = "x", digits: int = 2) -> str:
@@ -105,78 +87,6 @@ def runnable(calls: dict[str, Callable[[], object]]) -> tuple[dict[str, Callable
     errors = {name: failure(call) for name, call in calls.items()}
     return {name: call for name, call in calls.items() if errors[name] is None}, \
         {name: error for name, error in errors.items() if error}
-
-
-# --------------------------------------------------------------------------------------------------
-# The machine
-
-
-def cpu_description() -> str:
-    """CPU model, the instruction sets that matter for speed, torch's kernel level and its thread count."""
-    model = "unknown CPU"
-    if Path("/proc/cpuinfo").is_file():
-        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
-        model = names[0].strip() if names else model
-    flags = [flag for flag in SPEED_FLAGS if flag in cpu_flags()]
-    return (f"{model}; {' '.join(flags) or 'no AVX2/AVX512 flags'}; torch kernels "
-            f"{torch.backends.cpu.get_cpu_capability()}; {torch.get_num_threads()} threads")
-
-
-def matmul_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """FLOP/s of a large square matmul, the best the BLAS gets here: 2048^3 on a CPU (17 GFLOP, ~0.2 s on
-    2 cores), 8192^3 on a GPU (1.1 TFLOP, ~1 ms on an H100-class chip)."""
-    n = 8192 if device.type == "cuda" else 2048
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    return 2 * n**3 / min(interleaved_seconds({"matmul": lambda: a @ b}, device, repeats=5, warmup=2)["matmul"])
-
-
-def copy_bandwidth(device: torch.device) -> float:
-    """Bytes/s moved by copying a tensor far bigger than the caches (256 MB on a CPU, 32 MB of L3 here;
-    4 GB on a GPU), counting the read and the write as STREAM's "copy" does. The destination is
-    preallocated: a fresh clone() would also time the OS mapping new pages (4x slower on this CPU)."""
-    size = (4 << 30) if device.type == "cuda" else (256 << 20)
-    src = torch.ones(size // 4, device=device)
-    dst = torch.empty_like(src)
-    return 2 * size / min(interleaved_seconds({"copy": lambda: dst.copy_(src)}, device, repeats=5)["copy"])
-
-
-def read_bandwidth(device: torch.device, nbytes: int) -> float:
-    """Bytes/s of summing a buffer of nbytes: how fast that many bytes of weights can stream here, the caches
-    included. The copy bound counts a buffer bigger than any cache; a smaller one may stay in cache. On the
-    2-core Xeon (480 MB of L3 reported, shared with other machines): 48-55 GB/s up to 64 MB, 31 GB/s at
-    105 MB, 22 GB/s from 200 MB, against 26 GB/s for the copy's read + write."""
-    buffer = torch.ones(max(1, nbytes // 4), device=device)
-    return nbytes / min(interleaved_seconds({"sum": buffer.sum}, device, repeats=5)["sum"])
-
-
-@dataclass
-class Machine:
-    """The machine's peaks, measured in this run. Other processes on a shared machine can slow one
-    measurement down, so it is measured before and after the timed sections and the best values are kept
-    (MFU and bandwidth utilisation against a depressed peak would read above the truth, even over 100%)."""
-
-    device: torch.device
-    dtypes: list[torch.dtype]
-    matmul_flops: dict[torch.dtype, float] = field(default_factory=dict)  # FLOP/s
-    copy_bandwidth: float = 0.0  # bytes/s, read + write
-    measurements: int = 0
-
-    def measure(self) -> Machine:
-        for dtype in self.dtypes:
-            self.matmul_flops[dtype] = max(self.matmul_flops.get(dtype, 0.0), matmul_peak_flops(self.device, dtype))
-        self.copy_bandwidth = max(self.copy_bandwidth, copy_bandwidth(self.device))
-        self.measurements += 1
-        return self
-
-    def describe(self, report: Report) -> None:
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else cpu_description()
-        matmul = {str(dtype).removeprefix("torch."): flops for dtype, flops in self.matmul_flops.items()}
-        report.numbers.update(machine=name, copy_gb_per_s=self.copy_bandwidth / GB,
-                              **{f"matmul_tflops[{dtype}]": flops / 1e12 for dtype, flops in matmul.items()})
-        peaks = ", ".join(f"{flops / 1e9:,.1f} GFLOP/s {dtype}" for dtype, flops in matmul.items())
-        report.note(f"machine: {name}")
-        report.note(f"peaks: matmul {peaks}; copy {self.copy_bandwidth / GB:.1f} GB/s (read+write); best of "
-                    f"{self.measurements} measurements")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,9 +151,9 @@ def hf_generation(hf: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) ->
 
 def as_sample_decodes(model: Fox) -> Fox:
     """The model laid out as sample.py decodes one sample eagerly: a column-major copy where that streams the
-    weights faster (`sample.streams_column_major`: fp32 on a CPU), else the model itself."""
+    weights faster (`streams_column_major`: fp32 on a CPU), else the model itself."""
     weight = model.embed_tokens.weight
-    return (column_major(copy.deepcopy(model)) if sample.streams_column_major(weight.device, weight.dtype, False, 1)
+    return (column_major(copy.deepcopy(model)) if streams_column_major(weight.device, weight.dtype, False, 1)
             else model)
 
 
@@ -302,7 +212,7 @@ def loss_peak_bytes(kind: str, tokens: int, hidden_size: int, vocab_size: int, d
     hidden = torch.randn(tokens, hidden_size, device=device, dtype=dtype, requires_grad=True)
     weight = (0.02 * torch.randn(vocab_size, hidden_size, device=device)).to(dtype).requires_grad_()
     targets = torch.randint(vocab_size, (tokens,), device=device)
-    sample.synchronize(device)
+    synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()
@@ -314,7 +224,7 @@ def loss_peak_bytes(kind: str, tokens: int, hidden_size: int, vocab_size: int, d
     else:
         loss = F.cross_entropy((hidden @ weight.T).float(), targets)
     loss.backward()
-    sample.synchronize(device)
+    synchronize(device)
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() - baseline
     return _resident_kb("VmHWM") * 1024 - baseline
@@ -342,12 +252,9 @@ def loss_memory(config: FoxConfig, tokens: int, dtype: torch.dtype,
 
 
 def benchmark_documents(megabytes: float) -> tuple[list[str], str]:
-    """About `megabytes` MB of text as documents: the shared corpora when present, else the stdlib."""
-    if SHARED_CORPORA.is_dir():
-        files, source = sorted(SHARED_CORPORA.glob("*.txt")), str(SHARED_CORPORA)
-    else:
-        stdlib = Path(os.__file__).parent
-        files, source = sorted(stdlib.glob("*.py")) + sorted(stdlib.glob("*/*.py")), str(stdlib)
+    """About `megabytes` MB of text as documents, from this Python's standard library."""
+    stdlib = Path(os.__file__).parent
+    files, source = sorted(stdlib.glob("*.py")) + sorted(stdlib.glob("*/*.py")), str(stdlib)
     documents, size = [], 0
     for path in files:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -427,9 +334,15 @@ def heldout_tokens(args: argparse.Namespace, config: FoxConfig) -> tuple[Fox | N
     if args.ckpt is None:
         return None, torch.randint(config.vocab_size, (1, args.prompt_len * 4), device=args.device)
     loaded = sample.open_checkpoint(Path(args.ckpt), None, torch.device(args.device), "float32")
-    ids = loaded.tokenizer.encode(Path(args.heldout).read_text(encoding="utf-8", errors="replace"))
+    ids = loaded.tokenizer.encode(read_text(Path(args.heldout)) if args.heldout else builtin_heldout_text())
     length = min(len(ids), loaded.model.config.context_len - 1)
     return loaded.model, torch.tensor([[loaded.bos_id] + ids[:length]], device=args.device)
+
+
+def builtin_heldout_text() -> str:
+    """The documents of the built-in stdlib-docs source that data.py holds out of training (its val split)."""
+    documents = builtin_documents("stdlib-docs")
+    return "".join(text for i, text in enumerate(documents) if held_out(np.array(i), BUILTIN_VAL_FRACTION))
 
 
 def decode_step_profile(model: Fox, steps: int = 8) -> dict[str, float]:
@@ -443,7 +356,7 @@ def decode_step_profile(model: Fox, steps: int = 8) -> dict[str, float]:
     with torch.inference_mode():
         sample.decode_one_token(model, token, input_pos)  # warm-up
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            _, seconds = sample.timed(lambda: [sample.decode_one_token(model, token, input_pos)
+            _, seconds = timed(lambda: [sample.decode_one_token(model, token, input_pos)
                                                for _ in range(steps)], device)
     totals = {event.key: event.cpu_time_total / 1e6 / steps for event in prof.key_averages()}
     matmul = totals.get("aten::linear", 0.0)
@@ -664,7 +577,7 @@ def bench_tokenizer(args: argparse.Namespace, report: Report) -> None:
                                                  "MB/s"), compression)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Throughput, MFU, bandwidth utilisation and loss memory of fox1, "
                                 "next to Hugging Face transformers/tokenizers when installed.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -681,8 +594,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=64, help="decoded tokens for the generation rows")
     p.add_argument("--no-compile", action="store_true", help="skip fox1's compiled rows (training step and decode)")
     p.add_argument("--ckpt", help="a trained export (e.g. out/export) for the int8 perplexity row")
-    p.add_argument("--heldout", default=str(SHARED_CORPORA / "gutenberg_1342_austen_pride_and_prejudice.txt"),
-                   help="text the --ckpt model was not trained on, for the int8 perplexity row")
+    p.add_argument("--heldout", help="text the --ckpt model was not trained on, for the int8 perplexity row "
+                   "(default: the built-in corpus's held-out documents)")
     p.add_argument("--profile", action="store_true", help="profile eager decode steps: matmul vs attention vs rest")
     p.add_argument("--loss-tokens", type=int, default=8192,
                    help="tokens in the loss-memory rows (8192 = one Fox-1 context)")
@@ -694,22 +607,28 @@ def parse_args() -> argparse.Namespace:
                                                              "tokenizer"],
                    help="sections to leave out, e.g. on a GPU lent for minutes: --skip generation int8 tokenizer")
     p.add_argument("--skip-reference", action="store_true", help="skip the Hugging Face rows")
-    args = p.parse_args()
-    if args.repeats < 1 or args.new_tokens < 2 or args.prompt_len < 1:
-        p.error("--repeats and --prompt-len must be >= 1, --new-tokens >= 2")
-    if args.ckpt and not Path(args.heldout).is_file():
+    args = p.parse_args(argv)
+    check_numbers(p, args, FLAG_RULES)
+    if args.ckpt and not (Path(args.ckpt) / "config.json").is_file():
+        p.error(f"--ckpt {args.ckpt}: no checkpoint here (config.json not found)")
+    if args.heldout and not Path(args.heldout).is_file():
         p.error(f"--heldout {args.heldout}: file not found")
     args.device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    args.dtype = getattr(torch, args.dtype or sample.default_dtype(args.device, compile=False, quantize=None))
+    args.dtype = getattr(torch, args.dtype or default_dtype(args.device, compile=False, quantize=None))
     args.bf16 = args.dtype == torch.float32 and (native_bf16(args.device) if args.bf16 is None else args.bf16)
     args.batch_size = args.batch_size or (8 if args.device.type == "cuda" else 4)
     args.seq_len = args.seq_len or (2048 if args.device.type == "cuda" else 256)
     return args
 
 
-def main() -> None:
-    args = parse_args()
+FLAG_RULES = {"batch_size": Number(1), "seq_len": Number(2), "repeats": Number(1), "prompt_len": Number(1),
+              "new_tokens": Number(2), "loss_tokens": Number(1), "tokenizer_mb": Number(0, above=True),
+              "tokenizer_vocab": Number(262), "threads": Number(1)}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     config = FoxConfig.from_preset(args.preset)
     report = Report()
     report.numbers.update(preset=args.preset, device=str(args.device), batch_size=args.batch_size,
@@ -746,7 +665,10 @@ def main() -> None:
         else:
             bench_tokenizer(args, report)
     bar.close()
-    machine.describe(report)
+    numbers, lines = machine.describe()
+    report.numbers.update(numbers)
+    for line in lines:
+        report.note(line)
     report.numbers["load_after"] = os.getloadavg()[0]
     report.print(f"fox1 bench: preset {args.preset}, {report.numbers['params']:,} parameters, {args.device} "
                  f"{report.numbers['dtype']}, {args.threads} threads, batch {args.batch_size} x {args.seq_len}, "

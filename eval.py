@@ -4,7 +4,7 @@ card), the way EleutherAI's lm-evaluation-harness scores them, so that a number 
 beside the paper's. Fox-1's card follows the Open LLM Leaderboard v1 setup: ARC-Challenge 25-shot,
 HellaSwag 10-shot, MMLU 5-shot, Winogrande 5-shot, GSM8k 5-shot (36.39% for the base model).
 
-    python eval.py --ckpt out/export --tasks hellaswag,arc_easy,arc_challenge,lambada --data ../shared/corpora/eval
+    python eval.py --ckpt out/export --tasks hellaswag,arc_easy,arc_challenge,lambada --data DIR
     python eval.py --tasks arc_challenge,hellaswag,mmlu,winogrande,gsm8k --shots arc_challenge=25,hellaswag=10,winogrande=5 \
         --data DIR --ckpt path/to/Fox-1-1.6B --tokenizer tok.txt --limit 500 --out items.jsonl
 
@@ -33,9 +33,7 @@ here does (`--no-bos` for the harness's choice).
 Speed: each item is one row, its context followed by all of its choices, with per-row positions and a
 mask that lets each choice see the context and itself only (`choice_mask`). The context is computed once
 per item instead of once per choice, only the positions that predict a choice token go through the LM
-head, and rows of similar length are batched up to 1,024 padded tokens. HellaSwag on `small` (52M), against
-one full forward per choice, on a quiet 2-core AMD EPYC: 0-shot holds half the tokens (14,602 vs 28,805 for 64
-items) and ran 2.4-2.9x faster (median 2.5x, 3 runs); 10-shot ran 3.8-4.0x faster (README, "Evaluate").
+head, and rows of similar length are batched up to 1,024 padded tokens (how much faster: NOTES.md).
 
 Data (--data DIR): one JSONL file per task and split, looked up as DIR/<name>_<split>.jsonl,
 DIR/<name>/<split>.jsonl or DIR/<name>.jsonl (`TASKS` lists the names and splits, e.g. hellaswag_val.jsonl,
@@ -66,7 +64,8 @@ from tqdm import tqdm
 
 from model import LOSS_CHUNK_ELEMENTS, CheckpointError, Fox
 from sample import SampleError, generate, open_checkpoint, parse_device
-from tokenizer import InputError, Tokenizer, read_text, write_atomic
+from fox1.files import InputError, Number, check_numbers, read_text, write_atomic
+from tokenizer import Tokenizer
 
 DEFAULT_CKPT = "out/export"
 BOOTSTRAP_RESAMPLES = 1000  # perplexity's stderr: the harness draws 100,000; 1,000 pin it to ~2% of itself
@@ -196,7 +195,11 @@ def score_rows(model: Fox, rows: Sequence[Row]) -> dict[int, tuple[float, bool]]
         wanted = targets[start:start + chunk]
         log_probs.append(logits.gather(1, wanted[:, None])[:, 0])
         greedy.append(logits.argmax(dim=-1) == wanted)
-    log_probs, greedy = torch.cat(log_probs).tolist(), torch.cat(greedy).tolist()
+    log_probs, greedy = torch.cat(log_probs), torch.cat(greedy).tolist()
+    if not bool(torch.isfinite(log_probs).all()):
+        raise EvalError("the model's log-likelihoods are not finite (NaN or inf): its weights are damaged, or "
+                        "overflow in this dtype (try --dtype float32)")
+    log_probs = log_probs.tolist()
     results: dict[int, tuple[float, bool]] = {}
     for (_, _, request), lp, g in zip(where, log_probs, greedy):
         total, all_greedy = results.get(request, (0.0, True))
@@ -420,12 +423,31 @@ def as_index(value, size: int, name: str) -> int:
     return index
 
 
+def as_choices(value, name: str, count: int = 2) -> list[str]:
+    """A list of at least `count` non-empty strings (a string is not a list of its letters)."""
+    if not isinstance(value, list) or not all(isinstance(choice, str) for choice in value):
+        raise ValueError(f"field {name!r} must be a list of strings, got {type(value).__name__}")
+    if len(value) < count:
+        raise ValueError(f"field {name!r} has {len(value)} choice(s); a question needs at least {count}")
+    if not all(choice.strip() for choice in value):
+        raise ValueError(f"field {name!r} has an empty choice")
+    return value
+
+
+def as_text(value, name: str) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"field {name!r} must be a non-empty string")
+    return value
+
+
 def simple_item(record: dict) -> dict | None:
     """The {"query", "choices", "gold"} form, or None when the record is in another layout."""
     if not {"query", "choices", "gold"} <= record.keys():
         return None
-    choices = [str(c) for c in need(record, "choices")]
-    return {"query": str(record["query"]), "choices": choices, "gold": as_index(record["gold"], len(choices), "gold")}
+    choices = as_choices(record["choices"], "choices")
+    return {"query": as_text(record["query"], "query"), "choices": choices,
+            "gold": as_index(record["gold"], len(choices), "gold")}
 
 
 def hellaswag_preprocess(text: str) -> str:
@@ -441,7 +463,7 @@ def hellaswag_item(record: dict) -> dict:
         context = need(record, "ctx_a") + " " + need(record, "ctx_b").capitalize()
     else:
         context = need(record, "ctx")
-    endings = [hellaswag_preprocess(e) for e in need(record, "endings")]
+    endings = [hellaswag_preprocess(e) for e in as_choices(need(record, "endings"), "endings")]
     query = hellaswag_preprocess(need(record, "activity_label") + ": " + context)
     return {"query": query, "choices": endings, "gold": as_index(need(record, "label"), len(endings), "label")}
 
@@ -455,7 +477,7 @@ def arc_item(record: dict) -> dict:
             item["query"] = item["query"].rstrip() + "\nAnswer:"
         return item
     choices = need(record, "choices")
-    texts, labels = need(choices, "text"), [str(label) for label in need(choices, "label")]
+    texts, labels = as_choices(need(choices, "text"), "choices.text"), [str(label) for label in need(choices, "label")]
     answer = str(need(record, "answerKey"))
     if answer not in labels:
         raise ValueError(f"field 'answerKey' is {answer!r}, not one of the labels {labels}")
@@ -463,7 +485,7 @@ def arc_item(record: dict) -> dict:
 
 
 def piqa_item(record: dict) -> dict:
-    choices = [need(record, "sol1"), need(record, "sol2")]
+    choices = as_choices([need(record, "sol1"), need(record, "sol2")], "sol1/sol2")
     return {"query": f"Question: {need(record, 'goal')}\nAnswer:", "choices": choices,
             "gold": as_index(need(record, "label"), 2, "label")}
 
@@ -475,7 +497,7 @@ def winogrande_item(record: dict) -> dict:
         raise ValueError("field 'sentence' has no blank '_'")
     blank = sentence.index("_")
     rest = sentence[blank + 1:].strip()
-    options = [need(record, "option1"), need(record, "option2")]
+    options = as_choices([need(record, "option1"), need(record, "option2")], "option1/option2")
     answer = str(need(record, "answer")).strip()
     if answer not in ("1", "2"):
         raise ValueError(f"field 'answer' is {answer!r}, expected '1' or '2'")
@@ -485,7 +507,7 @@ def winogrande_item(record: dict) -> dict:
 
 def mmlu_item(record: dict) -> dict:
     """The harness's default MMLU prompt: the question, the options as "A. ...", then "Answer:"."""
-    choices = need(record, "choices")
+    choices = as_choices(need(record, "choices"), "choices")
     if len(choices) != 4:
         raise ValueError(f"field 'choices' has {len(choices)} options, MMLU has 4")
     letters = "ABCD"
@@ -496,15 +518,17 @@ def mmlu_item(record: dict) -> dict:
 
 def lambada_item(record: dict) -> dict:
     """The passage without its last space-separated word, and that word."""
-    text = need(record, "text")
-    if " " not in text:
+    text = as_text(need(record, "text"), "text")
+    if " " not in text.strip():
         raise ValueError("field 'text' has no space to split the last word off")
     context, word = text.rsplit(" ", 1)
+    if not word.strip():
+        raise ValueError("field 'text' ends in whitespace: its last word is empty")
     return {"query": context, "choices": [word], "gold": 0}
 
 
 def gsm8k_item(record: dict) -> dict:
-    answer = need(record, "answer")
+    answer = as_text(need(record, "answer"), "answer")
     if "####" not in answer:
         raise ValueError("field 'answer' has no '####' before the final number")
     return {"query": f"Question: {need(record, 'question')}\nAnswer:", "choices": [answer], "gold": 0}
@@ -739,9 +763,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="default: bfloat16 on cuda, float32 on cpu")
     p.add_argument("--out", help="write per-item results here (JSONL)")
     args = p.parse_args(argv)
-    if args.batch_size < 1 or (args.limit is not None and args.limit < 1) or args.max_new_tokens < 1:
-        p.error("--batch-size, --limit and --max-new-tokens must be >= 1")
+    check_numbers(p, args, FLAG_RULES)
     return args
+
+
+FLAG_RULES = {"limit": Number(1), "seed": Number(0), "batch_size": Number(1), "max_new_tokens": Number(1)}
 
 
 def check_arguments(args: argparse.Namespace) -> list[str]:

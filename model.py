@@ -1,34 +1,20 @@
-"""
-The Fox-1 model in one file: a Llama-style decoder, exactly the architecture of the released
-`tensoropera/Fox-1-1.6B` (arXiv 2411.05281), plus the pieces training and serving need.
+"""The Fox-1 model in one file: a Llama-style decoder, exactly the architecture of the released
+`tensoropera/Fox-1-1.6B` (arXiv 2411.05281), plus what training and serving need.
 
     embedding -> 32 x [RMSNorm -> GQA attention with RoPE -> +residual; RMSNorm -> SwiGLU -> +residual]
               -> RMSNorm -> LM head tied to the embedding
 
-Fox-1's three architecture bets, as the paper describes them, are all visible in `FoxConfig`:
-  * deep and narrow: 32 layers at hidden 2048 (Gemma-2B has 18 at 2048, StableLM-2-1.6B 24 at 2048);
-  * a large 256K vocabulary, whose embedding (524,288,000 parameters, 31% of the model) is shared with
-    the LM head so it is paid for once;
-  * grouped-query attention, 16 query heads sharing 4 key/value heads, which cuts the KV cache 4x.
-
-What else is here and why:
-  * `chunked_cross_entropy`: with 256K classes, one 8K-token sequence would need 8 GB of fp32 logits.
-    The loss is computed a chunk of tokens at a time and its gradient is formed in the same pass, so
-    neither the logits nor their softmax are ever held for the whole batch.
-  * `position_ids` / `doc_ids`: packed training windows hold several documents; RoPE restarts at
-    each document and attention is masked block-diagonally so documents never see each other.
-  * `KVCache`: a static, preallocated cache (as in gpt-fast) so decoding is one fixed-shape step
-    that `torch.compile` can turn into a single graph; `linear` lets inductor write that step's
-    one-row matmuls on CPU as its own dot-product loops, which stream the weights faster than MKL.
-  * `from_pretrained` / `save_pretrained`: the Hugging Face Llama checkpoint layout. Module names
-    match it (`embed_tokens`, `self_attn.o_proj`, ...) except two fused matrices, `qkv_proj` and
-    `gate_up_proj`, which are HF's q/k/v and gate/up projections stacked by rows (`hf_names`).
+Fox-1's architecture bets are all in `FoxConfig`: deep and narrow (32 layers at hidden 2048), a 256K vocabulary
+whose embedding (31% of the model) is shared with the LM head, and grouped-query attention (16 query heads share
+4 key/value heads, a 4x smaller KV cache). Also here: `chunked_cross_entropy`, the loss for a 256K vocabulary
+without a (tokens x vocab) tensor; `doc_ids` / `position_ids` for packed documents; a static `KVCache` so a decode
+step has fixed shapes for torch.compile. Module names are Hugging Face Llama's except two fused matrices,
+`qkv_proj` and `gate_up_proj` (fox1/hf_llama.py maps them to HF's tensors).
 
 Try it:  python -c "import model; m = model.Fox(model.FoxConfig.from_preset('tiny')); print(m)"
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,53 +23,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tokenizer import write_atomic
+from fox1 import hf_llama
+from fox1.hf_llama import CheckpointError
+from fox1.speed import Int8Linear, linear
 
 IGNORE_INDEX = -100  # targets with this value do not count in the loss (e.g. across document borders)
-
-
-# --------------------------------------------------------------------------------------------------
-# Configuration
-
-
-@dataclass(frozen=True)
-class FoxConfig:
-    """Shape of a Fox model. The defaults are the released Fox-1-1.6B."""
-
-    vocab_size: int = 256000
-    hidden_size: int = 2048
-    num_layers: int = 32
-    num_heads: int = 16
-    num_kv_heads: int = 4  # 4 query heads share each key/value head
-    head_dim: int = 128
-    intermediate_size: int = 4096  # SwiGLU width = 2 x hidden
-    context_len: int = 8192
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
-
-    def __post_init__(self) -> None:
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> FoxConfig:
-        """A named preset with any field overridden, e.g. from_preset('tiny', vocab_size=4096)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
-
-
-# All presets keep Fox-1's ratios: deep and narrow, 4 query heads per KV head, intermediate = 2 x hidden.
-PRESETS: dict[str, FoxConfig] = {
-    "fox-1.6b": FoxConfig(),
-    "small": FoxConfig(vocab_size=32768, hidden_size=512, num_layers=16, num_heads=8, num_kv_heads=2,
-                       head_dim=64, intermediate_size=1024, context_len=2048),
-    "tiny": FoxConfig(vocab_size=8192, hidden_size=256, num_layers=8, num_heads=4, num_kv_heads=1,
-                      head_dim=64, intermediate_size=512, context_len=1024),
-}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -119,29 +63,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos.to(x.dtype) + rotated_half * sin.to(x.dtype)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight.T, as F.linear; but a single row on CPU under torch.compile is multiplied and summed.
-    scale (out,): weight holds int8 rows whose real values are weight * scale (`quantize_int8`).
-
-    Decoding one token multiplies one row by every matrix: a pure stream of the weights. On the 2-core EPYC,
-    MKL's one-row matmul reads nn.Linear's (out, in) weights at ~14 GB/s (the 64 MB LM head of `small` takes
-    6 ms), while the dot-product loop inductor writes for `(x * weight).sum(-1)` reaches ~22 GB/s: `small`'s
-    compiled decode went from 49-69 to 74-98 tokens/s (see also sample.CPU_DECODE_INDUCTOR).
-    The same loop converts int8 weights to floats in registers, so they stream at a quarter of the bytes.
-    It multiplies and sums in fp32 whatever the weights are, with the row x made fp32 once: for bf16 weights
-    the loop then converts only the weights, not x again for every row (`small`, one bf16 decode step on
-    the 2-core Xeon, interleaved with the loop that took bf16 x: 1.07-1.11x faster; the sums were fp32 before too).
-    Eagerly that expression would build the whole (out, in) product, so it is used only when compiling.
-    GPUs keep cuBLAS, which is not known to need this (not measured)."""
-    if x.device.type == "cpu" and torch.compiler.is_compiling() and x.numel() == x.size(-1):
-        y = (x.float().unsqueeze(-2) * weight.float()).sum(-1)
-        return (y if scale is None else y * scale).to(x.dtype)
-    y = F.linear(x, weight.to(x.dtype))  # int8 -> float: a full copy of the weights, eagerly
-    return y if scale is None else y * scale
-
-
 class Linear(nn.Linear):
-    """nn.Linear without bias, through `linear`. Same parameters and state dict as nn.Linear."""
+    """nn.Linear without bias, through fox1.speed.linear (a faster one-row loop when compiled on a CPU)."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
@@ -150,31 +73,12 @@ class Linear(nn.Linear):
         return linear(x, self.weight)
 
 
-class KVCache(nn.Module):
-    """Static key/value cache of one layer: (batch, kv_heads, max_len, head_dim), written in place.
-
-    Fixed shapes mean a compiled decode step never recompiles; attention reads the whole buffer and
-    a mask hides the slots not written yet."""
-
-    def __init__(self, batch_size: int, max_len: int, num_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str | None = None):
-        super().__init__()
-        shape = (batch_size, num_kv_heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
-        self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
-        return self.k, self.v
-
-
 class Attention(nn.Module):
     """Causal grouped-query self-attention with RoPE, through PyTorch's fused SDPA kernels.
 
     q, k and v come out of one matrix, `qkv_proj` (Hugging Face's q_proj, k_proj and v_proj stacked by
     rows, as in gpt-fast): one matmul reads x once and is one kernel instead of three, which is what a
-    decode step of a single token is made of (see `hf_names` for the checkpoint mapping)."""
+    decode step of a single token is made of."""
 
     def __init__(self, config: FoxConfig):
         super().__init__()
@@ -198,6 +102,25 @@ class Attention(nn.Module):
         # mask=None means plain causal attention over this call's own tokens (the fastest kernel path).
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class KVCache(nn.Module):
+    """Static key/value cache of one layer: (batch, kv_heads, max_len, head_dim), written in place.
+
+    Fixed shapes mean a compiled decode step never recompiles; attention reads the whole buffer and
+    a mask hides the slots not written yet."""
+
+    def __init__(self, batch_size: int, max_len: int, num_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str | None = None):
+        super().__init__()
+        shape = (batch_size, num_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
+        return self.k, self.v
 
 
 class SwiGLU(nn.Module):
@@ -227,6 +150,59 @@ class Block(nn.Module):
                 mask: torch.Tensor | None = None, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class FoxConfig:
+    """Shape of a Fox model. The defaults are the released Fox-1-1.6B."""
+
+    vocab_size: int = 256000
+    hidden_size: int = 2048
+    num_layers: int = 32
+    num_heads: int = 16
+    num_kv_heads: int = 4  # 4 query heads share each key/value head
+    head_dim: int = 128
+    intermediate_size: int = 4096  # SwiGLU width = 2 x hidden
+    context_len: int = 8192
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> FoxConfig:
+        """A named preset with any field overridden, e.g. from_preset('tiny', vocab_size=4096)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+    @classmethod
+    def from_hf(cls, path: str | Path) -> tuple[FoxConfig, torch.dtype]:
+        """(config, stored dtype) of a Hugging Face Llama config.json."""
+        fields, dtype = hf_llama.read_config(Path(path))
+        try:
+            return cls(**fields), dtype
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+
+
+# All presets keep Fox-1's ratios: deep and narrow, 4 query heads per KV head, intermediate = 2 x hidden.
+PRESETS: dict[str, FoxConfig] = {
+    "fox-1.6b": FoxConfig(),
+    "small": FoxConfig(vocab_size=32768, hidden_size=512, num_layers=16, num_heads=8, num_kv_heads=2,
+                       head_dim=64, intermediate_size=1024, context_len=2048),
+    "tiny": FoxConfig(vocab_size=8192, hidden_size=256, num_layers=8, num_heads=4, num_kv_heads=1,
+                      head_dim=64, intermediate_size=512, context_len=1024),
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,8 +241,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             grad_hidden[start:start + chunk] = grad_logits @ weight
             if h.dtype == torch.float32:
                 grad_weight.addmm_(grad_logits.T, h)
-            else:  # a bf16 matmul, its products summed in fp32. As an fp32 matmul it made fox-1.6b's bf16
-                grad_weight += grad_logits.T @ h  # training step on an H200 0.62x HF's (0.94x this way)
+            else:  # a bf16 matmul summed into fp32: an fp32 matmul here costs a GPU a third of its step
+                grad_weight += grad_logits.T @ h
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return loss / count
 
@@ -401,307 +377,32 @@ class Fox(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The LM head, tied to the embedding: final-norm hidden states (..., hidden) -> fp32 logits."""
-        head = self.embed_tokens  # an int8 table carries its row scales
-        return linear(hidden, head.weight, head.scale if isinstance(head, Int8Embedding) else None).float()
+        head = self.embed_tokens  # an int8 table (fox1/speed.py) carries its row scales
+        return linear(hidden, head.weight, getattr(head, "scale", None)).float()
 
     # ----------------------------------------------------------------------------------------------
-    # Hugging Face interop
+    # Hugging Face Llama checkpoints (the mapping is in fox1/hf_llama.py)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, dtype: torch.dtype | None = None,
                         device: str | torch.device = "cpu") -> Fox:
         """Load a Llama-format checkpoint directory (config.json + model.safetensors, or sharded with
-        model.safetensors.index.json), e.g. the released tensoropera/Fox-1-1.6B."""
+        model.safetensors.index.json), e.g. the released tensoropera/Fox-1-1.6B, tensor by tensor."""
         directory = Path(directory)
-        config, stored_dtype = config_from_hf(directory / "config.json")
+        config, stored_dtype = FoxConfig.from_hf(directory / "config.json")
         with torch.device("meta"):
             model = cls(config)
-        state = load_hf_state_dict(directory, model, dtype or stored_dtype)
+        state = hf_llama.load_hf_state_dict(directory, model, dtype or stored_dtype)
         model.load_state_dict(state, strict=True, assign=True)
         model.rope_cos, model.rope_sin = rope_tables(config)
         return model.to(device=device)
 
     def save_pretrained(self, directory: str | Path, *, token_ids: dict[str, int] | None = None,
-                        tokenizer_fingerprint: str | None = None) -> None:
+                        tokenizer_fingerprint: str | None = None, stop_ids: list[int] | None = None) -> None:
         """Write config.json, generation_config.json and model.safetensors that transformers.LlamaForCausalLM
-        loads (tied weights stored once, as HF does). Each file is written to a temp name and renamed into place.
-
-        token_ids: the tokenizer's {"bos_token_id", "eos_token_id", "pad_token_id"}; without them transformers
-        assumes bos 1 / eos 2, which are our tokenizer's eos / bos swapped. tokenizer_fingerprint: recorded so
-        sample.py can refuse a tokenizer the weights were not trained with."""
-        from safetensors.torch import save
-
-        directory = Path(directory)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in fox_to_hf(self.state_dict(), self.config).items()}
-        write_atomic(directory / "model.safetensors", save(tensors, metadata={"format": "pt"}))
-        config = config_to_hf(self.config, self.embed_tokens.weight.dtype) | (token_ids or {})
-        if tokenizer_fingerprint:
-            config["fox1_tokenizer_fingerprint"] = tokenizer_fingerprint
-        write_json_atomic(directory / "config.json", config)
-        write_json_atomic(directory / "generation_config.json", {"_from_model_config": True, **(token_ids or {})})
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's instruction-set flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls run in hardware here: CUDA GPUs, and CPUs with AVX512-BF16 or AMX (Xeon since
-    Cooper Lake, AMD since Zen 4), where oneDNN's bf16 matmuls are 2-3x its fp32 ones. Elsewhere bf16 is
-    emulated and slower than fp32."""
-    return device.type == "cuda" or bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
-
-
-def column_major(model: Fox) -> Fox:
-    """Store every weight matrix column by column, in place: the same (out, in) parameters with transposed
-    strides, so F.linear hands MKL an (in, out) row-major matrix, which it streams faster when multiplying a
-    single row. That is decoding one token at a time in fp32 on a CPU. On the 2-core AMD EPYC (2 threads),
-    `small`'s 210 MB of matrices take 12.5 ms per step instead of 19.2 (its 64 MB LM head 2.6 instead of 6.1);
-    only there: at 8 rows it is 0.85x, from 128 rows on even, in bf16 no faster, and the one-row loop
-    torch.compile makes of `linear` reads rows. For inference: training keeps the usual layout."""
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.data = parameter.data.t().contiguous().t()
-    return model
-
-
-# --------------------------------------------------------------------------------------------------
-# int8 weight-only quantization, for decoding (gpt-fast style)
-
-
-def quantize_rows_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 weights, per-row scales): symmetric, per output channel. Row i is stored as round(w_i / s_i)
-    with s_i = max|w_i| / 127, so each row's largest weight maps to +-127 and no weight moves by more than
-    s_i / 2. Scales keep the weight's dtype."""
-    scale = weight.detach().float().abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127
-    quantized = (weight.detach().float() / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
-    return quantized, scale.to(weight.dtype)
-
-
-class Int8Linear(nn.Module):
-    """A `Linear` whose weight is int8 with per-row scales: decoding streams a quarter of fp32's bytes."""
-
-    def __init__(self, weight: torch.Tensor):
-        super().__init__()
-        quantized, scale = quantize_rows_int8(weight)
-        self.register_buffer("weight", quantized)
-        self.register_buffer("scale", scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.scale)
-
-
-class Int8Embedding(Int8Linear):
-    """The tied embedding in int8: one table serves the lookup (rows dequantised) and the LM head."""
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.weight[idx].to(self.scale.dtype) * self.scale[idx, None]
-
-
-def quantize_int8(model: Fox) -> Fox:
-    """Replace every matrix of `model` (4 per block, and the tied embedding / LM head) by its int8 version,
-    in place, from whatever checkpoint it was loaded from; norms stay in the model's dtype. For inference
-    only: `small` goes from 210 MB of fp32 weights to 53 MB."""
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, Linear):
-                setattr(module, name, Int8Linear(child.weight))
-    model.embed_tokens = Int8Embedding(model.embed_tokens.weight)
-    return model
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoint format helpers (Hugging Face Llama layout)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory whose files, config fields or tensors do not fit. One-line message."""
-
-
-_DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    write_atomic(path, json.dumps(obj, indent=2) + "\n")
-
-
-def config_to_hf(config: FoxConfig, dtype: torch.dtype) -> dict:
-    """Our config as a transformers LlamaConfig dictionary."""
-    return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
-        "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
-        "head_dim": config.head_dim, "max_position_embeddings": config.context_len,
-        "rms_norm_eps": config.norm_eps, "rope_theta": config.rope_theta, "rope_scaling": None,
-        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": True,
-        "initializer_range": config.init_std, "torch_dtype": str(dtype).removeprefix("torch."),
-    }
-
-
-@dataclass(frozen=True)
-class CheckpointTokens:
-    """What a checkpoint folder says about its tokens (None / empty where it says nothing)."""
-
-    bos_id: int | None
-    eos_ids: list[int]  # Hugging Face allows several (e.g. <eos> and <end_of_turn>)
-    tokenizer_fingerprint: str | None  # our exports only
-
-
-def checkpoint_tokens(directory: Path) -> CheckpointTokens:
-    """bos / eos ids from generation_config.json, else config.json; the tokenizer fingerprint of our exports."""
-    fields: dict = {}
-    for name in ("config.json", "generation_config.json"):  # the latter wins, as in transformers' generate
-        path = directory / name
-        if path.is_file():
-            try:
-                loaded = json.loads(path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-            if not isinstance(loaded, dict):
-                raise CheckpointError(f"{path}: expected a JSON object, got {type(loaded).__name__}")
-            fields.update((k, v) for k, v in loaded.items() if v is not None)
-    bos, eos = fields.get("bos_token_id"), fields.get("eos_token_id", [])
-    eos = [eos] if isinstance(eos, int) else eos
-    if not (bos is None or isinstance(bos, int)) or not all(isinstance(i, int) for i in eos):
-        raise CheckpointError(f"{directory}: bos_token_id / eos_token_id must be integers (or a list of them)")
-    return CheckpointTokens(bos, list(eos), fields.get("fox1_tokenizer_fingerprint"))
-
-
-def config_from_hf(path: Path) -> tuple[FoxConfig, torch.dtype]:
-    """Read a Llama config.json into a FoxConfig, refusing anything fox1 does not implement."""
-    try:
-        hf = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(hf, dict):
-        raise CheckpointError(f"{path}: expected a JSON object of config fields, got {type(hf).__name__}")
-
-    def field(name: str, default=None):
-        if name not in hf and default is None:
-            raise CheckpointError(f"{path}: missing field {name!r}")
-        return hf.get(name, default)
-
-    expected = {"hidden_act": "silu", "tie_word_embeddings": True, "attention_bias": False, "mlp_bias": False,
-                "rope_scaling": None}
-    for name, want in expected.items():
-        if hf.get(name, want) != want:
-            raise CheckpointError(f"{path}: field {name!r} is {hf[name]!r}; fox1 supports only {want!r}")
-    try:
-        config = FoxConfig(
-            vocab_size=int(field("vocab_size")), hidden_size=int(field("hidden_size")),
-            num_layers=int(field("num_hidden_layers")), num_heads=int(field("num_attention_heads")),
-            num_kv_heads=int(field("num_key_value_heads", hf.get("num_attention_heads"))),
-            head_dim=int(field("head_dim", hf.get("hidden_size", 0) // max(1, hf.get("num_attention_heads", 1)))),
-            intermediate_size=int(field("intermediate_size")), context_len=int(field("max_position_embeddings")),
-            rope_theta=float(field("rope_theta", 10000.0)), norm_eps=float(field("rms_norm_eps", 1e-6)),
-        )
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    dtype_name = hf.get("torch_dtype") or hf.get("dtype") or "float32"
-    if dtype_name not in _DTYPE_NAMES:
-        raise CheckpointError(f"{path}: field 'torch_dtype' is {dtype_name!r}; expected one of {list(_DTYPE_NAMES)}")
-    return config, _DTYPE_NAMES[dtype_name]
-
-
-def safetensors_files(directory: Path) -> dict[str, Path]:
-    """Hugging Face tensor name -> the file holding it: model.safetensors, or the shards listed in
-    model.safetensors.index.json. Reads only the files' headers."""
-    from safetensors import SafetensorError, safe_open
-
-    index = directory / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({e!r})") from None
-    else:
-        files = ["model.safetensors"]
-    where: dict[str, Path] = {}
-    for name in files:
-        path = directory / name
-        if not path.exists():
-            raise CheckpointError(f"{path}: not found")
-        try:
-            with safe_open(str(path), "pt") as f:
-                where.update((key, path) for key in f.keys())
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
-    return where
-
-
-def read_tensor(path: Path, name: str, dtype: torch.dtype) -> torch.Tensor:
-    """One tensor in `dtype`. The file is memory-mapped for this tensor only, so its pages do not stay mapped
-    (and counted in this process's memory) while the rest of the model loads."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            return f.get_tensor(name).to(dtype)
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: unreadable tensor {name!r} ({e})") from None
-
-
-def hf_names(name: str, rows: int, config: FoxConfig) -> dict[str, int]:
-    """The Hugging Face tensors our tensor `name` (of `rows` rows) holds, stacked by rows in this order, with
-    their row counts: 'layers.0.self_attn.qkv_proj.weight' -> {'model.layers.0.self_attn.q_proj.weight': 2048,
-    '... k_proj ...': 512, '... v_proj ...': 512} for fox-1.6b; any other tensor is itself under `model.`."""
-    q_rows, kv_rows = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-    fused = {"self_attn.qkv_proj": {"self_attn.q_proj": q_rows, "self_attn.k_proj": kv_rows,
-                                    "self_attn.v_proj": kv_rows},
-             "mlp.gate_up_proj": {"mlp.gate_proj": config.intermediate_size, "mlp.up_proj": config.intermediate_size}}
-    for ours, parts in fused.items():
-        if f".{ours}." in name:
-            return {"model." + name.replace(ours, part): part_rows for part, part_rows in parts.items()}
-    return {"model." + name: rows}
-
-
-def fox_to_hf(state: dict[str, torch.Tensor], config: FoxConfig) -> dict[str, torch.Tensor]:
-    """Our state dict under Hugging Face Llama names (fused matrices split into views, no copies)."""
-    hf = {}
-    for name, tensor in state.items():
-        parts = hf_names(name, tensor.size(0), config)
-        hf.update(zip(parts, tensor.split(list(parts.values()))))
-    return hf
-
-
-def load_hf_state_dict(directory: Path, model: Fox, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Our state dict in `dtype`, read tensor by tensor from a Hugging Face Llama checkpoint, after checking
-    every tensor's presence and shape against `model` (a meta-device model of the config).
-
-    Fused matrices are allocated once and filled part by part, so the peak memory is the model plus one
-    tensor: fox-1.6b in bf16 loads in about its 3.3 GB, not twice that. `lm_head.weight` is accepted and
-    ignored: the head is tied to the embedding (as HF does when tie_word_embeddings is true); RoPE's
-    `inv_freq`, which old exports store, is recomputed."""
-    from safetensors import safe_open
-
-    ours = model.state_dict()
-    expected = {k: v.shape for k, v in fox_to_hf(ours, model.config).items()}
-    where = {k: v for k, v in safetensors_files(directory).items()
-             if k != "lm_head.weight" and not k.endswith("rotary_emb.inv_freq")}
-    for name, path in where.items():
-        if name not in expected:
-            raise CheckpointError(f"{directory}: unexpected tensor {name!r} for this config")
-        with safe_open(str(path), "pt") as f:
-            shape = torch.Size(f.get_slice(name).get_shape())
-        if shape != expected[name]:
-            raise CheckpointError(f"{directory}: tensor {name!r} has shape {tuple(shape)}, "
-                                  f"config.json implies {tuple(expected[name])}")
-    missing = sorted(set(expected) - set(where))
-    if missing:
-        raise CheckpointError(f"{directory}: missing tensor {missing[0]!r} ({len(missing)} missing)")
-    state = {}
-    for name, meta in ours.items():
-        state[name] = torch.empty(meta.shape, dtype=dtype)
-        parts = hf_names(name, meta.size(0), model.config)
-        for hf_name, piece in zip(parts, state[name].split(list(parts.values()))):
-            piece.copy_(read_tensor(where[hf_name], hf_name, dtype))
-    return state
+        loads. token_ids: the tokenizer's {"bos_token_id", "eos_token_id", "pad_token_id"} (without them
+        transformers assumes bos 1 / eos 2, our eos / bos swapped); tokenizer_fingerprint lets sample.py refuse
+        a tokenizer the weights were not trained with; stop_ids: generation_config's eos list (a chat model
+        also stops at the token that closes a reply)."""
+        hf_llama.save_llama(Path(directory), self.state_dict(), self.config, self.embed_tokens.weight.dtype,
+                            token_ids, tokenizer_fingerprint, stop_ids)

@@ -12,7 +12,7 @@ compares the tokens/s printed here with that bound.
     python sample.py --ckpt DIR --tokenizer tok.txt       # any Llama-format Hugging Face directory
     python sample.py --prompt @prompt.txt --num-samples 4 --temperature 0.8 --top-p 0.95 --seed 1
     python sample.py --chat --system "Answer in Python."   # talk to the SFT model (Fox-1-Instruct's turn format)
-    python sample.py --ckpt out/export --score-chat 100 --max-new-tokens 256   # the instruct-stage table in README
+    python sample.py --score-chat 100 --max-new-tokens 256   # the chat model: the instruct-stage table in NOTES.md
 
 Text goes to stdout as it is produced (one sample streams; several are printed when done), speeds to stderr.
 Documents in training are wrapped `<bos> ... <eos>`, so the prompt gets a leading `<bos>` and a sample ends
@@ -36,23 +36,27 @@ import math
 import os
 import random
 import sys
-import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 import data
-from model import IGNORE_INDEX, CheckpointError, Fox, checkpoint_tokens, column_major, native_bf16, quantize_int8
-from tokenizer import (DEFAULT_CHAT_TEMPLATE, InputError, Tokenizer, encode_chat,
-                       load_chat_template, load_tokenizer, read_text)
+from fox1.chat_template import DEFAULT_CHAT_TEMPLATE, load_chat_template
+from fox1.corpus import WRITE_FUNCTION, builtin_conversations
+from fox1.files import InputError, Number, check_numbers, read_text
+from fox1.hf_llama import checkpoint_tokens
+from fox1.machine import timed
+from fox1.speed import CPU_DECODE_INDUCTOR, column_major, default_dtype, quantize_int8, streams_column_major
+from model import IGNORE_INDEX, CheckpointError, Fox
+from tokenizer import Tokenizer, chat_stop_ids, encode_chat, load_tokenizer
 
-Result = TypeVar("Result")
-DEFAULT_CKPT = "out/export"  # train.py exports the latest weights and tokenizer.txt here after every stage
+DEFAULT_CKPT = "out/export"  # train.py exports the base model here after each pre-training stage
+DEFAULT_CHAT_CKPT = "out/export-sft"  # ... and the chat model here after SFT: the default of --chat
 
 
 class SampleError(ValueError):
@@ -134,21 +138,11 @@ def decode_one_token(model: Fox, token: torch.Tensor, input_pos: torch.Tensor) -
     return model(token, input_pos=input_pos, last_only=True)[:, -1]
 
 
-# Inductor's fusion, tuned for a one-row decode step on a CPU. By default it inlines the RMSNorm (and the
-# residual add and RoPE before it) into every dot product that reads the normalised row, so the 2048-row gate/up
-# loop recomputes the norm 2048 times: cheap in fp32, but in bf16 every recomputation converts its inputs, and
-# the loop stops streaming weights. Materialising every intermediate (a few KB per token) fixes that. `small`,
-# one decode step on the 2-core Xeon (AMX): bf16 9.3 -> 6.1 ms, int8 3.5 -> 3.0 ms, fp32 11.3 -> 9.7 ms.
-# cpp_wrapper: the step calls its kernels from C++ rather than from Python; interleaved A/B on another
-# day's Xeon (medians of 12 rounds of 32 steps, two runs): int8 1.10-1.16x, bf16 1.03-1.05x, fp32 1.04x faster.
-CPU_DECODE_INDUCTOR = {"realize_opcount_threshold": 1, "realize_reads_threshold": 1, "cpp_wrapper": True}
-
-
 def compiled_decode_one_token(device: torch.device) -> Callable:
     """decode_one_token through torch.compile. On CUDA "reduce-overhead" also captures it as a CUDA graph,
     which removes the launch overhead of ~10 kernels per layer. On CPU inductor writes its own dot-product
-    loops for the one-row matmuls (`model.linear`), which stream the weights faster than MKL does (1.5x on
-    the EPYC), with the elementwise work (norms, RoPE, SiLU) between them (`CPU_DECODE_INDUCTOR`)."""
+    loops for the one-row matmuls (fox1.speed.linear), which stream the weights faster than MKL does, with the
+    elementwise work (norms, RoPE, SiLU) between them (`CPU_DECODE_INDUCTOR`)."""
     if device.type == "cuda":
         return torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True)
     return torch.compile(decode_one_token, fullgraph=True, options=CPU_DECODE_INDUCTOR)
@@ -157,8 +151,7 @@ def compiled_decode_one_token(device: torch.device) -> Callable:
 def compiled_prefill() -> Callable:
     """prefill through torch.compile, for any prompt length (dynamic shapes: one compile, not one per
     length). The matmuls stay MKL's / cuBLAS's; what compiling removes is the ~40 small elementwise kernels
-    per layer around them (norms, RoPE, SiLU, residual adds, the cache writes). `small`, 1 x 128 tokens on
-    the 2-core Xeon: fp32 52 -> 45 ms, bf16 25 -> 20 ms."""
+    per layer around them (norms, RoPE, SiLU, residual adds, the cache writes)."""
     return torch.compile(prefill, fullgraph=True, dynamic=True)
 
 
@@ -189,6 +182,14 @@ def check_fits(model: Fox, prompt_len: int, max_new_tokens: int) -> None:
 MIN_TEMPERATURE = 0.01
 
 
+def check_finite(logits: torch.Tensor) -> torch.Tensor:
+    """The logits, or SampleError when any is NaN or inf (damaged weights, or overflow in this dtype)."""
+    if not bool(torch.isfinite(logits).all()):
+        raise SampleError("the model's logits are not finite (NaN or inf): its weights are damaged, or overflow "
+                          "in this dtype (try --dtype float32)")
+    return logits
+
+
 def check_temperature(temperature: float) -> None:
     """Raise SampleError unless temperature is 0 (greedy) or a finite number >= MIN_TEMPERATURE."""
     if not (temperature == 0 or MIN_TEMPERATURE <= temperature < math.inf):
@@ -198,21 +199,6 @@ def check_temperature(temperature: float) -> None:
 def new_seed() -> int:
     """A fresh random seed, for runs that were not given one (the CLI prints it, so a run can be repeated)."""
     return random.randrange(2**31)
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work, so wall-clock time measures it (a no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(call: Callable[[], Result], device: torch.device) -> tuple[Result, float]:
-    """(call(), its wall-clock seconds), with the device's work included."""
-    synchronize(device)
-    start = time.perf_counter()
-    result = call()
-    synchronize(device)
-    return result, time.perf_counter() - start
 
 
 def compiled_steps(model: Fox, prompt: torch.Tensor, positions: torch.Tensor, decoding: bool
@@ -240,10 +226,9 @@ def decode(model: Fox, step: Callable, token: torch.Tensor, input_pos: torch.Ten
     """Up to count tokens after `token` (B,), one step each, until every row has produced one of eos_ids.
     A finished row keeps emitting eos_ids[0], so the rows stay one batch.
 
-    A compiled step runs here without Dynamo's guards (`skip_guard_eval_unsafe`): they check ~130 tensors
-    (every weight, every cache) before each call, ~0.15 ms of a 5 ms bf16 step of `small` on the 2-core
-    Xeon (interleaved: 1.04x faster in bf16 and fp32, 1.02x with int8 weights). That is safe only because
-    `compiled_steps` already ran this step on the same model, cache and shapes, so no guard can fail here."""
+    A compiled step runs here without Dynamo's guards (`skip_guard_eval_unsafe`), which check every weight and
+    cache before each call (a few percent of a small model's step). That is safe only because `compiled_steps`
+    already ran this step on the same model, cache and shapes, so no guard can fail here."""
     stops = torch.tensor(eos_ids, dtype=torch.long, device=token.device)
     done = torch.isin(token, stops)
     input_pos = input_pos.clone()
@@ -319,7 +304,7 @@ def generate(model: Fox, prompt_ids: torch.Tensor | Sequence[int], max_new_token
     positions = torch.arange(prompt_len, device=device)
     fill, step, compile_seconds = (compiled_steps(model, prompt, positions, decoding=max_new_tokens > 1)
                                    if compile else (prefill, decode_one_token, 0.0))
-    first, prefill_seconds = timed(lambda: choose(fill(model, prompt, positions), allowed), device)
+    first, prefill_seconds = timed(lambda: choose(check_finite(fill(model, prompt, positions)), allowed), device)
     if on_token is not None:
         on_token(first.tolist())
     input_pos = positions[-1:] + 1
@@ -334,14 +319,20 @@ class TextStream:
     """Token ids in, text out, one token at a time. A character whose UTF-8 bytes span several tokens
     (byte-level BPE splits rare characters into their bytes) is held back until its last byte arrives;
     bytes that never form a character become U+FFFD. `already_shown`: bytes the first tokens start with
-    that are on screen already (the prompt's tail that token healing regenerates)."""
+    that are on screen already (the prompt's tail that token healing regenerates). Special tokens
+    (<start_of_turn>, ...) are control, not text: shown only when show_special."""
 
-    def __init__(self, tokenizer: Tokenizer, already_shown: bytes = b""):
+    def __init__(self, tokenizer: Tokenizer, already_shown: bytes = b"", show_special: bool = False):
         self.tokenizer = tokenizer
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.to_skip = len(already_shown)
+        self.hidden = frozenset() if show_special else tokenizer.special_ids
+        self.first = True  # no token pushed yet
 
     def push(self, token_id: int) -> str:
+        self.first = False
+        if token_id in self.hidden:
+            return ""
         data = self.tokenizer.decode_bytes([token_id])
         skipped = min(self.to_skip, len(data))
         self.to_skip -= skipped
@@ -387,16 +378,7 @@ def start_chat(model: Fox, tokenizer: Tokenizer, template: str, system: str | No
     allocated once so that no turn has to reallocate it (and lose what it holds)."""
     model.setup_kv_cache(1, model.config.context_len)
     messages = [{"role": "system", "content": system}] if system else []
-    return ChatSession(tokenizer, template, messages, reply_stop_ids(tokenizer, template))
-
-
-def reply_stop_ids(tokenizer: Tokenizer, template: str) -> list[int]:
-    """<eos> and the token this template closes a reply with (<end_of_turn> in ours): the last token
-    encode_chat marks as the assistant's in a rendered exchange."""
-    exchange = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "!"}]
-    ids, mask = encode_chat(tokenizer, exchange, template)
-    closing = ids[max(i for i, flag in enumerate(mask) if flag)]
-    return sorted({closing, tokenizer.eos_id})
+    return ChatSession(tokenizer, template, messages, chat_stop_ids(tokenizer, template))
 
 
 @torch.inference_mode()
@@ -408,20 +390,26 @@ def chat_turn(model: Fox, session: ChatSession, user_text: str, max_new_tokens: 
     The whole conversation is rendered again, and only the tokens after the longest prefix the cache already
     holds are prefilled: normally the previous reply's closing token, the new user turn and the reply prompt.
     (Where the model wrote a reply in other tokens than encoding its text gives, the cache is refilled from
-    there, so the model always reads the conversation exactly as SFT training encoded it.)"""
+    there, so the model always reads the conversation exactly as SFT training encoded it.) A turn that fails
+    (too long for the context, Ctrl-C during the reply) leaves the session as it was before it."""
     session.messages.append({"role": "user", "content": user_text})
-    ids, _ = encode_chat(session.tokenizer, session.messages, session.template, add_generation_prompt=True)
-    check_fits(model, len(ids), max_new_tokens)
-    shared = next((i for i, (a, b) in enumerate(zip(session.cached, ids)) if a != b),
-                  min(len(session.cached), len(ids)))
-    reused = min(shared, len(ids) - 1)  # prefill at least one token: its logits choose the first reply token
-    device = model.embed_tokens.weight.device
-    positions = torch.arange(reused, len(ids), device=device)
-    first = choose(prefill(model, torch.tensor([ids[reused:]], device=device), positions))
-    if on_token is not None:
-        on_token(first.tolist())
-    rest = decode(model, decode_one_token, first, positions[-1:] + 1, max_new_tokens - 1, choose, session.stop_ids,
-                  on_token)
+    kept, reused = list(session.messages), len(session.cached)
+    try:
+        ids = fit_conversation(model, session, max_new_tokens)
+        shared = next((i for i, (a, b) in enumerate(zip(session.cached, ids)) if a != b),
+                      min(len(session.cached), len(ids)))
+        reused = min(shared, len(ids) - 1)  # prefill at least one token: its logits choose the first reply token
+        device = model.embed_tokens.weight.device
+        positions = torch.arange(reused, len(ids), device=device)
+        first = choose(check_finite(prefill(model, torch.tensor([ids[reused:]], device=device), positions)))
+        if on_token is not None:
+            on_token(first.tolist())
+        rest = decode(model, decode_one_token, first, positions[-1:] + 1, max_new_tokens - 1, choose,
+                      session.stop_ids, on_token)
+    except BaseException:  # SampleError or KeyboardInterrupt: the turn did not happen
+        session.messages[:] = kept[:-1]
+        session.cached = session.cached[:reused]  # the cache slots from `reused` on were overwritten
+        raise
     generated = [int(token) for token in torch.cat([first, *rest])]
     session.cached = ids + generated[:-1]  # the last token sampled was never fed through the model
     session.prefilled = len(ids) - reused
@@ -429,6 +417,27 @@ def chat_turn(model: Fox, session: ChatSession, user_text: str, max_new_tokens: 
     text = session.tokenizer.decode(reply)
     session.messages.append({"role": "assistant", "content": text})
     return text
+
+
+def fit_conversation(model: Fox, session: ChatSession, max_new_tokens: int) -> list[int]:
+    """The conversation's prompt ids. When they and max_new_tokens outgrow the context, its oldest exchanges
+    are dropped (the system message stays) and the user is told; SampleError if even the new turn alone is
+    too long."""
+    context, dropped = model.config.context_len, 0
+    while True:
+        ids, _ = encode_chat(session.tokenizer, session.messages, session.template, add_generation_prompt=True)
+        if len(ids) + max_new_tokens - 1 <= context:
+            break
+        first = 1 if session.messages[0]["role"] == "system" else 0
+        if len(session.messages) - first <= 1:
+            raise SampleError(f"this turn is {len(ids):,} tokens; with {max_new_tokens} new tokens it does not fit "
+                              f"the model's context of {context:,}: shorten it or lower --max-new-tokens")
+        del session.messages[first:first + 2]  # the oldest user turn and its reply
+        dropped += 1
+    if dropped:
+        print(f"[the conversation outgrew the context of {context:,} tokens: dropped its oldest {dropped} "
+              f"exchange(s)]", file=sys.stderr)
+    return ids
 
 
 @dataclass
@@ -447,7 +456,7 @@ def score_chat(model: Fox, tokenizer: Tokenizer, template: str, conversations: l
                max_new_tokens: int = 256) -> ChatScores:
     """Greedy replies to each conversation's user turn, scored against the format, plus the masked loss of
     the reference replies (the held-out loss SFT minimises)."""
-    stop_ids = reply_stop_ids(tokenizer, template)
+    stop_ids = chat_stop_ids(tokenizer, template)
     device = model.embed_tokens.weight.device
     ended = named = asked = 0
     loss_sum = counted = 0.0
@@ -456,7 +465,7 @@ def score_chat(model: Fox, tokenizer: Tokenizer, template: str, conversations: l
         reply = generate(model, prompt, max_new_tokens, temperature=0, eos_id=stop_ids,
                          vocab_limit=tokenizer.vocab_size).tokens[0]
         ended += len(reply) < max_new_tokens  # generate cuts a reply before its stop token
-        asked_for = data.WRITE_FUNCTION.match(conversation[-2]["content"])
+        asked_for = WRITE_FUNCTION.match(conversation[-2]["content"])
         if asked_for:
             asked += 1
             named += tokenizer.decode(reply).startswith(f"def {asked_for.group(1)}(")
@@ -489,7 +498,7 @@ def run_chat(model: Fox, tokenizer: Tokenizer, ckpt: Path, args: argparse.Namesp
     """--chat: a conversation on stdin/stdout; --score-chat N: ChatScores on N held-out built-in conversations."""
     template = load_chat_template(ckpt) or DEFAULT_CHAT_TEMPLATE
     if args.score_chat:
-        held_out = data.builtin_conversations()["val"]
+        held_out = builtin_conversations()["val"]
         picked = held_out[::max(1, len(held_out) // args.score_chat)][:args.score_chat]  # spread over the modules
         print(json.dumps(asdict(score_chat(model, tokenizer, template, picked, args.max_new_tokens))))
         return
@@ -501,16 +510,24 @@ def run_chat(model: Fox, tokenizer: Tokenizer, ckpt: Path, args: argparse.Namesp
 
     session = start_chat(model, tokenizer, template, args.system)
     for text in user_turns(read_prompt(args.prompt)):
-        stream = TextStream(tokenizer)
+        stream = TextStream(tokenizer, show_special=args.show_special)
 
         def show(ids: list[int]) -> None:
             if ids[0] not in session.stop_ids:
                 sys.stdout.write(stream.push(ids[0]))
                 sys.stdout.flush()
 
-        chat_turn(model, session, text, args.max_new_tokens, choose, show)
-        sys.stdout.write(stream.finish() + "\n")
-        sys.stdout.flush()
+        try:
+            chat_turn(model, session, text, args.max_new_tokens, choose, show)
+        except SampleError as error:  # this turn cannot be answered; the conversation goes on
+            print(f"error: {error}", file=sys.stderr)
+            continue
+        except KeyboardInterrupt:  # Ctrl-C stops the reply, not the session
+            print("\n[reply stopped; the turn was dropped]", file=sys.stderr)
+            continue
+        finally:
+            sys.stdout.write(stream.finish() + "\n")
+            sys.stdout.flush()
         print(f"[prefilled {session.prefilled} new tokens; {len(session.cached)} in the KV cache]", file=sys.stderr)
 
 
@@ -565,7 +582,8 @@ def parse_device(name: str) -> torch.device:
 def check_checkpoint(ckpt: Path) -> None:
     """Fail early, before loading anything, when there is no checkpoint at all."""
     if not (ckpt / "config.json").is_file():
-        hint = " (run `python train.py` first, or pass --ckpt DIR)" if str(ckpt) == DEFAULT_CKPT else ""
+        hint = " (run `python train.py` first, or pass --ckpt DIR)" if str(ckpt) in (DEFAULT_CKPT,
+                                                                                   DEFAULT_CHAT_CKPT) else ""
         raise SampleError(f"{ckpt}: no checkpoint here (config.json not found){hint}")
 
 
@@ -578,20 +596,6 @@ class Checkpoint:
     bos_id: int
     eos_ids: list[int]
     dtype: torch.dtype
-
-
-def streams_column_major(device: torch.device, dtype: torch.dtype, compile: bool, rows: int) -> bool:
-    """Whether decoding is faster with `model.column_major` weights: eager, fp32, one row, on a CPU."""
-    return device.type == "cpu" and dtype == torch.float32 and not compile and rows == 1
-
-
-def default_dtype(device: torch.device, compile: bool, quantize: str | None) -> str:
-    """--dtype's default. bf16 on CUDA, and for a compiled, unquantised decode on a CPU with native bf16
-    (AVX512-BF16 or AMX): on the 2-core Xeon with AMX, `small` decodes 198 tokens/s compiled in bf16 against
-    112 in fp32, and prefills 6,460 against 2,810. Else fp32: eager bf16 decodes no faster than eager fp32
-    (98 vs 103 tokens/s there), and int8 weights are converted to fp32 faster than to bf16."""
-    bf16 = device.type == "cuda" or (compile and quantize is None and native_bf16(device))
-    return "bfloat16" if bf16 else "float32"
 
 
 def open_checkpoint(ckpt: Path, tokenizer_path: str | None, device: torch.device, dtype_name: str | None
@@ -611,7 +615,8 @@ def open_checkpoint(ckpt: Path, tokenizer_path: str | None, device: torch.device
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Generate text from a Fox checkpoint (KV-cached, optionally compiled).")
-    p.add_argument("--ckpt", default=DEFAULT_CKPT, help="our export or a Llama-format Hugging Face directory (default: %(default)s)")
+    p.add_argument("--ckpt", help=f"our export or a Llama-format Hugging Face directory (default: {DEFAULT_CKPT}, "
+                   f"the base model; for --chat / --score-chat {DEFAULT_CHAT_CKPT}, the SFT model, where it exists)")
     p.add_argument("--tokenizer", help="tokenizer.txt, tokenizer.json or a folder (default: the one in --ckpt)")
     p.add_argument("--prompt", default="", help="prompt text, or @FILE to read it from a UTF-8 file")
     p.add_argument("--chat", action="store_true",
@@ -631,6 +636,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, default=1, help="samples, generated as one batch (default: %(default)s)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the prefill and the decode step (a slow start: ~30 s on a 2-core CPU)")
+    p.add_argument("--show-special", action="store_true",
+                   help="print special tokens (<end_of_turn>, ...) as text instead of hiding them")
     p.add_argument("--token-healing", action=argparse.BooleanOptionalAction, default=True,
                    help="regenerate the prompt's last token, so a prompt ending mid-word or in a space "
                         "continues naturally (default: on)")
@@ -644,10 +651,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "--compile on a CPU, decoding streams a quarter of fp32's bytes (on CUDA it is slower "
                         "than bf16: the weights are dequantised before cuBLAS's matmul)")
     args = p.parse_args(argv)
-    if args.max_new_tokens < 1 or args.num_samples < 1 or args.top_k < 0:
-        p.error("--max-new-tokens and --num-samples must be >= 1; --top-k >= 0")
-    if not 0.0 < args.top_p <= 1.0:  # also refuses nan
-        p.error("--top-p must be in (0, 1]")
+    check_numbers(p, args, FLAG_RULES)
     try:
         check_temperature(args.temperature)
     except SampleError as e:
@@ -655,22 +659,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+FLAG_RULES = {"max_new_tokens": Number(1), "num_samples": Number(1), "top_k": Number(0), "seed": Number(0),
+              "top_p": Number(0, 1, above=True), "temperature": Number(0), "score_chat": Number(1)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         device = parse_device(args.device)
         text = read_prompt(args.prompt)
-        ckpt = Path(args.ckpt)
-        loaded = open_checkpoint(ckpt, args.tokenizer, device,
-                                 args.dtype or default_dtype(device, args.compile, args.quantize))
+        ckpt, loaded = load_for_sampling(args, device)
         model, tokenizer, bos, eos_ids, dtype = (loaded.model, loaded.tokenizer, loaded.bos_id, loaded.eos_ids,
                                                  loaded.dtype)
-        if args.quantize == "int8":
-            if device.type == "cuda":  # fox-1.6b on an H200, compiled: 56 tokens/s in int8 vs 391 in bf16
-                print("note: int8 weights decode slower than bf16 on CUDA (they are meant for CPUs)", file=sys.stderr)
-            quantize_int8(model)
-        elif streams_column_major(device, dtype, args.compile, args.num_samples):
-            column_major(model)
         if args.chat or args.score_chat:
             run_chat(model, tokenizer, ckpt, args, new_seed() if args.seed is None else args.seed)
             return 0
@@ -701,6 +701,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def load_for_sampling(args: argparse.Namespace, device: torch.device) -> tuple[Path, Checkpoint]:
+    """--ckpt (default: the SFT export for --chat / --score-chat where train.py made one, else the base export),
+    loaded in --dtype and, with --quantize, in int8; eager fp32 decoding on a CPU gets column-major weights."""
+    chat = args.chat or args.score_chat
+    ckpt = Path(args.ckpt or (DEFAULT_CHAT_CKPT if chat and Path(DEFAULT_CHAT_CKPT).is_dir() else DEFAULT_CKPT))
+    loaded = open_checkpoint(ckpt, args.tokenizer, device,
+                             args.dtype or default_dtype(device, args.compile, args.quantize))
+    if args.quantize == "int8":
+        if device.type == "cuda":  # dequantised before cuBLAS's matmul (NOTES.md)
+            print("note: int8 weights decode slower than bf16 on CUDA (they are meant for CPUs)", file=sys.stderr)
+        quantize_int8(loaded.model)
+    elif streams_column_major(device, loaded.dtype, args.compile, args.num_samples):
+        column_major(loaded.model)
+    return ckpt, loaded
+
+
 def run_and_print(model: Fox, tokenizer: Tokenizer, text: str, prompt: list[int], args: argparse.Namespace,
                   seed: int, eos_ids: list[int], *, tail: bytes = b"",
                   first_allowed: list[int] | None = None) -> Generation:
@@ -708,15 +724,15 @@ def run_and_print(model: Fox, tokenizer: Tokenizer, text: str, prompt: list[int]
     tail / first_allowed: the prompt's healed last token (`heal_prompt`); its bytes, shown with the
     prompt, are not printed again."""
     streaming = args.num_samples == 1
-    stream = TextStream(tokenizer, already_shown=tail)
+    stream = TextStream(tokenizer, already_shown=tail, show_special=args.show_special)
 
     def print_token(ids: list[int]) -> None:  # a single row stops at its <eos>, the last token it is given
+        if stream.first:  # the prompt, once the model has produced something (a damaged one prints nothing)
+            sys.stdout.write(text)
         if ids[0] not in eos_ids:
             sys.stdout.write(stream.push(ids[0]))
-            sys.stdout.flush()
+        sys.stdout.flush()
 
-    if streaming:
-        sys.stdout.write(text)
     result = generate(model, [prompt] * args.num_samples, args.max_new_tokens, temperature=args.temperature,
                       top_k=args.top_k or None, top_p=args.top_p, seed=seed, eos_id=eos_ids,
                       vocab_limit=tokenizer.vocab_size, compile=args.compile, first_allowed=first_allowed,
@@ -725,7 +741,8 @@ def run_and_print(model: Fox, tokenizer: Tokenizer, text: str, prompt: list[int]
         sys.stdout.write(stream.finish() + "\n")
     else:
         for row, tokens in enumerate(result.tokens):
-            continuation = tokenizer.decode_bytes(tokens)[len(tail):].decode("utf-8", errors="replace")
+            shown = tokens if args.show_special else [t for t in tokens if t not in tokenizer.special_ids]
+            continuation = tokenizer.decode_bytes(shown)[len(tail):].decode("utf-8", errors="replace")
             sys.stdout.write(f"--- sample {row} (seed {seed + row}) ---\n{text}{continuation}\n")
     sys.stdout.flush()
     return result

@@ -60,8 +60,12 @@ import data
 import eval as evaluation
 import sample
 import train
-from model import IGNORE_INDEX, CheckpointError, Fox, FoxConfig, write_json_atomic
-from tokenizer import FIRST_MERGE_ID, InputError, Tokenizer, write_atomic
+from fox1.corpus import BUILTIN, builtin_documents
+from fox1.distributed import Dist, init_distributed
+from fox1.files import InputError, Number, check_numbers, write_atomic, write_json_atomic
+from fox1.machine import synchronize
+from model import IGNORE_INDEX, CheckpointError, Fox, FoxConfig
+from tokenizer import FIRST_MERGE_ID, Tokenizer
 
 BASE_VOCAB = 32768  # one stdlib tokenizer of this size; every smaller vocabulary is its first N tokens
 SYNTHETIC = "synthetic"  # the depth experiment's task source, mixed into training
@@ -139,22 +143,14 @@ QUICK_MODEL = FoxConfig(vocab_size=512, hidden_size=64, num_layers=2, num_heads=
 QUICK_TRAINING = Training(QUICK_MODEL, tokens_per_step=512, seq_len=128, eval_bytes=8192, warmup_steps=2, seeds=2)
 
 PRESETS = {
-    # Costs below: single-thread CPU time per token relative to tiny at 256 tokens (measured with
-    # time.process_time, which a busy machine does not inflate), scaled to tiny's 1,900 tokens/s on a quiet
-    # 2-core CPU (README). tiny: 1,880 / 1,650 / 1,270 tokens/s at 256 / 512 / 1,024, so the four arms cost
-    # 2.5 ms per budget token per seed: 2 seeds x 246K tokens ~ 21 min, plus ~2 min of evaluation (2 x 32 KB
-    # of val text at 1,024 tokens) and preparation.
+    # Each default is sized to finish in about 20 minutes on a quiet 2-core CPU (measured costs: NOTES.md, Study).
     "curriculum": {"default": CurriculumSettings(replace(Training(TINY), eval_bytes=32768), tokens=245_760),
                    "quick": CurriculumSettings(QUICK_TRAINING, tokens=8192)},
-    # 4 layers x 256 (Fox-1's 64 width per layer): 4,750 / 4,450 / 3,900 / 3,020 / 2,050 / 1,150 tokens/s at
-    # 1K..32K and 2.7 / 3.2 / 3.7 / 4.1 / 4.3 / 4.6 stdlib bytes per token: 0.58 ms per training byte for the
-    # six arms, so 2 seeds x 1 MB ~ 19.5 min, plus ~3 min of evaluation, decoding and preparation.
+    # 4 layers x 256: Fox-1's 64 hidden units per layer.
     "vocab": {"default": VocabSettings(replace(Training(TINY), model=replace(TINY, num_layers=4)),
                                        vocab_sizes=(1024, 2048, 4096, 8192, 16384, 32768), train_bytes=1_000_000),
               "quick": VocabSettings(QUICK_TRAINING, vocab_sizes=(384, 512), train_bytes=24_000, decode_tokens=8)},
-    # 2.2M non-embedding parameters (4 x 256 at Fox-1's ratio), 4K vocabulary: 3,710 / 3,860 / 3,870 / 3,480 /
-    # 3,050 tokens/s at 1 / 2 / 4 / 8 / 16 layers, 1.4 ms per token for the five shapes, so 2 seeds x 393K
-    # tokens ~ 18 min (~21 if the narrow shapes gain less from the second core), plus ~3 min of evaluation.
+    # 2.2M non-embedding parameters (4 x 256 at Fox-1's ratio), 4K vocabulary.
     "depth": {"default": DepthSettings(replace(Training(TINY), model=replace(TINY, num_layers=4, vocab_size=4096)),
                                        layers=(1, 2, 4, 8, 16), tokens=393_216),
               "quick": DepthSettings(replace(QUICK_TRAINING, model=replace(QUICK_MODEL, hidden_size=128, num_heads=4,
@@ -205,7 +201,7 @@ def prepare_corpus(out: Path, vocab_size: int) -> Corpus:
     if not base_path.exists():
         tqdm.write(f"training a {BASE_VOCAB}-token BPE tokenizer on the standard library -> {base_path}")
         directory.mkdir(parents=True, exist_ok=True)
-        Tokenizer.train(data.builtin_documents(), BASE_VOCAB, progress=False).save(base_path)
+        Tokenizer.train(builtin_documents(), BASE_VOCAB, progress=False).save(base_path)
     path = directory / f"tokenizer-{vocab_size}.txt"
     if not path.exists():
         truncate_tokenizer(Tokenizer.load(base_path), vocab_size).save(path)
@@ -214,7 +210,7 @@ def prepare_corpus(out: Path, vocab_size: int) -> Corpus:
     return Corpus(tokenizer, path, directory / f"data-{vocab_size}", token_byte_lengths(tokenizer))
 
 
-def bytes_per_token(corpus: Corpus, sources: tuple[str, ...] = data.BUILTIN) -> float:
+def bytes_per_token(corpus: Corpus, sources: tuple[str, ...] = BUILTIN) -> float:
     """UTF-8 bytes per ordinary token over the sources' train splits (<bos>/<eos> not counted)."""
     total_bytes = total_tokens = 0
     for name in sources:
@@ -225,7 +221,7 @@ def bytes_per_token(corpus: Corpus, sources: tuple[str, ...] = data.BUILTIN) -> 
     return total_bytes / total_tokens
 
 
-def val_windows(corpus: Corpus, seq_len: int, bytes_per_source: int, sources: tuple[str, ...] = data.BUILTIN,
+def val_windows(corpus: Corpus, seq_len: int, bytes_per_source: int, sources: tuple[str, ...] = BUILTIN,
                 batch_size: int = 4) -> list[data.Batch]:
     """Evaluation batches of the same text for every tokenizer: each source's val split from its start, cut
     into windows of seq_len+1 tokens, until the windows' targets cover bytes_per_source bytes."""
@@ -298,9 +294,9 @@ def evaluate(model: Fox, batches: list[data.Batch], byte_lengths: torch.Tensor) 
 
 
 @contextmanager
-def process_group() -> Iterator[train.Dist]:
+def process_group() -> Iterator[Dist]:
     """train.py's 1-process group: its training step is FSDP2's, which needs one."""
-    env = train.init_distributed()
+    env = init_distributed()
     try:
         yield env
     finally:
@@ -316,7 +312,7 @@ def average_mixture(stages: list[data.Stage]) -> dict[str, float]:
 
 def flat_stages(seq_len: int, tokens: int, mixture: dict[str, float] | None = None) -> list[data.Stage]:
     """The curriculum's three stages (so the WSD schedule is unchanged) at one length and one mixture."""
-    stages = data.curriculum(4 * seq_len, tokens, list(data.BUILTIN))
+    stages = data.curriculum(4 * seq_len, tokens, list(BUILTIN))
     mixture = mixture or average_mixture(stages)
     return [replace(stage, seq_len=seq_len, mixture=mixture) for stage in stages]
 
@@ -330,7 +326,7 @@ def unshard(model: Fox, config: FoxConfig, device: torch.device) -> Fox:
 
 
 def train_arm(label: str, config: FoxConfig, stages: list[data.Stage], training: Training, seed: int,
-              env: train.Dist, corpus: Corpus) -> tuple[Fox, dict]:
+              env: Dist, corpus: Corpus) -> tuple[Fox, dict]:
     """A fresh model trained through `stages` with train.py's step and schedule, in memory (no checkpoints).
     Returns the plain trained model and {train_seconds, tokens, tokens_per_s, curve: [[tokens, loss]...]}."""
     cfg = training.train_config(seed)
@@ -444,7 +440,7 @@ class Report:
 
 def curriculum_arms(context_len: int, tokens: int) -> dict[str, list[data.Stage]]:
     """Four schedules of the same stages, token budgets and total data: only lengths or mixtures differ."""
-    stages = data.curriculum(context_len, tokens, list(data.BUILTIN))
+    stages = data.curriculum(context_len, tokens, list(BUILTIN))
     constant = average_mixture(stages)
     return {"3-stage curriculum": stages,
             "uniform final length": [replace(s, seq_len=context_len) for s in stages],
@@ -765,19 +761,19 @@ def matvec_bytes_per_s(dtype: torch.dtype, device: torch.device) -> float:
     row = torch.randn(1, 2048, device=device).to(dtype)
     best = math.inf
     for _ in range(5):
-        sample.synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         for _ in range(10):
             F.linear(row, weight)
-        sample.synchronize(device)
+        synchronize(device)
         best = min(best, (time.perf_counter() - started) / 10)
     return weight.nbytes / best
 
 
 def decode_dtype(device: torch.device) -> tuple[torch.dtype, str]:
     """bf16 (Fox-1's serving dtype) where the hardware runs it well: on CUDA, and on a CPU whose bf16 one-row
-    matmul streams bytes at least as fast as fp32's (on this 2-core AVX512-BF16 CPU eager PyTorch does 2.2 GB/s
-    in bf16 vs 7.5 in fp32, so bf16 would be slower per token despite half the bytes). Returns (dtype, why)."""
+    matmul streams bytes at least as fast as fp32's (on some CPUs eager bf16 is so much slower that it loses
+    despite half the bytes: measured here, first). Returns (dtype, why)."""
     if device.type == "cuda":
         return torch.bfloat16, "bf16 on CUDA"
     bf16, fp32 = matvec_bytes_per_s(torch.bfloat16, device), matvec_bytes_per_s(torch.float32, device)
@@ -903,9 +899,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny settings that finish in about a minute (a smoke "
                                                              "test; its numbers mean nothing)")
     args = parser.parse_args(argv)
-    if args.seeds is not None and args.seeds < 1:
-        parser.error("--seeds must be at least 1")
+    check_numbers(parser, args, FLAG_RULES)
     return args
+
+
+FLAG_RULES = {"seeds": Number(1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -929,6 +927,9 @@ def main(argv: list[str] | None = None) -> int:
     except (StudyError, data.DataError, InputError, train.TrainError, CheckpointError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {name} stopped; its results were not written", file=sys.stderr)
+        return 130
     print(f"\n{report.table}\n")
     for note in report.notes:
         print(f"note: {note}")

@@ -36,14 +36,10 @@ How it maps to the paper and why it is built this way:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
-import json
-import logging
 import math
-import os
-import shutil
 import signal
-import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -51,16 +47,21 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch.distributed._composable import checkpoint as activation_checkpoint
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_model_state_dict, set_state_dict)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from tqdm import tqdm
 
 import data
-from model import IGNORE_INDEX, CheckpointError, Fox, FoxConfig, config_from_hf, native_bf16, write_json_atomic
-from tokenizer import DEFAULT_CHAT_TEMPLATE, InputError, Tokenizer, load_tokenizer, write_atomic
+from fox1.checkpoints import (MetricsLog, latest_checkpoint, load_checkpoint, point_latest_at, read_checkpoint_meta,
+                              save_checkpoint)
+from fox1.distributed import Dist, StopFlag, global_mean, init_distributed
+from fox1.corpus import BUILTIN, BUILTIN_CHAT, builtin_documents
+from fox1.files import InputError, LockedError, Number, check_numbers, exclusive, write_atomic
+from fox1.shards import source_kinds
+from fox1.speed import native_bf16
+from model import IGNORE_INDEX, CheckpointError, Fox, FoxConfig
+from tokenizer import DEFAULT_CHAT_TEMPLATE, Tokenizer, chat_stop_ids, load_tokenizer
 
 # The standard library (10.7 MB of text) supports about 77K BPE merges: enough for tiny (8K) and small (32K).
 BUILTIN_MAX_VOCAB = 65536
@@ -85,7 +86,7 @@ class TrainConfig:
     total_tokens: int = 1_000_000  # the whole 3-stage budget, split by data.curriculum
     tokens_per_step: int = 4096  # global batch, constant across stages
     micro_batch_tokens: int = 4096  # per rank per forward: bounds activation memory
-    lr: float = 1e-3  # tiny: 1e-3 gave eval 5.81/5.27/5.05 per stage, 2e-3 5.95/5.49/5.21, 4e-3 6.83 after stage 1
+    lr: float = 1e-3  # tiny: chosen from a sweep of 1e-3 / 2e-3 / 4e-3 (NOTES.md)
     min_lr_ratio: float = 0.1  # WSD ends stage 3 at lr * 0.1
     warmup_steps: int = 10
     weight_decay: float = 0.1
@@ -102,15 +103,13 @@ class TrainConfig:
     compile: bool | None = None  # None = on for CUDA, off for CPU (a cold compile costs ~20 s per shape there)
     activation_checkpointing: bool = False
     # bf16 compute, fp32 master weights and reductions. None: where matmuls run bf16 natively (CUDA, CPUs with
-    # AVX512-BF16 or AMX). The default tiny run on the 2-core EPYC: 7 min 48 s instead of 9 min 58 s, final eval
-    # losses within 0.34% of fp32's (stage 3 5.0313 vs 5.0143, SFT 5.3249 vs 5.3170)
+    # AVX512-BF16 or AMX); the same losses as fp32 to a fraction of a percent, faster (NOTES.md)
     bf16: bool | None = None
     # The instruction-tuning stage (--stage sft): its own budget (window tokens, padding included) and schedule.
     init: str | None = None  # start SFT from this Llama-format folder instead of stage 3's final checkpoint
-    # tiny: 87 steps, ~3 min on 2 CPU cores, 1.1 epochs of the built-in conversations. On 100 held-out ones,
-    # replies closed by <end_of_turn>: 81% after 240K tokens, 97% after 360K (masked loss 5.28, 5.20; base 5.6)
+    # tiny: ~1.1 epochs of the built-in conversations, enough for replies to end with <end_of_turn> (NOTES.md)
     sft_tokens: int = 360_000
-    sft_lr: float = 2e-3  # tiny: 1e-3 learned slower (held-out reply loss 5.26 after 200K tokens; 2e-3: 5.20 after 240K)
+    sft_lr: float = 2e-3  # tiny: 1e-3 learned slower (NOTES.md)
     sft_warmup_steps: int = 4
     sft_seq_len: int | None = 512  # None = the model's context; the built-in conversations are ~100 tokens
 
@@ -137,72 +136,7 @@ class TrainError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------------
-# Process group, model, optimizer
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> Dist:
-    """NCCL under torchrun on GPUs, gloo on CPU; a 1-process group when not launched by torchrun, so a
-    plain `python train.py` runs the very same FSDP2 code path."""
-    if "RANK" not in os.environ:  # not launched by torchrun: be rank 0 of 1 on a free local port
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
-    else:
-        dist.init_process_group("gloo")
-    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    return Dist(dist.get_rank(), dist.get_world_size(), device)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def build_model(model_config: FoxConfig, cfg: TrainConfig, env: Dist) -> Fox:
-    """The same initial weights on every rank (same seed, built on the target device), then sharded, so a
-    run's weights do not depend on the world size (a transient 6.7 GB per GPU for fox-1.6b in fp32).
-
-    Order matters: activation checkpointing and compile wrap each block first, FSDP2 shards last."""
-    torch.manual_seed(cfg.seed)
-    with env.device:
-        model = Fox(model_config)
-    use_compile = cfg.compile if cfg.compile is not None else env.device.type == "cuda"
-    bf16 = cfg.bf16 if cfg.bf16 is not None else native_bf16(env.device)
-    # FSDP2 casts each unit's fp32 weights to bf16 for its forward and backward; AdamW updates the fp32 copy
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else torch.float32, reduce_dtype=torch.float32)
-    for layer in model.layers:
-        if cfg.activation_checkpointing:
-            activation_checkpoint(layer)
-        if use_compile:
-            layer.compile()
-        fully_shard(layer, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)  # the root unit: embedding = LM head, final norm
-    return model
-
-
-def build_optimizer(model: Fox, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (norm gains are scales, decaying them toward 0 only hurts).
-    Fused: one kernel reads each parameter, gradient and moment once, on CPUs too (`small`'s 52M parameters
-    on the 2-core Xeon: 30 ms a step instead of 152 ms for the default per-tensor loop)."""
-    matrices = [p for p in model.parameters() if p.dim() >= 2]
-    gains = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": gains, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), eps=1e-8, fused=True)
+# The schedule and one optimizer step
 
 
 def learning_rate(cfg: TrainConfig, stage: int, step: int, stage_steps: int) -> float:
@@ -219,183 +153,6 @@ def learning_rate(cfg: TrainConfig, stage: int, step: int, stage_steps: int) -> 
     if stage == 3:
         return cfg.lr * (1 - (1 - cfg.min_lr_ratio) * (step + 1) / stage_steps)
     return cfg.lr
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoints: out/stage{S}/step_{N}/ (DCP shards + meta.json + rng_rank{r}.pt) and out/stage{S}/latest
-
-
-def stage_dir(cfg: TrainConfig, stage: int) -> Path:
-    return Path(cfg.out) / ("sft" if stage == SFT else f"stage{stage}")
-
-
-def stage_label(stage: int) -> str:
-    return "sft" if stage == SFT else f"stage {stage}"
-
-
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The checkpoint `latest` names, or None when the stage has none. A broken one is an error, not a
-    silent restart from scratch."""
-    marker = directory / "latest"
-    if not marker.exists():
-        saved = saved_checkpoints(directory)
-        if saved:  # starting over would train from step 0 and then prune these away
-            raise CheckpointError(f"{directory} holds {', '.join(p.name for p in saved)} but no `latest` marker; "
-                                  f"resume with --resume-from {saved[-1]}, or move them away to start the stage over")
-        return None
-    path = directory / marker.read_text().strip()
-    if not is_complete_checkpoint(path):
-        raise CheckpointError(f"{marker} names {path}, which is not a complete checkpoint; resume from an earlier "
-                              f"one with --resume-from {directory}/step_NNNNNN")
-    return path
-
-
-def is_complete_checkpoint(path: Path) -> bool:
-    return (path / "meta.json").is_file() and (path / ".metadata").is_file()
-
-
-def saved_checkpoints(directory: Path) -> list[Path]:
-    """The complete step_N checkpoints of a stage directory, by step."""
-    found = [p for p in directory.glob("step_*") if p.name[5:].isdigit() and is_complete_checkpoint(p)]
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
-def point_latest_at(checkpoint: Path) -> None:
-    """--resume-from: make `latest` of the checkpoint's stage directory name it (atomically)."""
-    if not checkpoint.name.startswith("step_") or not is_complete_checkpoint(checkpoint):
-        raise CheckpointError(f"--resume-from {checkpoint}: not a complete step_* checkpoint directory")
-    write_atomic(checkpoint.parent / "latest", checkpoint.name + "\n")
-
-
-def read_checkpoint_meta(path: Path, model_config: FoxConfig) -> dict:
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-        stored = FoxConfig(**meta["model_config"])
-        missing = [key for key in ("step", "stage_steps", "complete", "eval_loss", "loader") if key not in meta]
-        if missing:
-            raise KeyError(missing[0])
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path / 'meta.json'}: corrupt checkpoint metadata ({e!r})") from None
-    if stored != model_config:
-        changed = [f.name for f in fields(FoxConfig) if getattr(stored, f.name) != getattr(model_config, f.name)]
-        raise CheckpointError(f"{path} was trained with preset {meta.get('preset')!r} and a different model "
-                              f"({', '.join(changed)} differ); use that preset or another --out")
-    return meta
-
-
-def save_checkpoint(model: Fox, optimizer, meta: dict, directory: Path, env: Dist, keep: int) -> Path:
-    """Sharded save into step_N.tmp/, rename to step_N/, then replace `latest`; prune to `keep`."""
-    final = directory / f"step_{meta['step']:06d}"
-    tmp = final.with_name(final.name + ".tmp")
-    if env.is_main:
-        for debris in directory.glob("step_*.tmp"):  # saves that were killed half-way
-            shutil.rmtree(debris)
-        tmp.mkdir(parents=True)
-    dist.barrier()
-    model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp)
-    # Training draws no random numbers today; the RNG is saved so that adding dropout keeps resume exact.
-    torch.save(torch.get_rng_state(), tmp / f"rng_rank{env.rank}.pt")
-    dist.barrier()
-    if env.is_main:
-        write_json_atomic(tmp / "meta.json", meta)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        point_latest_at(final)
-        # Only older steps are pruned, never the one just saved (nor later ones left by a --resume-from rewind).
-        older = [p for p in saved_checkpoints(directory) if int(p.name[5:]) < meta["step"]]
-        for old in older[:max(0, len(older) - (keep - 1))]:
-            shutil.rmtree(old)
-    dist.barrier()
-    return final
-
-
-def load_checkpoint(model: Fox, optimizer, path: Path, env: Dist) -> None:
-    model_state, optim_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optim": optim_state}
-    logging.disable(logging.CRITICAL)  # DCP logs each failed metadata read with a traceback on the root logger
-    try:
-        dcp.load(state, checkpoint_id=path)
-    except (Exception, dcp.api.CheckpointException) as e:  # the latter wraps per-rank errors, a BaseException
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-        reason = ("it was written by a model with other parameters" if "Missing key" in lines[-1]
-                  else "its files are damaged or incomplete")
-        raise CheckpointError(f"{path}: cannot load checkpoint, {reason} ({lines[-1]})") from None
-    finally:
-        logging.disable(logging.NOTSET)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    rng = path / f"rng_rank{env.rank}.pt"
-    if rng.exists():  # absent when resuming at a larger world size: that rank keeps its fresh seed
-        try:
-            torch.set_rng_state(torch.load(rng, weights_only=True))
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
-            raise CheckpointError(f"{rng}: damaged RNG state ({str(e).splitlines()[0]})") from None
-
-
-def export_hf(model: Fox, model_config: FoxConfig, tokenizer_path: Path, cfg: TrainConfig, env: Dist,
-              chat_template: str | None = None) -> Path:
-    """Gather the full weights on rank 0 and write out/export/ as a complete Hugging Face model folder:
-    config.json (with our bos/eos/pad ids) + generation_config.json + model.safetensors, the tokenizer as
-    tokenizer.json + tokenizer_config.json (with the chat template: the one SFT trained with, else our
-    default) + special_tokens_map.json, and our own tokenizer.txt."""
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    export = Path(cfg.out) / "export"
-    if env.is_main:
-        with torch.device("meta"):
-            plain = Fox(model_config)
-        plain.load_state_dict(state, assign=True)
-        if env.device.type == "cuda":
-            plain = plain.to(torch.bfloat16)  # what the GPU computed in, and the released model's dtype
-        tokenizer = load_tokenizer(tokenizer_path)
-        ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
-        plain.save_pretrained(export, token_ids=ids, tokenizer_fingerprint=tokenizer.fingerprint)
-        tokenizer.save_pretrained(export, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE)
-        if tokenizer_path.suffix == ".txt":
-            write_atomic(export / "tokenizer.txt", tokenizer_path.read_bytes())
-    dist.barrier()
-    return export
-
-
-# --------------------------------------------------------------------------------------------------
-# Training one stage
-
-
-class StopFlag:
-    """Set by SIGTERM (what schedulers send before a kill); the loop saves and exits at the next step."""
-
-    def __init__(self):
-        self.requested = False
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-
-@dataclass
-class StagePlan:
-    stage: data.Stage
-    steps: int
-    micro_batch: int  # windows per rank per micro-step
-    accumulation: int  # micro-steps per optimizer step
-
-
-def plan_stage(stage: data.Stage, cfg: TrainConfig, env: Dist) -> StagePlan:
-    """Split the global token batch into ranks x micro-steps x windows, refusing sizes that do not divide."""
-    windows = cfg.tokens_per_step // stage.seq_len
-    per_micro = max(1, cfg.micro_batch_tokens // stage.seq_len)
-    if cfg.tokens_per_step % stage.seq_len or windows % env.world_size:
-        raise TrainError(f"tokens_per_step {cfg.tokens_per_step} must be a multiple of seq_len {stage.seq_len} x "
-                         f"world size {env.world_size} (stage {stage.number})")
-    per_rank = windows // env.world_size
-    micro_batch = math.gcd(per_rank, per_micro)
-    steps = cfg.max_steps if cfg.max_steps is not None else max(1, stage.tokens // cfg.tokens_per_step)
-    return StagePlan(stage, steps, micro_batch, per_rank // micro_batch)
-
-
-def global_mean(values: list[float], env: Dist) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=env.device)
-    dist.all_reduce(t)
-    return (t / env.world_size).tolist()
 
 
 def train_step(model: Fox, optimizer, batches: list[data.Batch], lr: float, cfg: TrainConfig, env: Dist
@@ -440,107 +197,14 @@ def evaluate(model: Fox, batches: list[data.Batch], env: Dist) -> float:
     return global_mean([sum(losses) / len(losses)], env)[0]
 
 
-def peak_flops(env: Dist) -> float | None:
-    if env.device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(env.device)
-    return next((flops for key, flops in GPU_PEAK_FLOPS.items() if key in name), None)
-
-
-def read_metrics(path: Path) -> list[tuple[str, dict]]:
-    """(line, row) of every row of a metrics.jsonl. A torn last line (a kill or a full disk mid-write) is
-    dropped; damage anywhere else is an error, not silently lost history."""
-    lines = path.read_text(errors="replace").splitlines()
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-                raise ValueError("no integer 'step'")
-        except ValueError as e:
-            if number == len(lines):
-                break
-            raise TrainError(f"{path}:{number}: damaged metrics row ({e}); fix or remove that line") from None
-        rows.append((line, row))
-    return rows
-
-
-class MetricsLog:
-    """One JSON object per line: out/stage{S}/metrics.jsonl from rank 0, metrics.rank{R}.jsonl from the others
-    (their tokens/s shows a straggler; their losses must equal rank 0's). On resume, rows past the checkpoint's
-    step (written before a kill) are dropped first, so the file reads as one uninterrupted run."""
-
-    def __init__(self, directory: Path, rank: int, resume_step: int):
-        path = directory / ("metrics.jsonl" if rank == 0 else f"metrics.rank{rank}.jsonl")
-        if path.exists():
-            kept = [line for line, row in read_metrics(path) if row["step"] <= resume_step]
-            write_atomic(path, "".join(line + "\n" for line in kept))
-        self.file = open(path, "a")
-
-    def write(self, **row) -> None:
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-@dataclass
-class StageRun:
-    """What the training loop of one stage works with, set up (and resumed) by `setup_stage`."""
-
-    plan: StagePlan
-    directory: Path
-    loader: data.Loader | data.ChatLoader
-    eval_set: list[data.Batch]
-    step: int  # optimizer steps already done: 0, or the resumed checkpoint's
-    log: MetricsLog
-
-
-def setup_stage(stage: data.Stage, model: Fox, optimizer, model_config: FoxConfig, cfg: TrainConfig, env: Dist,
-                data_root: Path, fingerprint: str) -> StageRun | float:
-    """Data, resume point and log of one stage; or, when its checkpoint says it is complete, its eval loss."""
-    plan = plan_stage(stage, cfg, env)
-    directory = stage_dir(cfg, stage.number)
-    directory.mkdir(parents=True, exist_ok=True)
-    loader, eval_set = open_stage_data(stage, plan, cfg, env, data_root, fingerprint)
-    step = 0
-    resume = latest_checkpoint(directory)
-    if resume is not None:
-        meta = read_checkpoint_meta(resume, model_config)
-        load_checkpoint(model, optimizer, resume, env)
-        step = meta["step"]
-        if meta["complete"]:  # its loader state is not needed (and may be of an older data layout)
-            if env.is_main:
-                tqdm.write(f"{stage_label(stage.number)}: already complete at {resume} "
-                           f"(eval loss {meta['eval_loss']:.4f})")
-            return meta["eval_loss"]
-        if step >= plan.steps:
-            raise TrainError(f"{resume} is at step {step}, not before this run's last step {plan.steps}; "
-                             f"raise --max-steps to continue it")
-        loader.load_state_dict(meta["loader"])
-    if env.is_main:
-        describe_stage(plan, loader, cfg, env, step)
-    return StageRun(plan, directory, loader, eval_set, step, MetricsLog(directory, env.rank, step))
-
-
-def open_stage_data(stage: data.Stage, plan: StagePlan, cfg: TrainConfig, env: Dist, data_root: Path,
-                    fingerprint: str) -> tuple[data.Loader | data.ChatLoader, list[data.Batch]]:
-    """(training stream, fixed validation batches): packed documents, or packed conversations for SFT."""
-    shape = dict(rank=env.rank, world_size=env.world_size, fingerprint=fingerprint)
-    if stage.number == SFT:
-        sources = sorted(stage.mixture)
-        return (data.ChatLoader(data_root, sources, stage.seq_len, plan.micro_batch, seed=cfg.seed, **shape),
-                data.chat_eval_batches(data_root, sources, stage.seq_len, plan.micro_batch,
-                                       max_batches=cfg.eval_batches, **shape))
-    return (data.Loader(data_root, stage, plan.micro_batch, seed=cfg.seed, **shape),
-            data.eval_batches(data_root, stage, plan.micro_batch, max_batches=cfg.eval_batches, **shape))
+# --------------------------------------------------------------------------------------------------
+# Training one stage
 
 
 def train_stage(stage: data.Stage, model: Fox, optimizer, model_config: FoxConfig, cfg: TrainConfig,
                 env: Dist, data_root: Path, fingerprint: str, stop: StopFlag) -> float | None:
     """Train one stage to its last step (resuming if it has a checkpoint). Returns the final eval loss, or
-    None when stopped early by SIGTERM."""
+    None when stopped early by SIGTERM or Ctrl-C (after saving a checkpoint)."""
     run = setup_stage(stage, model, optimizer, model_config, cfg, env, data_root, fingerprint)
     if not isinstance(run, StageRun):
         return run  # already complete
@@ -558,6 +222,10 @@ def train_stage(stage: data.Stage, model: Fox, optimizer, model_config: FoxConfi
         last = step == steps
         if step % cfg.eval_every == 0 or last:
             eval_loss = evaluate(model, run.eval_set, env)
+            if not math.isfinite(eval_loss):
+                raise TrainError(f"{stage_label(stage.number)} step {step}: eval loss is {eval_loss}: the weights are "
+                                 f"no longer finite; stopping. The last good checkpoint is "
+                                 f"{latest_checkpoint(run.directory) or 'none'}")
             run.log.write(stage=stage.number, step=step, eval_loss=eval_loss)
             if env.is_main:
                 tqdm.write(f"{stage_label(stage.number)} step {step:>6} | eval loss {eval_loss:.4f}")
@@ -565,6 +233,7 @@ def train_stage(stage: data.Stage, model: Fox, optimizer, model_config: FoxConfi
         if step % cfg.save_every == 0 or last or stop_now:
             meta = {"preset": cfg.preset, "model_config": asdict(model_config), "stage": stage.number, "step": step,
                     "stage_steps": steps, "complete": last, "eval_loss": eval_loss, "world_size": env.world_size,
+                    "tokens": run.tokens,
                     "loader": run.loader.state_dict(), "train_config": asdict(cfg)}
             save_checkpoint(model, optimizer, meta, run.directory, env, cfg.keep)
         if stop_now:
@@ -572,6 +241,81 @@ def train_stage(stage: data.Stage, model: Fox, optimizer, model_config: FoxConfi
     bar.close()
     run.log.close()
     return eval_loss if step == steps else None
+
+
+@dataclass
+class StagePlan:
+    stage: data.Stage
+    steps: int
+    micro_batch: int  # windows per rank per micro-step
+    accumulation: int  # micro-steps per optimizer step
+
+
+def plan_stage(stage: data.Stage, cfg: TrainConfig, env: Dist) -> StagePlan:
+    """Split the global token batch into ranks x micro-steps x windows, refusing sizes that do not divide."""
+    windows = cfg.tokens_per_step // stage.seq_len
+    per_micro = max(1, cfg.micro_batch_tokens // stage.seq_len)
+    if cfg.tokens_per_step % stage.seq_len or windows % env.world_size:
+        raise TrainError(f"tokens_per_step {cfg.tokens_per_step} must be a multiple of seq_len {stage.seq_len} x "
+                         f"world size {env.world_size} (stage {stage.number})")
+    per_rank = windows // env.world_size
+    micro_batch = math.gcd(per_rank, per_micro)
+    steps = cfg.max_steps if cfg.max_steps is not None else max(1, stage.tokens // cfg.tokens_per_step)
+    return StagePlan(stage, steps, micro_batch, per_rank // micro_batch)
+
+
+@dataclass
+class StageRun:
+    """What the training loop of one stage works with, set up (and resumed) by `setup_stage`."""
+
+    plan: StagePlan
+    directory: Path
+    loader: data.Loader | data.ChatLoader
+    eval_set: list[data.Batch]
+    step: int  # optimizer steps already done: 0, or the resumed checkpoint's
+    tokens: int  # tokens trained on so far in this stage (steps may have had other batch sizes before a resume)
+    log: MetricsLog
+
+
+def setup_stage(stage: data.Stage, model: Fox, optimizer, model_config: FoxConfig, cfg: TrainConfig, env: Dist,
+                data_root: Path, fingerprint: str) -> StageRun | float:
+    """Data, resume point and log of one stage; or, when its checkpoint says it is complete, its eval loss."""
+    plan = plan_stage(stage, cfg, env)
+    directory = stage_dir(cfg, stage.number)
+    directory.mkdir(parents=True, exist_ok=True)
+    loader, eval_set = open_stage_data(stage, plan, cfg, env, data_root, fingerprint)
+    step = tokens = 0
+    resume = latest_checkpoint(directory)
+    if resume is not None:
+        meta = read_checkpoint_meta(resume, model_config)
+        load_checkpoint(model, optimizer, resume, env)
+        step = meta["step"]
+        tokens = meta.get("tokens", step * meta["train_config"]["tokens_per_step"])  # older checkpoints: no total
+        if meta["complete"]:  # its loader state is not needed (and may be of an older data layout)
+            if env.is_main:
+                tqdm.write(f"{stage_label(stage.number)}: already complete at {resume} "
+                           f"(eval loss {meta['eval_loss']:.4f})")
+            return meta["eval_loss"]
+        if step >= plan.steps:
+            raise TrainError(f"{resume} is at step {step}, not before this run's last step {plan.steps}; "
+                             f"raise --max-steps to continue it")
+        loader.load_state_dict(meta["loader"])
+    if env.is_main:
+        describe_stage(plan, loader, cfg, env, step)
+    return StageRun(plan, directory, loader, eval_set, step, tokens, MetricsLog(directory, env.rank, step))
+
+
+def open_stage_data(stage: data.Stage, plan: StagePlan, cfg: TrainConfig, env: Dist, data_root: Path,
+                    fingerprint: str) -> tuple[data.Loader | data.ChatLoader, list[data.Batch]]:
+    """(training stream, fixed validation batches): packed documents, or packed conversations for SFT."""
+    shape = dict(rank=env.rank, world_size=env.world_size, fingerprint=fingerprint)
+    if stage.number == SFT:
+        sources = sorted(stage.mixture)
+        return (data.ChatLoader(data_root, sources, stage.seq_len, plan.micro_batch, seed=cfg.seed, **shape),
+                data.chat_eval_batches(data_root, sources, stage.seq_len, plan.micro_batch,
+                                       max_batches=cfg.eval_batches, **shape))
+    return (data.Loader(data_root, stage, plan.micro_batch, seed=cfg.seed, **shape),
+            data.eval_batches(data_root, stage, plan.micro_batch, max_batches=cfg.eval_batches, **shape))
 
 
 def log_step(run: StageRun, model: Fox, step: int, loss: float, lr: float, grad_norm: float, seconds: float,
@@ -582,8 +326,9 @@ def log_step(run: StageRun, model: Fox, step: int, loss: float, lr: float, grad_
         raise TrainError(f"{stage_label(stage.number)} step {step}: loss is {loss}; stopping. The last good "
                          f"checkpoint is {latest_checkpoint(run.directory) or 'none (this stage has not saved yet)'}")
     tokens_per_s, peak = cfg.tokens_per_step / seconds, peak_flops(env)
+    run.tokens += cfg.tokens_per_step
     row = {"stage": stage.number, "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-           "tokens_per_s": tokens_per_s, "tokens": step * cfg.tokens_per_step}
+           "tokens_per_s": tokens_per_s, "tokens": run.tokens}
     if peak:
         row["mfu"] = model.flops_per_token(stage.seq_len) * tokens_per_s / (peak * env.world_size)
     run.log.write(**row)
@@ -605,6 +350,60 @@ def describe_stage(plan: StagePlan, loader: data.Loader | data.ChatLoader, cfg: 
                f"({env.world_size} rank(s) x {plan.accumulation} micro-steps x {plan.micro_batch} windows)"
                + (f", resuming at step {step}" if step else "")
                + f"\n  mixture {stage.mixture}\n  packing: {packing}")
+
+
+def peak_flops(env: Dist) -> float | None:
+    if env.device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(env.device)
+    return next((flops for key, flops in GPU_PEAK_FLOPS.items() if key in name), None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Process group, model, optimizer; where a stage starts; the export
+
+
+def build_model(model_config: FoxConfig, cfg: TrainConfig, env: Dist) -> Fox:
+    """The same initial weights on every rank (same seed, built on the target device), then sharded, so a
+    run's weights do not depend on the world size (a transient 6.7 GB per GPU for fox-1.6b in fp32).
+
+    Order matters: activation checkpointing and compile wrap each block first, FSDP2 shards last."""
+    torch.manual_seed(cfg.seed)
+    with env.device:
+        model = Fox(model_config)
+    use_compile = cfg.compile if cfg.compile is not None else env.device.type == "cuda"
+    bf16 = cfg.bf16 if cfg.bf16 is not None else native_bf16(env.device)
+    # FSDP2 casts each unit's fp32 weights to bf16 for its forward and backward; AdamW updates the fp32 copy
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else torch.float32, reduce_dtype=torch.float32)
+    for layer in model.layers:
+        if cfg.activation_checkpointing:
+            activation_checkpoint(layer)
+        if use_compile:
+            layer.compile()
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)  # the root unit: embedding = LM head, final norm
+    return model
+
+
+def build_optimizer(model: Fox, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (norm gains are scales, decaying them toward 0 only hurts).
+    Fused: one kernel reads each parameter, gradient and moment once, on CPUs too."""
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    gains = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": gains, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), eps=1e-8, fused=True)
+
+
+def stage_dir(cfg: TrainConfig, stage: int) -> Path:
+    return Path(cfg.out) / ("sft" if stage == SFT else f"stage{stage}")
+
+
+def export_dir(cfg: TrainConfig, chat: bool) -> Path:
+    return Path(cfg.out) / ("export-sft" if chat else "export")
+
+
+def stage_label(stage: int) -> str:
+    return "sft" if stage == SFT else f"stage {stage}"
 
 
 def start_stage(stage: int, model: Fox, optimizer, model_config: FoxConfig, cfg: TrainConfig, env: Dist) -> None:
@@ -639,6 +438,33 @@ def start_from_folder(folder: Path, model: Fox, env: Dist) -> None:
         tqdm.write(f"sft: starting from the weights in {folder}")
 
 
+def export_hf(model: Fox, model_config: FoxConfig, tokenizer_path: Path, cfg: TrainConfig, env: Dist,
+              chat_template: str | None = None) -> Path:
+    """Gather the full weights on rank 0 and write a complete Hugging Face model folder: out/export/ after a
+    pre-training stage, out/export-sft/ after SFT (given its chat_template), so the base model stays beside the
+    chat model. config.json (with our bos/eos/pad ids) + generation_config.json (eos: <eos>, and for the chat
+    model also the token that closes a reply, as Gemma's lists both) + model.safetensors, the tokenizer as
+    tokenizer.json + tokenizer_config.json (with the chat template) + special_tokens_map.json, and our own
+    tokenizer.txt."""
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    export = export_dir(cfg, chat=chat_template is not None)
+    if env.is_main:
+        with torch.device("meta"):
+            plain = Fox(model_config)
+        plain.load_state_dict(state, assign=True)
+        if env.device.type == "cuda":
+            plain = plain.to(torch.bfloat16)  # what the GPU computed in, and the released model's dtype
+        tokenizer = load_tokenizer(tokenizer_path)
+        ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+        stop_ids = chat_stop_ids(tokenizer, chat_template) if chat_template else None
+        plain.save_pretrained(export, token_ids=ids, tokenizer_fingerprint=tokenizer.fingerprint, stop_ids=stop_ids)
+        tokenizer.save_pretrained(export, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE)
+        if tokenizer_path.suffix == ".txt":
+            write_atomic(export / "tokenizer.txt", tokenizer_path.read_bytes())
+    dist.barrier()
+    return export
+
+
 # --------------------------------------------------------------------------------------------------
 # The pipeline
 
@@ -671,7 +497,7 @@ def prepare_inputs(cfg: TrainConfig, preset_vocab: int, stages: list[int], env: 
         out.mkdir(parents=True, exist_ok=True)
         if train_tokenizer:
             tqdm.write(f"training a {preset_vocab}-token BPE tokenizer on the standard library -> {tokenizer_path}")
-            Tokenizer.train(data.builtin_documents(), preset_vocab).save(tokenizer_path)
+            Tokenizer.train(builtin_documents(), preset_vocab).save(tokenizer_path)
         if any(stage != SFT for stage in stages):
             data.prepare_builtin(tokenizer_path, data_root)
         if SFT in stages:
@@ -680,9 +506,9 @@ def prepare_inputs(cfg: TrainConfig, preset_vocab: int, stages: list[int], env: 
     if not tokenizer_path.exists():
         raise TrainError(f"tokenizer {tokenizer_path} not found; pass --tokenizer (the one used by data.py prepare)")
     if cfg.data is None and not cfg.sources:
-        sources, chat_sources = list(data.BUILTIN), [data.BUILTIN_CHAT]
+        sources, chat_sources = list(BUILTIN), [BUILTIN_CHAT]
     else:
-        kinds = data.source_kinds(data_root)
+        kinds = source_kinds(data_root)
         names = cfg.sources.split(",") if cfg.sources else sorted(kinds)
         sources = [name for name in names if kinds.get(name) != "chat"]
         chat_sources = [name for name in names if kinds.get(name) == "chat"]
@@ -707,21 +533,46 @@ def stage_table(model_config: FoxConfig, cfg: TrainConfig, inputs: Inputs) -> di
     return table
 
 
-
-
-def print_summary(results: dict[int, float], seconds: float, export: Path) -> None:
-    """The run's last lines: each stage's final eval loss, and the command to try the export."""
+def print_summary(results: dict[int, float], seconds: float, cfg: TrainConfig) -> None:
+    """The run's last lines: each stage's final eval loss, which export is which, and how to try them."""
     summary = ", ".join(f"{stage_label(stage)} {loss:.4f}" for stage, loss in results.items())
-    print(f"done in {seconds:,.0f} s: eval loss {summary}; exported to {export}")
-    print(f"try:  python sample.py --ckpt {export} --chat" if SFT in results
-          else f'try:  python sample.py --ckpt {export} --prompt "def "')
+    print(f"done in {seconds:,.0f} s: eval loss {summary}")
+    base, chat = export_dir(cfg, chat=False), export_dir(cfg, chat=True)
+    defaults = cfg.out == TrainConfig.out  # where sample.py and eval.py look when given no --ckpt
+    if base.is_dir():
+        print(f'base model: {base}/      try: python sample.py --ckpt {base} --prompt "def "'
+              + ("    (the default of --prompt and of eval.py)" if defaults else ""))
+    if SFT in results:
+        print(f"chat model: {chat}/  try: python sample.py --ckpt {chat} --chat"
+              + ("    (the default of --chat and --score-chat)" if defaults else ""))
 
 
-def run(cfg: TrainConfig, stages: list[int]) -> None:
+def run(cfg: TrainConfig, stages: list[int]) -> int:
+    """The stages in order; the exit status: 0, or 128 + the signal that stopped the run early (checkpoint saved)."""
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise TrainError(f"--out {cfg.out} is a file, not a directory")
     env = init_distributed()
-    stop = StopFlag()
+    stop = StopFlag(announce=env.is_main)
+    try:
+        with contextlib.ExitStack() as lock:
+            refused = None
+            if env.is_main:  # rank 0 holds the lock; every rank learns whether it got it
+                try:
+                    lock.enter_context(exclusive(Path(cfg.out) / ".lock", f"--out {cfg.out}"))
+                except LockedError as error:
+                    refused = error
+            if global_mean([float(refused is not None)], env)[0] > 0:
+                raise refused or TrainError(f"--out {cfg.out} is in use by another run")
+            return run_stages(cfg, stages, env, stop)
+    finally:
+        gc.collect()  # FSDP2 on CPU can abort at exit if the model outlives the process group
+        if dist.is_initialized():
+            if sys.exc_info()[0] is None:  # after an error another rank may never reach this barrier
+                dist.barrier()
+            dist.destroy_process_group()
+
+
+def run_stages(cfg: TrainConfig, stages: list[int], env: Dist, stop: StopFlag) -> int:
     model = optimizer = None
     try:
         preset_vocab = FoxConfig.from_preset(cfg.preset).vocab_size
@@ -730,7 +581,7 @@ def run(cfg: TrainConfig, stages: list[int]) -> None:
             tqdm.write(f"{inputs.data_root} has no chat sources: skipping SFT (prepare some with data.py prepare-chat)")
         stages = [stage for stage in stages if stage != SFT or inputs.chat_sources]
         tokenizer = load_tokenizer(inputs.tokenizer_path)
-        model_config = (config_from_hf(Path(cfg.init) / "config.json")[0] if cfg.init
+        model_config = (FoxConfig.from_hf(Path(cfg.init) / "config.json")[0] if cfg.init
                         else FoxConfig.from_preset(cfg.preset, vocab_size=tokenizer.vocab_size))
         plan = stage_table(model_config, cfg, inputs)
         model = build_model(model_config, cfg, env)
@@ -750,21 +601,17 @@ def run(cfg: TrainConfig, stages: list[int]) -> None:
                                           tokenizer.fingerprint, stop)
             if results[number] is None:
                 if env.is_main:
-                    print(f"stopped by SIGTERM in {stage_label(number)}; checkpoint saved. Run the same command to "
-                          f"resume.")
-                return
+                    print(f"stopped by {signal.Signals(stop.signal).name} in {stage_label(number)}; checkpoint "
+                          f"saved. Run the same command to resume.", file=sys.stderr)
+                return 128 + stop.signal
             template = data.ChatSplit(inputs.data_root, inputs.chat_sources[0], "train").template \
                 if number == SFT else None  # the one the conversations were rendered with
-            export = export_hf(model, model_config, inputs.tokenizer_path, cfg, env, chat_template=template)
+            export_hf(model, model_config, inputs.tokenizer_path, cfg, env, chat_template=template)
         if env.is_main:
-            print_summary(results, time.perf_counter() - started, export)
+            print_summary(results, time.perf_counter() - started, cfg)
+        return 0
     finally:
         del model, optimizer  # FSDP2 on CPU can abort at exit if these outlive the process group
-        gc.collect()
-        if dist.is_initialized():
-            if sys.exc_info()[0] is None:  # after an error another rank may never reach this barrier
-                dist.barrier()
-            dist.destroy_process_group()
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[int]]:
@@ -818,16 +665,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, list[int]]:
     return cfg, stages
 
 
+# What each numeric flag accepts, checked before anything starts (fox1.files.check_numbers).
+FLAG_RULES = {name: Number(1) for name in ("max_steps", "total_tokens", "sft_tokens", "tokens_per_step",
+                                           "micro_batch_tokens", "eval_every", "eval_batches", "save_every", "keep",
+                                           "log_every")} | {
+    "lr": Number(0, above=True), "sft_lr": Number(0, above=True), "warmup_steps": Number(0),
+    "weight_decay": Number(0), "grad_clip": Number(0, above=True), "seed": Number(0)}
+
+
 def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse values no run can use, before anything starts (argparse's usage line + one error line)."""
-    for name in ("max_steps", "total_tokens", "sft_tokens", "tokens_per_step", "micro_batch_tokens", "eval_every",
-                 "eval_batches", "save_every", "keep", "log_every"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if (args.lr is not None and args.lr <= 0) or (args.warmup_steps is not None and args.warmup_steps < 0):
-        parser.error("--lr must be positive and --warmup-steps at least 0")
-    if args.sft_lr is not None and args.sft_lr <= 0:
-        parser.error("--sft-lr must be positive")
+    check_numbers(parser, args, FLAG_RULES)
     if args.init and args.stage != "sft":
         parser.error("--init starts the SFT stage from a model folder: use it with --stage sft")
 
@@ -835,11 +683,13 @@ def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 def main(argv: list[str] | None = None) -> int:
     cfg, stages = parse_args(argv)
     try:
-        run(cfg, stages)
+        return run(cfg, stages)
     except (TrainError, CheckpointError, InputError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return 0
+    except KeyboardInterrupt:  # the second Ctrl-C
+        print("\ninterrupted: stopped at once, without saving; the last checkpoint is kept", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from texts import stdlib_text
 from tokenizer import Tokenizer
 
 
@@ -23,3 +24,10 @@ def tokenizer() -> Tokenizer:
     """A 512-token BPE trained on ~1 MB of the standard library's own source (well under a second)."""
     stdlib = sorted(Path(os.__file__).parent.glob("*.py"))[:40]
     return Tokenizer.train([p.read_text(encoding="utf-8") for p in stdlib], 512, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained() -> Tokenizer:
+    """A 1,500-token BPE on 300K characters of the standard library plus mixed scripts and emoji."""
+    documents = stdlib_text(300_000) + ["naïve café 日本語のテキスト 😀😀 <eos> 12345 ٣٤٥ " * 20]
+    return Tokenizer.train(documents, 1500, workers=1, progress=False)

@@ -17,7 +17,9 @@ import pytest
 
 import data
 from data import BUILTIN, IGNORE_INDEX, DataError, Loader, Stage, TokenSplit, curriculum, eval_batches, pack, prepare
-from tokenizer import InputError, Tokenizer
+from fox1 import corpus as builtin_corpus
+from fox1.files import InputError
+from tokenizer import Tokenizer
 
 WORDS = ("the fox jumps over a lazy dog while seven quick zebras vex bold wizards near old rivers and "
          "def return class import if else for in with yield lambda None True False").split()
@@ -375,30 +377,12 @@ def test_packing_stats_count_cut_documents(corpus):
 # built-in corpus
 
 
-def test_builtin_corpus_is_the_stdlib_one_file_per_document():
-    files = data.builtin_files()
-    stdlib = Path(os.__file__).parent
-    relative = [f.relative_to(stdlib).as_posix() for f in files]
-    assert relative == sorted(relative) and len(files) > 300 and "os.py" in relative
-    assert not any(set(Path(r).parts) & data.BUILTIN_SKIP_DIRS for r in relative)
-    first = next(data.builtin_documents())
-    assert first == files[0].read_text(encoding="utf-8", errors="replace")
-
-
-def test_prose_ratio_separates_documented_from_bare_code():
-    documented = '"""Module docstring explaining the idea at length."""\n\ndef f(x):\n    # why: a comment\n' \
-                 '    """Return x doubled, with a long explanation of the reasons."""\n    return 2 * x\n'
-    bare = "def f(x):\n    y = x * 2\n    return [y, y + 1, y + 2]\n"
-    assert data.prose_ratio(documented) >= data.DOCS_PROSE_RATIO > data.prose_ratio(bare) == 0
-    assert 0 <= data.prose_ratio("def broken(:\n  '''unterminated") <= 1
-
-
 def test_prepare_builtin_splits_the_stdlib_into_two_disjoint_sources_and_reruns_as_noop(tmp_path, tokenizer_path):
     names = data.prepare_builtin(tokenizer_path, tmp_path, workers=1, progress=False)
     assert names == list(BUILTIN)
     metas = [json.loads((tmp_path / name / "meta.json").read_text()) for name in names]
     documents = sum(m["splits"][split]["documents"] for m in metas for split in ("train", "val"))
-    assert documents == sum(1 for f in data.builtin_files() if f.read_text(errors="replace").strip())
+    assert documents == sum(1 for f in builtin_corpus.builtin_files() if f.read_text(errors="replace").strip())
     assert all(m["splits"]["val"]["documents"] > 0 for m in metas)
     before = [(tmp_path / name / "meta.json").stat().st_mtime_ns for name in names]
     assert data.prepare_builtin(tokenizer_path, tmp_path, workers=1, progress=False) == names
@@ -406,7 +390,7 @@ def test_prepare_builtin_splits_the_stdlib_into_two_disjoint_sources_and_reruns_
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# nothing a user made is lost; damaged sources are one-line errors (issue 10)
+# nothing a user made is lost; damaged sources are one-line errors
 
 
 def test_prepare_refuses_to_replace_a_directory_that_is_not_a_prepared_source(tmp_path, tokenizer_path):
@@ -457,13 +441,6 @@ def test_damaged_source_metadata_and_doc_starts_are_one_line_errors(tmp_path, co
     (copy / "src" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="missing or malformed field 'bos_id'"):
         TokenSplit(copy, "src", "train")
-
-
-def test_builtin_reading_counts_replaced_bytes(tmp_path):
-    bad = tmp_path / "latin1.py"
-    bad.write_bytes(b"x = 'caf\xe9'\n")
-    stats = data.ReadStats()
-    assert list(data._read_files([bad], stats)) == ["x = 'caf\ufffd'\n"] and stats.replaced_bytes == 1
 
 
 def test_windows_overlap_by_one_token_so_every_pair_is_trained_and_the_grid_moves(corpus, tokenizer):

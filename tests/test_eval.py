@@ -1,10 +1,12 @@
 """Tests for eval.py: packed log-likelihoods against plain full forwards, the harness's context/continuation
 split, acc vs acc_norm, LAMBADA's multi-token last word, the task loaders, one-line errors, the command line
 end to end, and a tiny model that learns a synthetic task and is then scored far above chance."""
+import copy
 import json
 import math
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -326,12 +328,35 @@ def test_bad_arguments_give_one_line_errors(export, tmp_path, capsys, args, mess
 
 def test_an_unknown_layout_names_the_file_and_the_field(tmp_path):
     path = tmp_path / "hellaswag_val.jsonl"
-    write_jsonl(path, [{"ctx": "a", "activity_label": "b", "endings": ["c"], "label": 0}, {"question": "q"}])
+    write_jsonl(path, [{"ctx": "a", "activity_label": "b", "endings": ["c", "d"], "label": 0}, {"question": "q"}])
     with pytest.raises(ev.EvalError, match=r"hellaswag_val.jsonl:2: no field 'ctx'.*fields here: question"):
         ev.read_items(path, ev.TASKS["hellaswag"])
     write_jsonl(path, [{"ctx": "a", "activity_label": "b", "endings": ["c", "d"], "label": 2}])
     with pytest.raises(ev.EvalError, match="field 'label' is 2, not one of the 2 choices"):
         ev.read_items(path, ev.TASKS["hellaswag"])
+
+
+@pytest.mark.parametrize("task, record, message", [
+    ("hellaswag", {"query": "q", "choices": "abcd", "gold": 0}, "'choices' must be a list of strings"),
+    ("arc_easy", {"query": "q", "choices": ["only one"], "gold": 0}, "has 1 choice(s); a question needs at least 2"),
+    ("piqa", {"goal": "g", "sol1": "a", "sol2": " ", "label": 0}, "has an empty choice"),
+    ("mmlu", {"question": "q", "choices": ["a", "b", "c", "d"], "answer": 7}, "'answer' is 7, not one of the 4"),
+    ("lambada", {"text": "the last word is missing "}, "its last word is empty"),
+    ("gsm8k", {"question": "q", "answer": ""}, "'answer' must be a non-empty string"),
+])
+def test_items_of_the_wrong_shape_are_refused_not_scored(tmp_path, task, record, message):
+    path = tmp_path / "items.jsonl"
+    write_jsonl(path, [record])
+    with pytest.raises(ev.EvalError, match=rf"items.jsonl:1: .*{re.escape(message)}"):
+        ev.read_items(path, ev.TASKS[task])
+
+
+def test_non_finite_weights_stop_scoring_in_one_line(model, tokenizer):
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.norm.weight.fill_(float("nan"))
+    with pytest.raises(ev.EvalError, match="log-likelihoods are not finite"):
+        ev.loglikelihoods(broken, tokenizer, [("a context", " and more")])
 
 
 # --------------------------------------------------------------------------------------------------

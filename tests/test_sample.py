@@ -1,8 +1,10 @@
 """Tests for sample.py: the KV-cached generator against the uncached model, sampling restrictions, per-row
 randomness in batches, UTF-8 streaming, and the command line (output, speeds, one-line errors)."""
 import copy
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,8 @@ import pytest
 import torch
 
 import sample
-from model import Fox, FoxConfig, column_major
+from fox1.speed import column_major, default_dtype, native_bf16, streams_column_major
+from model import Fox, FoxConfig
 from sample import TextStream, allowed_tokens, generate, sample_next
 from tokenizer import Tokenizer
 
@@ -86,19 +89,19 @@ def test_column_major_weights_give_the_same_logits_and_tokens(model, tokenizer):
         assert torch.allclose(streamed(prompt), expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
     assert generate(streamed, prompt, 12, temperature=0).tokens == generate(model, prompt, 12, temperature=0).tokens
     cpu, fp32 = torch.device("cpu"), torch.float32
-    assert sample.streams_column_major(cpu, fp32, compile=False, rows=1)
-    assert not any((sample.streams_column_major(cpu, fp32, compile=True, rows=1),  # compile's loop reads rows
-                    sample.streams_column_major(cpu, fp32, compile=False, rows=8),  # MKL prefers rows at 8 rows
-                    sample.streams_column_major(cpu, torch.bfloat16, compile=False, rows=1)))
+    assert streams_column_major(cpu, fp32, compile=False, rows=1)
+    assert not any((streams_column_major(cpu, fp32, compile=True, rows=1),  # compile's loop reads rows
+                    streams_column_major(cpu, fp32, compile=False, rows=8),  # MKL prefers rows at 8 rows
+                    streams_column_major(cpu, torch.bfloat16, compile=False, rows=1)))
 
 
 def test_default_dtype_is_bf16_only_where_it_decodes_faster():
     cpu = torch.device("cpu")
-    assert sample.default_dtype(torch.device("cuda"), compile=False, quantize=None) == "bfloat16"
-    assert sample.default_dtype(cpu, compile=False, quantize=None) == "float32"  # eager bf16 is no faster
-    assert sample.default_dtype(cpu, compile=True, quantize="int8") == "float32"  # int8 converts to fp32 faster
-    native = "bfloat16" if sample.native_bf16(cpu) else "float32"
-    assert sample.default_dtype(cpu, compile=True, quantize=None) == native
+    assert default_dtype(torch.device("cuda"), compile=False, quantize=None) == "bfloat16"
+    assert default_dtype(cpu, compile=False, quantize=None) == "float32"  # eager bf16 is no faster
+    assert default_dtype(cpu, compile=True, quantize="int8") == "float32"  # int8 converts to fp32 faster
+    native = "bfloat16" if native_bf16(cpu) else "float32"
+    assert default_dtype(cpu, compile=True, quantize=None) == native
 
 
 def test_same_seed_same_tokens_other_seed_other_tokens(model, tokenizer):
@@ -353,3 +356,47 @@ def test_transformers_reads_the_export_and_generates_the_same_greedy_tokens(ckpt
         theirs = hf_model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False,
                                    eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
     assert theirs == ours
+
+
+@pytest.fixture
+def silent_ckpt(tmp_path, model, tokenizer) -> Path:
+    """A model whose final norm is zero: every logit is 0, so greedy decoding writes <pad> (id 0) forever."""
+    silent = copy.deepcopy(model)
+    with torch.no_grad():
+        silent.norm.weight.zero_()
+    silent.save_pretrained(tmp_path, token_ids={"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id},
+                           tokenizer_fingerprint=tokenizer.fingerprint)
+    tokenizer.save(tmp_path / "tokenizer.txt")
+    return tmp_path
+
+
+def test_special_tokens_are_hidden_unless_asked_for(silent_ckpt, capsys):
+    argv = ["--ckpt", str(silent_ckpt), "--prompt", "x", "--max-new-tokens", "5", "--temperature", "0",
+            "--no-token-healing"]
+    assert sample.main(argv) == 0
+    assert capsys.readouterr().out == "x\n"
+    assert sample.main(argv + ["--show-special"]) == 0
+    assert capsys.readouterr().out == "x" + "<pad>" * 5 + "\n"
+    assert sample.main(argv + ["--num-samples", "2", "--seed", "0"]) == 0
+    assert capsys.readouterr().out == "--- sample 0 (seed 0) ---\nx\n--- sample 1 (seed 1) ---\nx\n"
+
+
+def test_generation_stops_at_every_eos_id_of_the_checkpoint(silent_ckpt, tokenizer, capsys):
+    config = json.loads((silent_ckpt / "generation_config.json").read_text())
+    config["eos_token_id"] = [tokenizer.eos_id, tokenizer.pad_id]  # as Gemma's lists <eos> and <end_of_turn>
+    (silent_ckpt / "generation_config.json").write_text(json.dumps(config))
+    assert sample.main(["--ckpt", str(silent_ckpt), "--prompt", "x", "--max-new-tokens", "5", "--temperature", "0",
+                        "--no-token-healing", "--show-special"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "x\n" and "decode: 0 tokens" in captured.err  # stopped at the first <pad>
+
+
+def test_non_finite_weights_are_one_line_not_a_string_of_pads(ckpt, tmp_path, model, capsys):
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+    broken.save_pretrained(tmp_path)
+    shutil.copy(ckpt / "tokenizer.txt", tmp_path / "tokenizer.txt")
+    assert sample.main(["--ckpt", str(tmp_path), "--prompt", "x", "--max-new-tokens", "8"]) == 1
+    captured = capsys.readouterr()  # the model's description line, then the error: no text, no traceback
+    assert captured.out == "" and captured.err.splitlines()[-1].startswith("error: the model's logits are not finite")

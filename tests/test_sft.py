@@ -16,9 +16,10 @@ import torch
 
 import data
 import sample
+from fox1.corpus import module_conversations
 from model import IGNORE_INDEX, Fox, FoxConfig, document_mask
-from tokenizer import (DEFAULT_CHAT_TEMPLATE, ChatTemplateError, Tokenizer, encode_chat, load_chat_template,
-                       render_chat)
+from fox1.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplateError, load_chat_template, render_chat
+from tokenizer import Tokenizer, encode_chat, load_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 STDLIB = Path(os.__file__).parent
@@ -35,7 +36,7 @@ def corpus(tmp_path_factory) -> tuple[Path, Path, Tokenizer]:
     """(chat JSONL file, tokenizer file, tokenizer): conversations about ten standard-library modules."""
     root = tmp_path_factory.mktemp("chat")
     conversations = [c for name in MODULES
-                     for c in data._module_conversations((STDLIB / f"{name}.py").read_text(), name)]
+                     for c in module_conversations((STDLIB / f"{name}.py").read_text(), name)]
     assert len(conversations) > 60
     (root / "chat.jsonl").write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
     texts = [(STDLIB / f"{name}.py").read_text() for name in MODULES]
@@ -231,10 +232,40 @@ def test_sample_chat_answers_through_an_exported_folder(exported):
     assert single.returncode == 0 and single.stderr.count("[prefilled") == 1
 
 
+def test_a_turn_too_long_for_the_context_drops_old_turns_or_is_refused_and_the_session_goes_on(exported, corpus,
+                                                                                                 capsys):
+    tokenizer = corpus[2]
+    model = Fox.from_pretrained(exported).eval()  # context 512
+    greedy = lambda logits: logits[:, :tokenizer.vocab_size].argmax(-1)
+    session = sample.start_chat(model, tokenizer, DEFAULT_CHAT_TEMPLATE, system="Be brief.")
+    sample.chat_turn(model, session, "Add two numbers. " * 12, 16, greedy)
+    sample.chat_turn(model, session, "Now subtract them. " * 12, 16, greedy)
+    assert len(session.messages) == 5
+    sample.chat_turn(model, session, "And multiply? " * 15, 16, greedy)  # all three no longer fit
+    assert "dropped its oldest 1 exchange(s)" in capsys.readouterr().err
+    assert [m["role"] for m in session.messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert session.messages[1]["content"].startswith("Now subtract")
+    before = (list(session.messages), list(session.cached))
+    with pytest.raises(sample.SampleError, match="does not fit the model's context of 512"):
+        sample.chat_turn(model, session, "x " * 100_000, 16, greedy)  # a 200 KB paste
+    assert (session.messages, session.cached) == before  # the refused turn left no trace
+
+    def interrupted(logits):
+        raise KeyboardInterrupt  # Ctrl-C while the reply is generated
+
+    with pytest.raises(KeyboardInterrupt):
+        sample.chat_turn(model, session, "Tell me more.", 16, interrupted)
+    assert session.messages == before[0] and session.cached == before[1][:len(session.cached)]
+    text = sample.chat_turn(model, session, "Tell me more.", 16, greedy)  # the session goes on
+    replay = sample.start_chat(model, tokenizer, DEFAULT_CHAT_TEMPLATE)
+    replay.messages = list(before[0])
+    assert sample.chat_turn(model, replay, "Tell me more.", 16, greedy) == text  # as if nothing had happened
+
+
 def test_score_chat_measures_format_and_reply_loss(exported, corpus):
     tokenizer = corpus[2]
     model = Fox.from_pretrained(exported).eval()
-    conversations = data._module_conversations((STDLIB / "shlex.py").read_text(), "shlex")[:4]
+    conversations = module_conversations((STDLIB / "shlex.py").read_text(), "shlex")[:4]
     scores = sample.score_chat(model, tokenizer, DEFAULT_CHAT_TEMPLATE, conversations, max_new_tokens=16)
     assert scores.conversations == 4 and scores.write_function == sum(
         c[0]["content"].startswith("Write a Python function") for c in conversations)
@@ -261,8 +292,12 @@ def test_sft_stage_resumes_exactly_after_a_kill(exported, chat_root, tmp_path):
                                env=env, timeout=600)
     assert reference.returncode == 0, reference.stdout[-2000:] + reference.stderr[-2000:]
     assert "sft: starting from the weights in" in reference.stdout + reference.stderr
-    assert json.loads((tmp_path / "ref" / "export" / "tokenizer_config.json").read_text())["chat_template"] \
-        == DEFAULT_CHAT_TEMPLATE
+    export = tmp_path / "ref" / "export-sft"  # the chat model, beside the base model's out/export
+    assert json.loads((export / "tokenizer_config.json").read_text())["chat_template"] == DEFAULT_CHAT_TEMPLATE
+    tokenizer = load_tokenizer(export)  # it stops at <end_of_turn> as well as at <eos>
+    assert json.loads((export / "generation_config.json").read_text())["eos_token_id"] == sorted(
+        [tokenizer.eos_id, tokenizer.end_of_turn_id])
+    assert "chat model: " in reference.stdout and not (tmp_path / "ref" / "export").exists()
     losses = sft_losses(tmp_path / "ref")
     assert sorted(losses) == list(range(1, 9)) and losses[8] < losses[1]
     killed = tmp_path / "killed"

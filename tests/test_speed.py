@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import sample
-from model import Fox, FoxConfig, Int8Linear, quantize_int8, quantize_rows_int8
+from fox1.speed import Int8Linear, quantize_int8, quantize_rows_int8
+from model import Fox, FoxConfig
 
 STDLIB = sorted(Path(os.__file__).parent.glob("*.py"))
 SEQ_LEN = 64

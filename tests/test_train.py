@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -122,7 +123,8 @@ def test_stage_two_refuses_to_start_without_stage_one(corpus, tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: stage 2 starts from stage 1")
 
 
-def test_sigterm_saves_and_exits_cleanly_then_resumes(corpus, tmp_path):
+@pytest.mark.parametrize("stop, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_or_ctrl_c_saves_and_exits_128_plus_signal_then_resumes(corpus, tmp_path, stop, status):
     out = tmp_path / "run"
     process = subprocess.Popen(train_command(corpus, out, "--stage", "1", "--max-steps", "40", "--save-every", "100"),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -130,10 +132,11 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(corpus, tmp_path):
     while not (metrics.exists() and len(step_losses(out)) >= 3):
         assert process.poll() is None
         time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(stop)
     output, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, output[-2000:]
-    assert "stopped by SIGTERM" in output
+    assert process.returncode == status, output[-2000:]  # so `train.py && eval.py` does not go on
+    assert f"stopped by {stop.name}" in output and "stopping when this step ends" in output
+    assert "Traceback" not in output
     saved = int((out / "stage1" / "latest").read_text().strip().removeprefix("step_"))
     assert 3 <= saved < 40
     result = run_train(corpus, out, "--stage", "1", "--max-steps", str(saved + 2), "--save-every", "100")
@@ -191,7 +194,7 @@ def test_resume_rewrites_metrics_past_the_checkpoint(corpus, reference, tmp_path
 
 
 # --------------------------------------------------------------------------------------------------
-# nothing a user made is lost; damage is a one-line error (issue 10)
+# nothing a user made is lost; damage is a one-line error
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -253,3 +256,27 @@ def test_out_that_is_a_file_and_a_tokenizer_of_another_preset_are_refused(corpus
                             capture_output=True, text=True, timeout=300)
     assert "has 512 tokens but preset tiny uses 8,192" in one_line_error(result)
     assert not (out / "data").exists()
+
+
+def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(corpus, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / ".lock").write_text(f"{os.getpid()} {socket.gethostname()}\n")  # a live run (this test) holds it
+    message = one_line_error(run_train(corpus, out, "--stage", "1", "--max-steps", "12", check=False))
+    assert f"--out {out} is in use by process {os.getpid()}" in message
+    assert step_losses(out) == step_losses(reference) and (out / ".lock").exists()
+    (out / ".lock").write_text("999999999 " + socket.gethostname() + "\n")  # left by a run that was killed
+    result = run_train(corpus, out, "--stage", "1", "--max-steps", "10")  # complete already: nothing to train
+    assert "taking over the lock" in result.stderr and not (out / ".lock").exists()
+
+
+def test_resuming_with_another_batch_size_keeps_the_tokens_column_cumulative(corpus, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "stage1" / "latest").write_text("step_000008\n")
+    run_train(corpus, out, "--stage", "1", "--max-steps", "10", "--micro-batch-tokens", "512",
+              "--tokens-per-step", "2048")
+    rows = [json.loads(line) for line in (out / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    tokens = {row["step"]: row["tokens"] for row in rows if "tokens" in row}
+    assert tokens[8] == 8 * 1024 and tokens[9] == 8 * 1024 + 2048 and tokens[10] == 8 * 1024 + 2 * 2048
+

@@ -1,0 +1,122 @@
+"""CPU speed paths for inference: the one-row matmul loop, column-major weights, int8 weights, the dtype choice.
+
+Decoding one token multiplies a single row by every weight matrix: a pure stream of the weights, bound by memory
+bandwidth. On a CPU the library matmul (MKL / oneDNN) is not at its best there, so:
+  * `linear`: under torch.compile, a one-row product is written as multiply-and-sum, which inductor turns into its
+    own dot-product loops that stream the weights faster (and convert int8 weights to floats in registers);
+  * `column_major`: for eager fp32 decoding, weights stored column by column stream faster through MKL;
+  * `quantize_int8`: weight-only int8 with per-row scales (gpt-fast style), a quarter of fp32's bytes;
+  * `CPU_DECODE_INDUCTOR`: inductor settings for the compiled one-row decode step;
+  * `native_bf16` / `default_dtype`: bf16 only where the hardware runs it natively.
+Measured speeds, with their machines, are in NOTES.md ("Figures behind the code's choices").
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T, as F.linear; but a single row on CPU under torch.compile is multiplied and summed in fp32
+    (x made fp32 once, so bf16 weights do not reconvert it per row), which inductor streams faster than MKL.
+    scale (out,): weight holds int8 rows whose real values are weight * scale (`quantize_int8`).
+    Eagerly that expression would build the whole (out, in) product, so it is used only when compiling."""
+    if x.device.type == "cpu" and torch.compiler.is_compiling() and x.numel() == x.size(-1):
+        y = (x.float().unsqueeze(-2) * weight.float()).sum(-1)
+        return (y if scale is None else y * scale).to(x.dtype)
+    y = F.linear(x, weight.to(x.dtype))  # int8 -> float: a full copy of the weights, eagerly
+    return y if scale is None else y * scale
+
+
+# Inductor's fusion for a one-row decode step on a CPU. By default it inlines the RMSNorm (and the residual add and
+# RoPE before it) into every dot product that reads the normalised row, recomputing it per weight row, which in bf16
+# stops the loop streaming weights; materialising every intermediate (a few KB per token) avoids that. cpp_wrapper:
+# the step calls its kernels from C++ rather than from Python.
+CPU_DECODE_INDUCTOR = {"realize_opcount_threshold": 1, "realize_reads_threshold": 1, "cpp_wrapper": True}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run in hardware here: CUDA GPUs, and CPUs with AVX512-BF16 or AMX (Xeon since
+    Cooper Lake, AMD since Zen 4). Elsewhere bf16 is emulated and slower than fp32."""
+    return device.type == "cuda" or bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def default_dtype(device: torch.device, compile: bool, quantize: str | None) -> str:
+    """The inference dtype when none is asked for: bf16 on CUDA, and for a compiled, unquantised decode on a CPU
+    with native bf16; else fp32 (eager bf16 decodes no faster than eager fp32 on a CPU, and int8 weights convert
+    to fp32 faster than to bf16)."""
+    bf16 = device.type == "cuda" or (compile and quantize is None and native_bf16(device))
+    return "bfloat16" if bf16 else "float32"
+
+
+def streams_column_major(device: torch.device, dtype: torch.dtype, compile: bool, rows: int) -> bool:
+    """Whether decoding is faster with `column_major` weights: eager, fp32, one row, on a CPU."""
+    return device.type == "cpu" and dtype == torch.float32 and not compile and rows == 1
+
+
+def column_major(model: nn.Module) -> nn.Module:
+    """Store every weight matrix column by column, in place: the same (out, in) parameters with transposed
+    strides, so F.linear hands MKL an (in, out) row-major matrix, which it streams faster when multiplying a
+    single row (eager fp32 decoding on a CPU only: at 8 rows it is slower, in bf16 no faster). Inference only."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.data = parameter.data.t().contiguous().t()
+    return model
+
+
+# --------------------------------------------------------------------------------------------------
+# int8 weight-only quantization, for decoding (gpt-fast style)
+
+
+def quantize_rows_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 weights, per-row scales): symmetric, per output channel. Row i is stored as round(w_i / s_i)
+    with s_i = max|w_i| / 127, so each row's largest weight maps to +-127 and no weight moves by more than
+    s_i / 2. Scales keep the weight's dtype."""
+    scale = weight.detach().float().abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127
+    quantized = (weight.detach().float() / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+    return quantized, scale.to(weight.dtype)
+
+
+class Int8Linear(nn.Module):
+    """A bias-free linear layer whose weight is int8 with per-row scales: decoding streams a quarter of fp32's
+    bytes."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        quantized, scale = quantize_rows_int8(weight)
+        self.register_buffer("weight", quantized)
+        self.register_buffer("scale", scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.scale)
+
+
+class Int8Embedding(Int8Linear):
+    """The tied embedding in int8: one table serves the lookup (rows dequantised) and the LM head."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.weight[idx].to(self.scale.dtype) * self.scale[idx, None]
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Replace every bias-free matrix of a Fox model (4 per block) and its tied embedding / LM head
+    (`embed_tokens`) by int8 versions, in place; norms stay in the model's dtype. For inference only."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.Linear) and child.bias is None:
+                setattr(module, name, Int8Linear(child.weight))
+    model.embed_tokens = Int8Embedding(model.embed_tokens.weight)
+    return model
