@@ -31,6 +31,7 @@ It prints a readable table, then one JSON line with every number (the last line,
 from __future__ import annotations
 
 import argparse
+import itertools
 import concurrent.futures
 import copy
 import json
@@ -38,11 +39,14 @@ import math
 import multiprocessing
 import os
 import re
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -51,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import data
 import sample
 from fox1.corpus import BUILTIN_VAL_FRACTION, builtin_documents
 from fox1.files import Number, check_numbers, read_text
@@ -59,7 +64,7 @@ from fox1.shards import held_out
 from fox1.machine import GB, Machine, interleaved_seconds, read_bandwidth, synchronize, timed
 from fox1.speed import column_major, default_dtype, native_bf16, quantize_int8, streams_column_major
 from model import Fox, FoxConfig, chunked_cross_entropy
-from tokenizer import Tokenizer
+from tokenizer import Tokenizer, load_tokenizer
 
 
 
@@ -252,18 +257,18 @@ def loss_memory(config: FoxConfig, tokens: int, dtype: torch.dtype,
 
 
 def benchmark_documents(megabytes: float) -> tuple[list[str], str]:
-    """About `megabytes` MB of text as documents, from this Python's standard library."""
+    """About `megabytes` MB of text as documents, from this Python's standard library (read again from the start
+    when more is asked for than it has: encoding costs the same the second time)."""
     stdlib = Path(os.__file__).parent
     files, source = sorted(stdlib.glob("*.py")) + sorted(stdlib.glob("*/*.py")), str(stdlib)
     documents, size = [], 0
-    for path in files:
+    for path in itertools.cycle(files):
         text = path.read_text(encoding="utf-8", errors="replace")
         for document in text.split("\n\n\n"):
             documents.append(document)
             size += len(document.encode())
             if size >= megabytes * 1e6:
                 return documents, source
-    return documents, source
 
 
 def timed_tokenizer(documents: list[str], train: Callable[[], object],
@@ -577,6 +582,41 @@ def bench_tokenizer(args: argparse.Namespace, report: Report) -> None:
                                                  "MB/s"), compression)
 
 
+def bench_prepare(args: argparse.Namespace, report: Report) -> None:
+    """data.py prepare's MB/s on 1 and on every core against tiktoken's own encode of the same text on one core
+    (the most that preparing can do per core), and whether both wrote the same bytes."""
+    documents, source = benchmark_documents(args.prepare_mb)
+    size = sum(len(d.encode()) for d in documents) / 1e6
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        Tokenizer.train(documents[:200], args.tokenizer_vocab, workers=1, progress=False).save(folder / "tok.txt")
+        (folder / "in.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+        encoding = load_tokenizer(folder / "tok.txt")._encoding
+        cores = os.cpu_count() or 1
+        calls = {"tiktoken": lambda: [encoding.encode_ordinary(d) for d in documents],
+                 **{f"prepare x{n}": partial(prepare_once, folder, n) for n in sorted({1, cores})}}
+        seconds = interleaved_seconds(calls, torch.device("cpu"), repeats=args.prepare_repeats, warmup=0)
+        same = prepared_bytes(folder / "x1") == prepared_bytes(folder / f"x{cores}")
+    tiktoken = size / median(seconds["tiktoken"])
+    report.numbers.update(prepare_tiktoken_mb_per_s=tiktoken, prepare_same_bytes=same)
+    for n in sorted({1, cores}):
+        speeds = [size / s / n for s in seconds[f"prepare x{n}"]]
+        report.numbers[f"prepare_x{n}_mb_per_s"] = median(speeds) * n
+        report.add(f"data.py prepare, {n} worker(s), per worker ({size:.0f} MB JSONL)",
+                   *versus(speeds, [size / s for s in seconds["tiktoken"]], "MB/s", name="tiktoken"),
+                   f"vs tiktoken encode on 1 core; same bytes as 1 worker: {same}")
+
+
+def prepare_once(folder: Path, workers: int) -> None:
+    shutil.rmtree(folder / f"x{workers}", ignore_errors=True)
+    data.prepare([str(folder / "in.jsonl")], folder / "tok.txt", folder / f"x{workers}", "src", workers=workers,
+                 progress=False)
+
+
+def prepared_bytes(root: Path) -> list[bytes]:
+    return [path.read_bytes() for path in sorted((root / "src").iterdir()) if path.name != "meta.json"]
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Throughput, MFU, bandwidth utilisation and loss memory of fox1, "
                                 "next to Hugging Face transformers/tokenizers when installed.",
@@ -601,10 +641,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="tokens in the loss-memory rows (8192 = one Fox-1 context)")
     p.add_argument("--tokenizer-mb", type=float, default=4.0, help="MB of text for the tokenizer rows")
     p.add_argument("--tokenizer-vocab", type=int, default=8192, help="vocabulary trained in the tokenizer rows")
+    p.add_argument("--prepare-mb", type=float, default=100.0, help="MB of JSONL for the data.py prepare rows")
+    p.add_argument("--prepare-repeats", type=int, default=2, help="timed rounds of the data.py prepare rows")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="CPU threads for torch (1 is steadier while other processes share the cores)")
     p.add_argument("--skip", nargs="+", default=[], choices=["training", "generation", "int8", "loss-memory",
-                                                             "tokenizer"],
+                                                             "tokenizer", "prepare"],
                    help="sections to leave out, e.g. on a GPU lent for minutes: --skip generation int8 tokenizer")
     p.add_argument("--skip-reference", action="store_true", help="skip the Hugging Face rows")
     args = p.parse_args(argv)
@@ -624,7 +666,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 FLAG_RULES = {"batch_size": Number(1), "seq_len": Number(2), "repeats": Number(1), "prompt_len": Number(1),
               "new_tokens": Number(2), "loss_tokens": Number(1), "tokenizer_mb": Number(0, above=True),
-              "tokenizer_vocab": Number(262), "threads": Number(1)}
+              "tokenizer_vocab": Number(262), "threads": Number(1), "prepare_mb": Number(0, above=True),
+              "prepare_repeats": Number(1)}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -636,7 +679,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                           threads=args.threads, repeats=args.repeats, load_before=os.getloadavg()[0])
     # Training comes after the sections that use the int8 copy: its optimizer steps change the weights it was
     # quantised from.
-    sections = ["machine", "model", "generation", "int8", "profile", "training", "loss-memory", "tokenizer",
+    sections = ["machine", "model", "generation", "int8", "profile", "training", "loss-memory", "tokenizer", "prepare",
                 "machine again"]
     skipped = set(args.skip) | ({"profile"} if not args.profile else set())
     bar = tqdm([s for s in sections if s not in skipped], desc="bench", file=sys.stderr)
@@ -662,8 +705,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif section == "loss-memory":
             del model, int8, hf  # free their memory before the loss-memory processes start
             bench_loss_memory(args, report, config)
-        else:
+        elif section == "tokenizer":
             bench_tokenizer(args, report)
+        else:
+            bench_prepare(args, report)
     bar.close()
     numbers, lines = machine.describe()
     report.numbers.update(numbers)

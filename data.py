@@ -29,7 +29,6 @@ import re
 import sys
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -40,16 +39,16 @@ from fox1.chat_template import DEFAULT_CHAT_TEMPLATE, check_conversation, resolv
 from fox1.corpus import (BUILTIN, BUILTIN_CHAT, BUILTIN_CHAT_HELD_OUT, BUILTIN_CHAT_MAX_LINES, BUILTIN_VAL_FRACTION,
                          DOCS_PROSE_RATIO, WRITE_FUNCTION_PROMPT, builtin_conversations, builtin_files, exchange,
                          read_files, split_builtin)
-from fox1.files import (CHUNK_CHARS, InputError, Number, ReadStats, check_numbers, document_chunks, expand_inputs,
-                        iter_documents, jsonl_lines, ordered_map)
-from fox1.shards import (MASK_DTYPE, SHARD_TOKENS, TOKEN_DTYPE, DataError, TokenSplit, held_out, inputs_key, is_prepared,
+from fox1.documents import ReadStats, expand_inputs, iter_documents, jsonl_lines
+from fox1.files import CHUNK_CHARS, InputError, Number, check_numbers, document_chunks, ordered_map
+from fox1.shards import (MASK_DTYPE, SHARD_TOKENS, DataError, TokenSplit, held_out, inputs_key, is_prepared,
                          write_chat_source, write_text_source)
 from model import IGNORE_INDEX
-from tokenizer import Tokenizer, encode_chat, load_tokenizer
+from tokenizer import Tokenizer, cached_tokenizer, encode_chat, encode_documents
 
 MIX_BLOCK = 4096  # slots per seeded mixture draw; keyed by block number, so a slot's source never depends on
 #                   batch size or world size
-PARALLEL_MIN_BYTES = 32 << 20  # smaller inputs are tokenized in this process unless workers are asked for
+PARALLEL_MIN_BYTES = 32 << 20  # a smaller input is not worth starting worker processes for
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 # Curriculum. What the paper says: 3T tokens in three stages at 2K, 4K and 8K with rising data quality; stage 3 is a
@@ -440,8 +439,8 @@ def chat_eval_batches(data_root: Path, sources: list[str], seq_len: int, batch_s
 
 def prepare(inputs: list[str], tokenizer_path: Path, data_root: Path, name: str, *, workers: int | None = None,
             val_fraction: float = 0.01, skip_bad_lines: bool = False, shard_tokens: int = SHARD_TOKENS,
-            progress: bool = True, allow_binary: bool = False) -> Path:
-    """Tokenize files/globs into data_root/name (see module docstring); return that directory.
+            progress: bool = True, allow_binary: bool = False, text_field: str = "text") -> Path:
+    """Tokenize files, globs and hf:NAME datasets (fox1/documents.py) into data_root/name; return that directory.
 
     Train/val split: document number i (0-based, in input order) goes to val when floor((i + 1) * val_fraction) >
     floor(i * val_fraction): the requested share (0.4 holds out 2 of every 5), deterministic and independent of the
@@ -451,15 +450,17 @@ def prepare(inputs: list[str], tokenizer_path: Path, data_root: Path, name: str,
     paths = expand_inputs(inputs)
     tokenizer = cached_tokenizer(tokenizer_path)
     key = inputs_key(paths, tokenizer.fingerprint, val_fraction=val_fraction, skip_bad_lines=skip_bad_lines,
-                      shard_tokens=shard_tokens)
+                     shard_tokens=shard_tokens, **({"text_field": text_field} if text_field != "text" else {}))
     directory = Path(data_root) / name
     if is_prepared(directory, key):
         if progress:
             print(f"{name}: already prepared from the same inputs with this tokenizer, nothing to do")
         return directory
     stats = ReadStats()
-    total_bytes = None if any(p.suffix == ".gz" for p in paths) else sum(p.stat().st_size for p in paths)
-    documents = iter_documents(paths, skip_bad_lines=skip_bad_lines, stats=stats, allow_binary=allow_binary)
+    plain = all(isinstance(p, Path) and p.suffix not in (".gz", ".zst", ".parquet") for p in paths)
+    total_bytes = sum(p.stat().st_size for p in paths) if plain else None  # else the bar counts text bytes read
+    documents = iter_documents(paths, skip_bad_lines=skip_bad_lines, stats=stats, allow_binary=allow_binary,
+                               text_field=text_field)
     _build_source(documents, Path(tokenizer_path), directory, key=key, val_fraction=val_fraction, workers=workers,
                   shard_tokens=shard_tokens, total_bytes=total_bytes, progress=progress, read_stats=stats)
     return directory
@@ -488,40 +489,18 @@ def prepare_builtin(tokenizer_path: Path, data_root: Path, *, workers: int | Non
     return list(BUILTIN)
 
 
-def cached_tokenizer(path: str | Path) -> Tokenizer:
-    """load_tokenizer(path) (tokenizer.txt, tokenizer.json or a folder), loaded once per process and file
-    version: the workers that encode chunk after chunk, and every source of one run, share one."""
-    stat = Path(path).stat()
-    return _load_tokenizer(str(path), stat.st_mtime_ns, stat.st_size)
-
-
-@lru_cache(maxsize=2)
-def _load_tokenizer(path: str, mtime_ns: int, size: int) -> Tokenizer:
-    return load_tokenizer(path)
-
-
-def _encode_documents(job: tuple[str, list[str]]) -> tuple[np.ndarray, np.ndarray, int]:
-    """In a worker: documents -> (all their tokens as <bos> ids <eos>, one after another; lengths; UTF-8 bytes)."""
-    tokenizer_path, documents = job
-    tokenizer = cached_tokenizer(tokenizer_path)
-    bos, eos = np.array([tokenizer.bos_id], TOKEN_DTYPE), np.array([tokenizer.eos_id], TOKEN_DTYPE)
-    pieces, lengths = [], []
-    for ids in tokenizer.encode_batch(documents, num_threads=1):
-        pieces += [bos, np.array(ids, dtype=TOKEN_DTYPE), eos]
-        lengths.append(len(ids) + 2)
-    size = sum(len(document.encode("utf-8", "replace")) for document in documents)
-    return np.concatenate(pieces), np.array(lengths, dtype=np.int64), size
-
-
 def _build_source(documents: Iterable[str], tokenizer_path: Path, directory: Path, *, key: str,
                   val_fraction: float, workers: int | None, shard_tokens: int, total_bytes: int | None,
                   progress: bool, read_stats: ReadStats) -> None:
-    """Encode documents in worker processes (`_encode_documents`, in order) and write them as a source."""
+    """Encode documents in order with tokenizer.encode_documents and write them as a source. Our tokenizer encodes
+    in tiktoken, which releases the GIL: threads, one per core, with nothing to start or copy. A Hugging Face
+    tokenizer.json encodes in Python: worker processes, for inputs large enough to pay for starting them."""
     jobs = ((str(tokenizer_path), batch) for batch in document_chunks(documents, CHUNK_CHARS))
-    if workers is None:  # a spawned worker takes seconds to start (it imports torch): not worth it for small inputs
-        small = total_bytes is not None and total_bytes < PARALLEL_MIN_BYTES
+    threads = isinstance(cached_tokenizer(tokenizer_path), Tokenizer)
+    if workers is None:
+        small = not threads and total_bytes is not None and total_bytes < PARALLEL_MIN_BYTES
         workers = 1 if small else os.cpu_count() or 1
-    encoded = ordered_map(_encode_documents, jobs, workers)
+    encoded = ordered_map(encode_documents, jobs, workers, threads=threads)
     try:
         write_text_source(directory, encoded, cached_tokenizer(tokenizer_path), key=key, val_fraction=val_fraction,
                           shard_tokens=shard_tokens, total_bytes=total_bytes, progress=progress, stats=read_stats)
@@ -653,10 +632,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    workers_help = "tokenizer processes (default: 1 below 32 MB of input, else all CPU cores)"
+    workers_help = ("encoding threads (our tokenizer) or processes (a tokenizer.json) (default: all CPU cores; one "
+                    "process for a tokenizer.json below 32 MB of input)")
     p = commands.add_parser("prepare", help="tokenize text/JSONL files into token shards")
-    _add_source_arguments(p, "files or globs: .txt (documents separated by 2+ blank lines), .jsonl ('text' field), "
-                          ".gz of either", name="corpus", val_fraction=0.01)
+    _add_source_arguments(p, "files, globs or hf:NAME[:CONFIG][@SPLIT] datasets: .txt (documents separated by 2+ "
+                          "blank lines), .jsonl/.json, .parquet, any line format as .gz or .zst", name="corpus",
+                          val_fraction=0.01)
+    p.add_argument("--text-field", default="text", help="the JSONL field / Parquet column holding the text "
+                   "(default: %(default)s; The Stack's is content)")
     p.add_argument("--workers", type=int, default=None, help=workers_help)
     p.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed JSONL lines")
     p.add_argument("--allow-binary", action="store_true",
@@ -691,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prepare":
             prepare(args.input, args.tokenizer, args.out, args.name, workers=args.workers,
                     val_fraction=args.val_fraction, skip_bad_lines=args.skip_bad_lines,
-                    allow_binary=args.allow_binary)
+                    allow_binary=args.allow_binary, text_field=args.text_field)
         elif args.command == "prepare-chat":
             prepare_chat(args.input, args.tokenizer, args.out, args.name, template_path=args.chat_template,
                          val_fraction=args.val_fraction, strict=args.strict)

@@ -28,20 +28,22 @@ import os
 import sys
 import time
 from collections import Counter, defaultdict
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import regex
 import tiktoken
 from tqdm import tqdm
 
 from fox1.bpe_file import read_bpe_file, write_bpe_file
 from fox1.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplateError, render_chat
-from fox1.files import (CHUNK_CHARS, MAX_REPLACED_FRACTION, InputError, Number, ReadStats, check_numbers,
-                        document_chunks, expand_inputs, iter_documents, ordered_map)
+from fox1.documents import MAX_REPLACED_FRACTION, ReadStats, expand_inputs, iter_documents
+from fox1.files import CHUNK_CHARS, InputError, Number, check_numbers, document_chunks, ordered_map
 from fox1.hf_tokenizer import (HFTokenizer, byte_level_ranks, byte_level_spec, read_tokenizer_json,
                                save_hf_tokenizer, special_token_names)
+from fox1.shards import TOKEN_DTYPE
 
 # ----------------------------------------------------------------------------------------------------------------
 # Vocabulary layout and pre-tokenization
@@ -339,6 +341,10 @@ class Tokenizer:
         """Text -> ids. "<eos>" etc. in the text are plain text unless allow_special."""
         return self._encoding.encode(text, allowed_special="all" if allow_special else set(), disallowed_special=())
 
+    def encode_to_numpy(self, text: str) -> np.ndarray:
+        """encode() as a uint32 array, straight from tiktoken's buffer (no Python list): data preparation."""
+        return self._encoding.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+
     def encode_batch(self, texts: list[str], *, num_threads: int = 8, allow_special: bool = False) -> list[list[int]]:
         """encode() for many texts on `num_threads` threads (tiktoken releases the GIL)."""
         allowed = "all" if allow_special else set()
@@ -461,6 +467,39 @@ def load_tokenizer(path: str | Path) -> Tokenizer | HFTokenizer:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Documents -> training token streams (data.py)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def cached_tokenizer(path: str | Path) -> Tokenizer:
+    """load_tokenizer(path) (tokenizer.txt, tokenizer.json or a folder), loaded once per process and file
+    version: the workers that encode chunk after chunk, and every source of one run, share one."""
+    stat = Path(path).stat()
+    return _load_tokenizer(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=2)
+def _load_tokenizer(path: str, mtime_ns: int, size: int) -> Tokenizer:
+    return load_tokenizer(path)
+
+
+def encode_documents(job: tuple[str, list[str]]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(tokenizer path, documents) -> (all their tokens as <bos> ids <eos>, one after another, uint32; lengths;
+    UTF-8 bytes). data.py prepares sources with it in worker processes, which import this module, not torch."""
+    tokenizer_path, documents = job
+    tokenizer = cached_tokenizer(tokenizer_path)
+    bos, eos = np.array([tokenizer.bos_id], TOKEN_DTYPE), np.array([tokenizer.eos_id], TOKEN_DTYPE)
+    encode = getattr(tokenizer, "encode_to_numpy", None) or (lambda text: np.array(tokenizer.encode(text)))
+    pieces, lengths = [], []
+    for document in documents:
+        ids = encode(document).astype(TOKEN_DTYPE, copy=False)
+        pieces += [bos, ids, eos]
+        lengths.append(len(ids) + 2)
+    size = sum(len(document.encode("utf-8", "replace")) for document in documents)
+    return np.concatenate(pieces), np.array(lengths, dtype=np.int64), size
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Chat: conversations -> token ids + the loss mask of the assistant's replies
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -549,7 +588,8 @@ def _train_command(args: argparse.Namespace) -> None:
                          f"be prepared again) or choose another --out")
     stats = ReadStats()
     paths = expand_inputs(args.input)
-    documents = iter_documents(paths, skip_bad_lines=args.skip_bad_lines, stats=stats, allow_binary=args.allow_binary)
+    documents = iter_documents(paths, skip_bad_lines=args.skip_bad_lines, stats=stats, allow_binary=args.allow_binary,
+                               text_field=args.text_field)
     tokenizer = Tokenizer.train(documents, args.vocab_size, workers=args.workers, progress=not args.quiet)
     tokenizer.save(args.out)
     print(
@@ -572,7 +612,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a tokenizer on text / JSONL files")
-    train.add_argument("--input", nargs="+", required=True, help="files or globs (** recursive): text, .jsonl, .gz")
+    train.add_argument("--input", nargs="+", required=True, help="files or globs (** recursive) or hf:NAME datasets: "
+                       "text, .jsonl/.json, .parquet, any line format as .gz or .zst")
+    train.add_argument("--text-field", default="text", help="the JSONL field / Parquet column holding the text "
+                       "(default: %(default)s)")
     train.add_argument("--vocab-size", type=int, default=256000, help="total tokens incl. 6 specials (256000)")
     train.add_argument("--out", required=True, help="tokenizer file to write")
     train.add_argument("--workers", type=int, default=None, help="counting processes (default: all cores)")

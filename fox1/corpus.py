@@ -21,7 +21,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from fox1.files import ReadStats, replace_lone_surrogates
+from fox1.documents import ReadStats, replace_lone_surrogates
 
 
 # Built-in corpus: the stdlib minus installed packages, the test suites (17 MB of mostly assertion code and deliberately

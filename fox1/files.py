@@ -1,24 +1,21 @@
-"""Reading what users give fox1 and writing what it makes: input files to documents, atomic writes, one-line errors.
+"""What every command shares for files and flags: one-line errors, atomic writes, run locks, flag rules.
 
-Every command reads its inputs through here, so a missing file, a corrupt gzip, a malformed JSONL line or a binary
-file gets the same one-line `InputError` naming the file (and line) everywhere; every file fox1 writes goes through
-`write_atomic`, so a reader never sees half a file. `ordered_map` runs a function over a stream of jobs in worker
-processes, results in order (tokenizer training and data preparation use it).
+A bad input (missing file, undecodable text, a flag out of range) is one `InputError` line naming the file or flag,
+everywhere; every file fox1 writes goes through `write_atomic`, so a reader never sees half a file; `exclusive`
+keeps two runs from writing one output; `ordered_map` runs a function over a stream of jobs in worker processes,
+results in order (tokenizer training and data preparation use it). Reading corpora is fox1/documents.py.
 """
 from __future__ import annotations
 
-import contextlib
-import glob
-import gzip
 import argparse
+import concurrent.futures
+import contextlib
 import json
 import math
 import multiprocessing
 import os
-import re
 import socket
 import sys
-import zlib
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -168,187 +165,43 @@ def document_chunks(documents: Iterable[str], chunk_chars: int) -> Iterator[list
         yield chunk
 
 
-def ordered_map(function: Callable, jobs: Iterable, workers: int) -> Iterator:
-    """function over jobs, results in order, in a process pool when workers > 1. At most 2 jobs per worker are in
-    flight: Pool.imap would read the whole (possibly 1 TB) input ahead into memory. Used by data.py too."""
+def ordered_map(function: Callable, jobs: Iterable, workers: int, threads: bool = False) -> Iterator:
+    """function over jobs, results in order, on `workers` threads (for work that releases the GIL, such as
+    tiktoken's encoding) or worker processes. At most 2 jobs per worker are in flight: Pool.imap would read the
+    whole (possibly 1 TB) input ahead into memory."""
     if workers <= 1:
         yield from map(function, jobs)
         return
+    if threads:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            yield from _in_order(lambda job: pool.submit(function, job).result, jobs, workers)
+        return
     # spawn, not fork: the parent may hold threads (tqdm's monitor, a data loader) that fork would copy mid-lock.
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        in_flight: deque = deque()
-        for job in jobs:
-            in_flight.append(pool.apply_async(function, (job,)))
-            if len(in_flight) >= 2 * workers:
-                yield in_flight.popleft().get()
-        while in_flight:
-            yield in_flight.popleft().get()
+    with _main_script_hidden(function), multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield from _in_order(lambda job: pool.apply_async(function, (job,)).get, jobs, workers)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Reading documents: plain text / JSONL files, optionally gzipped
-# ----------------------------------------------------------------------------------------------------------------
-
-# A document longer than this (characters) with no blank-line separator is yielded in pieces cut at line boundaries,
-# so one 1 GB file without blank lines never sits in memory at once. Lines longer than this are read in pieces too
-# (not in JSONL, where a line is one JSON document that must be read whole: a book stored as JSONL is one long line).
-MAX_DOCUMENT_CHARS = 1 << 20
-# A file where more than this share of the bytes is not UTF-8 is binary (/bin/ls: 29%) or in another encoding
-# (Latin-1 French: ~3%, each accent lost): refused unless allow_binary. Checked from this many characters on.
-MAX_REPLACED_FRACTION = 0.02
-MIN_CHARS_TO_JUDGE = 1 << 16
-# After decoding with errors="surrogateescape", every undecodable byte is a lone surrogate U+DC80..U+DCFF; a JSON
-# "\ud83d" escape can also yield a lone surrogate. Neither can be encoded as UTF-8, so both become U+FFFD.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+def _in_order(submit: Callable, jobs: Iterable, workers: int) -> Iterator:
+    """Results of submit(job)() in job order, with at most 2 jobs per worker submitted and not yet taken."""
+    in_flight: deque = deque()
+    for job in jobs:
+        in_flight.append(submit(job))
+        if len(in_flight) >= 2 * workers:
+            yield in_flight.popleft()()
+    while in_flight:
+        yield in_flight.popleft()()
 
 
+@contextmanager
+def _main_script_hidden(function: Callable) -> Iterator[None]:
+    """Spawned workers re-import the script that started the parent, for functions defined in it. A worker
+    function from a module needs none of that, and the script (data.py imports torch) would cost each worker
+    seconds: the script is hidden from multiprocessing while the workers start."""
+    main = sys.modules["__main__"]
+    path = None if function.__module__ == "__main__" else main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        if path is not None:
+            main.__file__ = path
 
-@dataclass
-class ReadStats:
-    """Counters filled while reading documents."""
-
-    documents: int = 0
-    bad_lines: int = 0  # malformed JSONL lines skipped (only when skip_bad_lines=True)
-    replaced_bytes: int = 0  # undecodable bytes (and lone JSON surrogate escapes), each replaced by one U+FFFD
-
-
-def expand_inputs(patterns: Iterable[str | Path]) -> list[Path]:
-    """Files and globs (recursive ** allowed) -> sorted existing files, each once however many names reach it
-    (a link, ./a and a, a glob and a name); anything matching nothing is an error."""
-    found: dict[Path, Path] = {}  # the file itself -> the first name it was given by
-    for pattern in map(str, patterns):
-        if glob.has_magic(pattern):
-            matches = [Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()]
-            if not matches:
-                raise InputError(f"{pattern}: no files match this pattern")
-        elif Path(pattern).is_dir():
-            raise InputError(f"{pattern}: is a directory (give files or a glob such as '{pattern}/**/*.txt')")
-        elif Path(pattern).is_file():
-            matches = [Path(pattern)]
-        else:
-            raise InputError(f"{pattern}: no such file")
-        for match in matches:
-            found.setdefault(match.resolve(), match)
-    if not found:
-        raise InputError("no input files given")
-    return sorted(found.values())
-
-
-def iter_documents(
-    paths: Iterable[Path], *, skip_bad_lines: bool = False, stats: ReadStats | None = None, allow_binary: bool = False
-) -> Iterator[str]:
-    """Stream documents from files, never holding a whole file in memory.
-
-    *.jsonl / *.jsonl.gz: one document per line, its "text" string. A malformed line raises InputError naming
-    file:line, or is counted in stats.bad_lines and skipped when skip_bad_lines. Blank lines are ignored.
-    Anything else (optionally *.gz): plain text, documents separated by 2+ blank lines (whitespace-only lines count
-    as blank); CRLF/CR become LF; documents over MAX_DOCUMENT_CHARS are cut at line boundaries.
-    Undecodable UTF-8 bytes become U+FFFD (counted per byte). Whitespace-only documents are skipped. A file with
-    more than MAX_REPLACED_FRACTION undecodable bytes raises InputError naming it, unless allow_binary.
-    """
-    stats = stats if stats is not None else ReadStats()
-    for path in map(Path, paths):
-        is_jsonl = path.name.endswith((".jsonl", ".jsonl.gz"))
-        try:
-            opener = gzip.open if path.suffix == ".gz" else open
-            # newline=None: universal newlines (CRLF -> LF); utf-8-sig drops a leading byte-order mark.
-            with opener(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline=None) as file:
-                lines = _CountedLines(file, limit=-1 if is_jsonl else MAX_DOCUMENT_CHARS)
-                replaced_before = stats.replaced_bytes
-                parse = _jsonl_documents if is_jsonl else _text_documents
-                for document in parse(lines, path, skip_bad_lines, stats):
-                    if not allow_binary and lines.chars >= MIN_CHARS_TO_JUDGE:
-                        _check_mostly_text(path, stats.replaced_bytes - replaced_before, lines.chars)
-                    if not document.isspace():
-                        stats.documents += 1
-                        yield document
-                if not allow_binary:
-                    _check_mostly_text(path, stats.replaced_bytes - replaced_before, lines.chars)
-        except (OSError, EOFError, zlib.error) as error:  # missing, unreadable, truncated or corrupt gzip
-            raise InputError(f"{path}: cannot read ({error})") from None
-
-
-class _CountedLines:
-    """The lines of an open text file (each at most `limit` characters; -1: whole lines), counting characters."""
-
-    def __init__(self, file, limit: int) -> None:
-        self.file, self.limit, self.chars = file, limit, 0
-
-    def __iter__(self) -> Iterator[str]:
-        while line := self.file.readline(self.limit):
-            self.chars += len(line)
-            yield line
-
-
-def _check_mostly_text(path: Path, replaced: int, chars: int) -> None:
-    if replaced > MAX_REPLACED_FRACTION * chars:
-        raise InputError(
-            f"{path}: {replaced / chars:.0%} of the bytes read are not UTF-8 (a binary file, or text in another "
-            f"encoding): convert it to UTF-8, leave it out, or pass --allow-binary to read it anyway"
-        )
-
-
-def replace_lone_surrogates(text: str, stats: ReadStats) -> str:
-    if text.isascii():  # fast path for most lines
-        return text
-    text, count = _LONE_SURROGATE.subn("\ufffd", text)
-    stats.replaced_bytes += count
-    return text
-
-
-def _jsonl_documents(lines: Iterable[str], path: Path, skip_bad_lines: bool, stats: ReadStats) -> Iterator[str]:
-    for number, line in enumerate(lines, start=1):
-        if line.isspace():
-            continue
-        try:
-            record = json.loads(replace_lone_surrogates(line, stats))
-            problem = None if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
-            if problem is None and not isinstance(record.get("text"), str):
-                problem = 'no string field "text"'
-        except json.JSONDecodeError as error:
-            problem = f"invalid JSON ({error.msg} at column {error.colno})"
-        if problem is None:
-            yield replace_lone_surrogates(record["text"], stats)
-        elif skip_bad_lines:
-            stats.bad_lines += 1
-        else:
-            raise InputError(f"{path}:{number}: {problem} (use --skip-bad-lines to skip such lines)")
-
-
-def _text_documents(lines: Iterable[str], path: Path, skip_bad_lines: bool, stats: ReadStats) -> Iterator[str]:
-    document: list[str] = []  # lines of the current document
-    size = 0
-    blank: list[str] = []  # blank lines seen since the last non-blank line
-    for line in lines:
-        line = replace_lone_surrogates(line, stats)
-        if line.isspace():
-            if not document:
-                continue  # blank lines before a document belong to no document
-            blank.append(line)
-            if len(blank) >= 2:  # 2+ blank lines end the document
-                yield "".join(document)
-                document, size, blank = [], 0, []
-            continue
-        document += blank
-        document.append(line)
-        size += len(line) + sum(map(len, blank))
-        blank = []
-        if size >= MAX_DOCUMENT_CHARS:  # cap: a document without separators is yielded in pieces
-            yield "".join(document)
-            document, size = [], 0
-    if document:
-        yield "".join(document)
-
-
-def jsonl_lines(paths: list[Path]) -> Iterator[tuple[str, str]]:
-    """("file:line", text) of every non-blank line of JSONL files (.gz allowed); bytes that are not UTF-8 become
-    U+FFFD, so a bad line is reported by whoever parses it, naming file:line."""
-    for path in paths:
-        try:
-            opener = gzip.open if path.suffix == ".gz" else open
-            with opener(path, "rt", encoding="utf-8-sig", errors="replace") as file:
-                for number, line in enumerate(file, 1):
-                    if line.strip():
-                        yield f"{path}:{number}", line
-        except (OSError, EOFError, zlib.error) as error:
-            raise InputError(f"{path}: cannot read ({error})") from None

@@ -35,11 +35,12 @@ class DataError(ValueError):
     """Unusable data, state or configuration; the message is one line naming the file or field."""
 
 
-def inputs_key(paths: list[Path], fingerprint: str, **settings) -> str:
+def inputs_key(paths: list[Path | str], fingerprint: str, **settings) -> str:
     """Identity of a preparation: the tokenizer fingerprint, the format, the settings that change the output, and
     each input's path, size, mtime and a hash of its first and last 64 KB (not all of it: hashing 1 TB would take
     hours), so an edited file is noticed even when its size and mtime were kept."""
-    files = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns, _head_and_tail_hash(p)) for p in paths]
+    files = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns, _head_and_tail_hash(p)) if isinstance(p, Path)
+             else p for p in paths]  # a hub dataset is known by its name only
     blob = json.dumps([FORMAT, fingerprint, files, sorted(settings.items())])
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -1,6 +1,6 @@
 """Tests for bench.py as a user runs it: the command ends with its table and one JSON line of numbers, and
 --skip leaves sections out. Smoke runs on the tiny preset, eager only; no number here is a speed claim (those
-come from quiet runs of bench.py itself, see README)."""
+come from quiet runs of bench.py itself, see NOTES.md)."""
 import json
 import math
 import subprocess
@@ -22,7 +22,7 @@ def run_bench(*args: str) -> tuple[str, dict]:
 
 
 def test_bench_reports_training_generation_and_int8_rows():
-    table, numbers = run_bench("--skip", "loss-memory", "tokenizer")
+    table, numbers = run_bench("--skip", "loss-memory", "tokenizer", "prepare")
     assert numbers["params"] == 6_557_952  # the tiny preset
     for key in ("train_tok_per_s[fox1 fp32 eager]", "prefill_tok_per_s[fox1 fp32 prefill]",
                 "decode_tok_per_s[fox1 fp32 eager]", "int8_perplexity"):
@@ -35,8 +35,11 @@ def test_bench_reports_training_generation_and_int8_rows():
 
 
 def test_bench_skip_leaves_sections_out():
-    table, numbers = run_bench("--skip", "training", "generation", "int8", "loss-memory", "tokenizer")
+    table, numbers = run_bench("--skip", "training", "generation", "int8", "loss-memory", "tokenizer",
+                               "--prepare-mb", "1", "--prepare-repeats", "1")
     assert numbers["params"] == 6_557_952
     assert not any(key.startswith(("train_", "decode_", "int8_")) for key in numbers)
+    assert numbers["prepare_same_bytes"] is True and numbers["prepare_x1_mb_per_s"] > 0  # 1 and all cores agree
+    assert "data.py prepare, 1 worker(s)" in table
     assert "train step" not in table and "decode" not in table
     assert "machine:" in table  # the machine's peaks are measured whatever is skipped

@@ -3,7 +3,7 @@ import os
 from pathlib import Path
 
 from fox1 import corpus
-from fox1.files import ReadStats
+from fox1.documents import ReadStats
 
 
 def test_builtin_corpus_is_the_stdlib_one_file_per_document():

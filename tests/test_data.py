@@ -19,7 +19,8 @@ import data
 from data import BUILTIN, IGNORE_INDEX, DataError, Loader, Stage, TokenSplit, curriculum, eval_batches, pack, prepare
 from fox1 import corpus as builtin_corpus
 from fox1.files import InputError
-from tokenizer import Tokenizer
+import tokenizer as tk
+from tokenizer import Tokenizer, load_tokenizer
 
 WORDS = ("the fox jumps over a lazy dog while seven quick zebras vex bold wizards near old rivers and "
          "def return class import if else for in with yield lambda None True False").split()
@@ -121,12 +122,24 @@ def test_reads_across_shard_boundaries_lose_and_duplicate_nothing(corpus):
             assert split.read(start, stop).tolist() == stream[start:stop].tolist()
 
 
-def test_two_worker_processes_write_the_same_shards(tmp_path, tokenizer_path, corpus):
+@pytest.mark.parametrize("kind", ["ours (threads)", "tokenizer.json (processes)"])
+def test_two_workers_write_the_same_shards_as_one(tmp_path, tokenizer_path, tokenizer, corpus, kind):
     root, documents = corpus
-    prepare([str(write_jsonl(tmp_path / "in.jsonl", documents))], tokenizer_path, tmp_path, "src", workers=2,
-            val_fraction=0.1, shard_tokens=97, progress=False)
+    if kind.startswith("ours"):
+        path = tokenizer_path
+    else:  # the same vocabulary as a tokenizer.json we do not recognise as ours: Python BPE, worker processes
+        tokenizer.save_pretrained(tmp_path / "hf")
+        spec = json.loads((tmp_path / "hf" / "tokenizer.json").read_text())
+        spec["normalizer"] = {"type": "NFC"}
+        (tmp_path / "hf" / "tokenizer.json").write_text(json.dumps(spec))
+        path = tmp_path / "hf" / "tokenizer.json"
+        assert not isinstance(load_tokenizer(path), Tokenizer)
+    for workers in (1, 2):
+        prepare([str(write_jsonl(tmp_path / "in.jsonl", documents))], path, tmp_path / f"x{workers}", "src",
+                workers=workers, val_fraction=0.1, shard_tokens=97, progress=False)
     for split in ("train", "val"):
-        assert raw_stream(tmp_path, "src", split).tolist() == raw_stream(root, "src", split).tolist()
+        assert raw_stream(tmp_path / "x2", "src", split).tolist() == raw_stream(root, "src", split).tolist()
+        assert raw_stream(tmp_path / "x1", "src", split).tolist() == raw_stream(root, "src", split).tolist()
 
 
 def test_reprepare_is_a_noop_until_inputs_or_tokenizer_change(tmp_path, tokenizer_path):
@@ -467,3 +480,30 @@ def test_binary_input_is_refused_unless_allowed(tmp_path, tokenizer_path):
     with pytest.raises(InputError, match="blob.txt"):
         prepare([str(binary)], tokenizer_path, tmp_path, "b", workers=1, progress=False)
     prepare([str(binary)], tokenizer_path, tmp_path, "b", workers=1, progress=False, allow_binary=True)
+
+
+@pytest.mark.parametrize("kind", ["parquet", "zst"])
+def test_fineweb_parquet_and_slimpajama_zst_train_a_tokenizer_and_prepare_with_no_conversion(tmp_path, kind):
+    documents = make_documents(120, seed=4, tag="web")
+    rows = [{"id": i, "content": text} for i, text in enumerate(documents)]
+    if kind == "parquet":
+        pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+        path = tmp_path / "000_00000.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=50)
+    else:
+        zstandard = pytest.importorskip("zstandard")
+        path = tmp_path / "example_train_0.jsonl.zst"
+        path.write_bytes(zstandard.ZstdCompressor().compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert tk.main(["train", "--input", str(path), "--text-field", "content", "--vocab-size", "300",
+                    "--out", str(tmp_path / "tok.txt"), "--workers", "1", "--quiet"]) == 0
+    assert tk.main(["train", "--input", str(plain), "--text-field", "content", "--vocab-size", "300",
+                    "--out", str(tmp_path / "plain.txt"), "--workers", "1", "--quiet"]) == 0
+    assert Tokenizer.load(tmp_path / "tok.txt").fingerprint == Tokenizer.load(tmp_path / "plain.txt").fingerprint
+    for source, name in ((path, "web"), (plain, "plain")):
+        assert data.main(["prepare", "--input", str(source), "--text-field", "content", "--tokenizer",
+                          str(tmp_path / "tok.txt"), "--out", str(tmp_path / "data"), "--name", name]) == 0
+    for split in ("train", "val"):
+        web, ref = (TokenSplit(tmp_path / "data", name, split) for name in ("web", "plain"))
+        assert web.tokens == ref.tokens > 0 and np.array_equal(web.read(0, web.tokens), ref.read(0, ref.tokens))

@@ -16,7 +16,8 @@ import regex
 import tokenizer as tk
 from fox1 import files
 from fox1.chat_template import render_chat
-from fox1.files import InputError, ReadStats, iter_documents
+from fox1.documents import ReadStats, iter_documents
+from fox1.files import InputError
 from texts import random_text, stdlib_text
 from tokenizer import Tokenizer
 
