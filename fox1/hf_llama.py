@@ -97,7 +97,9 @@ def read_config(path: Path) -> tuple[dict, torch.dtype]:
             intermediate_size=int(field("intermediate_size")), context_len=int(field("max_position_embeddings")),
             rope_theta=float(field("rope_theta", 10000.0)), norm_eps=float(field("rms_norm_eps", 1e-6)),
         )
-    except (TypeError, ValueError) as e:
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError) as e:  # a field of the wrong kind ("hidden_size": "big")
         raise CheckpointError(f"{path}: {e}") from None
     dtype_name = hf.get("torch_dtype") or hf.get("dtype") or "float32"
     if dtype_name not in _DTYPE_NAMES:

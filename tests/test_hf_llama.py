@@ -98,6 +98,15 @@ def test_missing_or_corrupt_files_give_clear_errors(micro, tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         Fox.from_pretrained(tmp_path)
+    config = hf_llama.config_to_hf(MICRO, torch.float32)
+    for damage, message in ((lambda c: c.pop("vocab_size"), "missing field 'vocab_size'"),
+                            (lambda c: c.update(hidden_size="big"), "invalid literal")):
+        damaged = dict(config)
+        damage(damaged)
+        (tmp_path / "config.json").write_text(json.dumps(damaged))
+        with pytest.raises(CheckpointError) as error:
+            Fox.from_pretrained(tmp_path)
+        assert message in str(error.value) and str(error.value).count("config.json") == 1  # the path once
 
 
 @pytest.mark.parametrize("content", ["[1, 2]", "null", "12"])
