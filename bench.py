@@ -11,7 +11,7 @@ in one run:
     in fp32 and, where bf16 is native (`fox1.speed.native_bf16`), under bf16 autocast;
   * prefill tokens/s, and decode tokens/s at batch 1 with its memory-bandwidth utilisation: decoding reads
     every weight once per token, so copy bandwidth / weight bytes is the speed limit; in fp32, bf16 and
-    with int8 weights (`sample.py --quantize int8`), and how far int8's logits are from fp32's;
+    with int8 and int4 weights (`sample.py --quantize`), and how far their logits are from fp32's;
   * peak memory of the chunked loss vs the naive `F.cross_entropy(hidden @ W.T)` at the preset's vocabulary;
   * tokenizer training and encoding throughput (on Python's standard library);
   * the same rows for Hugging Face `transformers.LlamaForCausalLM` (same config, precision and batch) and
@@ -62,7 +62,7 @@ from fox1.files import Number, check_numbers, read_text
 from fox1.hf_llama import config_to_hf
 from fox1.shards import held_out
 from fox1.machine import GB, Machine, interleaved_seconds, read_bandwidth, synchronize, timed
-from fox1.speed import column_major, default_dtype, native_bf16, quantize_int8, streams_column_major
+from fox1.speed import column_major, default_dtype, native_bf16, quantize_int4, quantize_int8, streams_column_major
 from model import Fox, FoxConfig, chunked_cross_entropy
 from tokenizer import Tokenizer, load_tokenizer
 
@@ -173,7 +173,7 @@ def generation_calls(models: dict[str, torch.nn.Module], prompt: torch.Tensor, n
             calls.update({f"{name} prefill": hf_generation(model, prompt, 1),
                           f"{name} eager": hf_generation(model, prompt, new_tokens)})
             continue
-        if "int8" not in name:  # eager int8 converts every weight to floats at every step: never the fast path
+        if " int" not in name:  # eager int8/int4 convert every weight to floats every step: never the fast path
             calls[f"{name} prefill"] = fox1_generation(model, prompt, 1, compile=False)
             calls[f"{name} eager"] = fox1_generation(as_sample_decodes(model), prompt, new_tokens, compile=False)
         if compile:
@@ -318,14 +318,14 @@ def hf_tokenizer_speed(documents: list[str], vocab_size: int) -> dict[str, float
 
 
 # --------------------------------------------------------------------------------------------------
-# int8 accuracy and where a decode step's time goes
+# Quantised weights' accuracy and where a decode step's time goes
 
 
-def int8_agreement(model: Fox, int8: Fox, tokens: torch.Tensor) -> dict[str, float]:
-    """How far int8's next-token logits over `tokens` (1, T) are from the unquantised model's: relative
+def quantized_agreement(model: Fox, approx_model: Fox, tokens: torch.Tensor) -> dict[str, float]:
+    """How far quantised next-token logits over `tokens` (1, T) are from the unquantised model's: relative
     error, top-1 agreement, and both perplexities of the tokens (meaningful for a trained model only)."""
     with torch.inference_mode():
-        exact, approx = model(tokens)[0, :-1].float(), int8(tokens)[0, :-1].float()
+        exact, approx = model(tokens)[0, :-1].float(), approx_model(tokens)[0, :-1].float()
     targets = tokens[0, 1:]
     return {"relative_error": float((approx - exact).norm() / (exact - exact.mean(-1, keepdim=True)).norm()),
             "top1_agreement": float((approx.argmax(-1) == exact.argmax(-1)).float().mean()),
@@ -468,13 +468,13 @@ def short_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
 
 
-def bench_generation(args: argparse.Namespace, report: Report, machine: Machine, model: Fox, int8: Fox,
-                     hf: torch.nn.Module | None) -> None:
-    """Prefill and batch-1 decode of fox1 (eager, compiled; fp32, bf16, int8 weights) and HF (eager)."""
+def bench_generation(args: argparse.Namespace, report: Report, machine: Machine, model: Fox,
+                     quantized: dict[str, Fox], hf: torch.nn.Module | None) -> None:
+    """Prefill and batch-1 decode of fox1 (eager, compiled; fp32, bf16, int8 and int4 weights) and HF (eager)."""
     model.eval()
     prompt = torch.randint(model.config.vocab_size, (1, args.prompt_len), device=args.device)
     base = short_name(args.dtype)
-    models = {f"fox1 {base}": model, "fox1 int8": int8}
+    models = {f"fox1 {base}": model, **{f"fox1 {kind}": q for kind, q in quantized.items()}}
     if args.bf16:
         models["fox1 bf16"] = copy.deepcopy(model).to(torch.bfloat16)
     if hf is not None:
@@ -511,12 +511,13 @@ def add_generation_rows(args: argparse.Namespace, report: Report, machine: Machi
                            bound_note(decode[name], models[f"fox1 {precision}"], machine))
             elif name in errors:
                 report.add(f"decode (b=1, {precision}, {mode})", "failed", note=errors[name])
-    if "fox1 int8 compiled" in decode:  # against fox1's own fastest unquantised decode, round by round
-        unquantised = [name for name in decode if name.startswith("fox1") and "int8" not in name]
-        best = [max(undisturbed(list(speeds))) for speeds in zip(*(decode[name] for name in unquantised))]
-        report.add("decode (b=1, int8 weights, compiled)",
-                   *versus(decode["fox1 int8 compiled"], best, "tok/s", "fox1 unquantised best"),
-                   bound_note(decode["fox1 int8 compiled"], models["fox1 int8"], machine))
+    unquantised = [name for name in decode if name.startswith("fox1") and " int" not in name]
+    best = [max(undisturbed(list(speeds))) for speeds in zip(*(decode[name] for name in unquantised))]
+    for kind in ("int8", "int4"):  # against fox1's own fastest unquantised decode, round by round
+        if f"fox1 {kind} compiled" in decode:
+            report.add(f"decode (b=1, {kind} weights, compiled)",
+                       *versus(decode[f"fox1 {kind} compiled"], best, "tok/s", "fox1 unquantised best"),
+                       bound_note(decode[f"fox1 {kind} compiled"], models[f"fox1 {kind}"], machine))
 
 
 def bound_note(speeds: list[float], model: Fox, machine: Machine) -> str:
@@ -529,19 +530,24 @@ def bound_note(speeds: list[float], model: Fox, machine: Machine) -> str:
             f"weights); {median(speeds) * size / read:.0%} of {read / GB:.1f} GB/s, a sum() over as many bytes")
 
 
-def bench_int8_accuracy(args: argparse.Namespace, report: Report, model: Fox, int8: Fox) -> None:
-    """int8 weights against the weights they were quantised from: --ckpt's trained model, else the bench's."""
+def bench_quantized_accuracy(args: argparse.Namespace, report: Report, model: Fox,
+                             quantized: dict[str, Fox]) -> None:
+    """int8 and int4 weights against the weights they were quantised from: --ckpt's trained model, else the
+    bench's."""
     trained, tokens = heldout_tokens(args, model.config)
     if trained is not None:
-        model, int8 = trained, quantize_int8(copy.deepcopy(trained))
-    numbers = int8_agreement(model, int8, tokens)
-    report.numbers.update({f"int8_{key}": value for key, value in numbers.items()})
-    what = f"{args.ckpt} on {tokens.size(1)} tokens of {args.heldout}" if trained is not None else \
-        "random weights and tokens: perplexity meaningless (pass --ckpt)"
-    report.add("int8 vs unquantised logits", f"top-1 {numbers['top1_agreement']:.1%}",
-               f"perplexity {numbers['perplexity']:,.2f}", f"{numbers['quantized_perplexity'] / numbers['perplexity']:.4f}x",
-               f"int8 perplexity {numbers['quantized_perplexity']:,.2f}; relative logit error "
-               f"{numbers['relative_error']:.2%}; {what}")
+        model = trained
+        quantized = {"int8": quantize_int8(copy.deepcopy(trained)), "int4": quantize_int4(copy.deepcopy(trained))}
+    what = (f"{args.ckpt} on {tokens.size(1)} tokens of {args.heldout or 'the built-in held-out files'}"
+            if trained is not None else "random weights and tokens: perplexity meaningless (pass --ckpt)")
+    for kind, approx in quantized.items():
+        numbers = quantized_agreement(model, approx, tokens)
+        report.numbers.update({f"{kind}_{key}": value for key, value in numbers.items()})
+        report.add(f"{kind} vs unquantised logits", f"top-1 {numbers['top1_agreement']:.1%}",
+                   f"perplexity {numbers['perplexity']:,.2f}",
+                   f"{numbers['quantized_perplexity'] / numbers['perplexity']:.4f}x",
+                   f"{kind} perplexity {numbers['quantized_perplexity']:,.2f}; relative logit error "
+                   f"{numbers['relative_error']:.2%}; {what}")
 
 
 def bench_profile(report: Report, models: dict[str, Fox]) -> None:
@@ -633,8 +639,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt-len", type=int, default=128, help="prefill length for the generation rows")
     p.add_argument("--new-tokens", type=int, default=64, help="decoded tokens for the generation rows")
     p.add_argument("--no-compile", action="store_true", help="skip fox1's compiled rows (training step and decode)")
-    p.add_argument("--ckpt", help="a trained export (e.g. out/export) for the int8 perplexity row")
-    p.add_argument("--heldout", help="text the --ckpt model was not trained on, for the int8 perplexity row "
+    p.add_argument("--ckpt", help="a trained export (e.g. out/export) for the int8 / int4 perplexity rows")
+    p.add_argument("--heldout", help="text the --ckpt model was not trained on, for the int8 / int4 perplexity rows "
                    "(default: the built-in corpus's held-out documents)")
     p.add_argument("--profile", action="store_true", help="profile eager decode steps: matmul vs attention vs rest")
     p.add_argument("--loss-tokens", type=int, default=8192,
@@ -677,8 +683,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     report.numbers.update(preset=args.preset, device=str(args.device), batch_size=args.batch_size,
                           dtype=str(args.dtype).removeprefix("torch."), bf16_rows=args.bf16, seq_len=args.seq_len,
                           threads=args.threads, repeats=args.repeats, load_before=os.getloadavg()[0])
-    # Training comes after the sections that use the int8 copy: its optimizer steps change the weights it was
-    # quantised from.
+    # Training comes after the sections that use the quantised copies: its optimizer steps change the weights
+    # they were quantised from.
     sections = ["machine", "model", "generation", "int8", "profile", "training", "loss-memory", "tokenizer", "prepare",
                 "machine again"]
     skipped = set(args.skip) | ({"profile"} if not args.profile else set())
@@ -691,19 +697,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif section == "model":
             torch.manual_seed(0)
             model = Fox(config).to(device=args.device, dtype=args.dtype)
-            int8 = quantize_int8(copy.deepcopy(model))
+            quantized = {"int8": quantize_int8(copy.deepcopy(model)), "int4": quantize_int4(copy.deepcopy(model))}
             report.numbers["params"] = model.num_params()
             hf = None if args.skip_reference else hf_llama(config, args.dtype, args.device)
         elif section == "training":
             bench_training(args, report, machine, model, hf)
         elif section == "generation":
-            bench_generation(args, report, machine, model, int8, hf)
+            bench_generation(args, report, machine, model, quantized, hf)
         elif section == "int8":
-            bench_int8_accuracy(args, report, model, int8)
+            bench_quantized_accuracy(args, report, model, quantized)
         elif section == "profile":
-            bench_profile(report, {short_name(args.dtype): model, "int8": int8})
+            bench_profile(report, {short_name(args.dtype): model, **quantized})
         elif section == "loss-memory":
-            del model, int8, hf  # free their memory before the loss-memory processes start
+            del model, quantized, hf  # free their memory before the loss-memory processes start
             bench_loss_memory(args, report, config)
         elif section == "tokenizer":
             bench_tokenizer(args, report)

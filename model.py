@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from fox1 import hf_llama
 from fox1.hf_llama import CheckpointError
-from fox1.speed import Int8Linear, linear
+from fox1.speed import linear, quantized_weights
 
 IGNORE_INDEX = -100  # targets with this value do not count in the loss (e.g. across document borders)
 
@@ -312,9 +312,8 @@ class Fox(nn.Module):
         self.rope_cos, self.rope_sin = rope_tables(self.config, device=self.rope_cos.device)
 
     def num_params(self) -> int:
-        """Parameters, the tied embedding/LM head counted once (1,665,271,808 for fox-1.6b), int8 ones too."""
-        int8 = sum(m.weight.numel() for m in self.modules() if isinstance(m, Int8Linear))
-        return int8 + sum(p.numel() for p in self.parameters())
+        """Parameters, the tied embedding/LM head counted once (1,665,271,808 for fox-1.6b), quantised ones too."""
+        return quantized_weights(self) + sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self, seq_len: int) -> int:
         """Training FLOPs per token (forward + backward), for MFU.
@@ -377,8 +376,8 @@ class Fox(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The LM head, tied to the embedding: final-norm hidden states (..., hidden) -> fp32 logits."""
-        head = self.embed_tokens  # an int8 table (fox1/speed.py) carries its row scales
-        return linear(hidden, head.weight, getattr(head, "scale", None)).float()
+        table = self.embed_tokens  # a quantised table (fox1/speed.py) brings its own head
+        return (table.head(hidden) if hasattr(table, "head") else linear(hidden, table.weight)).float()
 
     # ----------------------------------------------------------------------------------------------
     # Hugging Face Llama checkpoints (the mapping is in fox1/hf_llama.py)

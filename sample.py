@@ -51,7 +51,8 @@ from fox1.corpus import WRITE_FUNCTION, builtin_conversations
 from fox1.files import InputError, Number, check_numbers, read_text
 from fox1.hf_llama import checkpoint_tokens
 from fox1.machine import timed
-from fox1.speed import CPU_DECODE_INDUCTOR, column_major, default_dtype, quantize_int8, streams_column_major
+from fox1.speed import (CPU_DECODE_INDUCTOR, column_major, default_dtype, quantize_int4, quantize_int8,
+                        streams_column_major)
 from model import IGNORE_INDEX, CheckpointError, Fox
 from tokenizer import Tokenizer, chat_stop_ids, encode_chat, load_tokenizer
 
@@ -646,10 +647,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="weights and KV cache (default: bfloat16 on cuda, and on a cpu with native bf16 for --compile "
                         "without --quantize; else float32)")
-    p.add_argument("--quantize", choices=["int8"],
-                   help="int8 weights with per-row scales, quantised at load (model.quantize_int8); with "
-                        "--compile on a CPU, decoding streams a quarter of fp32's bytes (on CUDA it is slower "
-                        "than bf16: the weights are dequantised before cuBLAS's matmul)")
+    p.add_argument("--quantize", choices=["int8", "int4"],
+                   help="weights quantised at load (fox1/speed.py): int8 with per-row scales, int4 in groups of 32; "
+                        "with --compile on a CPU, decoding streams a quarter / an eighth of fp32's bytes (on CUDA "
+                        "it is slower than bf16: the weights are dequantised before cuBLAS's matmul)")
     args = p.parse_args(argv)
     check_numbers(p, args, FLAG_RULES)
     try:
@@ -708,10 +709,11 @@ def load_for_sampling(args: argparse.Namespace, device: torch.device) -> tuple[P
     ckpt = Path(args.ckpt or (DEFAULT_CHAT_CKPT if chat and Path(DEFAULT_CHAT_CKPT).is_dir() else DEFAULT_CKPT))
     loaded = open_checkpoint(ckpt, args.tokenizer, device,
                              args.dtype or default_dtype(device, args.compile, args.quantize))
-    if args.quantize == "int8":
+    if args.quantize:
         if device.type == "cuda":  # dequantised before cuBLAS's matmul (NOTES.md)
-            print("note: int8 weights decode slower than bf16 on CUDA (they are meant for CPUs)", file=sys.stderr)
-        quantize_int8(loaded.model)
+            print(f"note: {args.quantize} weights decode slower than bf16 on CUDA (they are meant for CPUs)",
+                  file=sys.stderr)
+        (quantize_int8 if args.quantize == "int8" else quantize_int4)(loaded.model)
     elif streams_column_major(device, loaded.dtype, args.compile, args.num_samples):
         column_major(loaded.model)
     return ckpt, loaded

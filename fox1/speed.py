@@ -6,6 +6,8 @@ bandwidth. On a CPU the library matmul (MKL / oneDNN) is not at its best there, 
     own dot-product loops that stream the weights faster (and convert int8 weights to floats in registers);
   * `column_major`: for eager fp32 decoding, weights stored column by column stream faster through MKL;
   * `quantize_int8`: weight-only int8 with per-row scales (gpt-fast style), a quarter of fp32's bytes;
+  * `quantize_int4`: weight-only int4 in groups of 32 weights with a scale each, two weights a byte (an eighth of
+    fp32's bytes, plus the scales), unpacked inside the same compiled loop;
   * `CPU_DECODE_INDUCTOR`: inductor settings for the compiled one-row decode step;
   * `native_bf16` / `default_dtype`: bf16 only where the hardware runs it natively.
 Measured speeds, with their machines, are in NOTES.md ("Figures behind the code's choices").
@@ -110,6 +112,56 @@ class Int8Embedding(Int8Linear):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.weight[idx].to(self.scale.dtype) * self.scale[idx, None]
 
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return linear(hidden, self.weight, self.scale)
+
+
+INT4_GROUP = 32  # weights sharing one scale: an outlier coarsens only its own 32
+
+
+def quantize_groups_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed uint8 (out, in / 2), scales (out, in / group)): symmetric per group of `group` weights along a row,
+    q = round(w / s) in -8..7 with s = max|w| / 7, stored as q + 8, two to a byte (even column in the low half)."""
+    rows, columns = weight.shape
+    if columns % group:
+        raise ValueError(f"int4 needs rows of a multiple of {group} weights, got {columns}")
+    grouped = weight.detach().float().view(rows, columns // group, group)
+    scale = grouped.abs().amax(dim=-1).clamp_min(torch.finfo(torch.float32).tiny) / 7
+    q = ((grouped / scale[..., None]).round().clamp(-8, 7) + 8).to(torch.uint8).view(rows, columns)
+    return q[:, 0::2] | (q[:, 1::2] << 4), scale.to(weight.dtype)
+
+
+def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The (out, in) weights in `dtype` of `quantize_groups_int4`'s output. Under torch.compile this is fused into
+    the loop that reads the packed bytes: the weights are never stored unpacked."""
+    rows = packed.size(0)
+    q = torch.stack(((packed & 15), (packed >> 4)), dim=-1).view(rows, scale.size(1), -1).to(torch.float32) - 8
+    return (q * scale.float()[..., None]).view(rows, -1).to(dtype)
+
+
+class Int4Linear(nn.Module):
+    """A bias-free linear layer with int4 weights in groups of INT4_GROUP (`quantize_groups_int4`)."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        packed, scale = quantize_groups_int4(weight)
+        self.register_buffer("weight", packed)
+        self.register_buffer("scale", scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, dequantize_int4(self.weight, self.scale, torch.float32))
+
+
+class Int4Embedding(Int4Linear):
+    """The tied embedding in int4: rows dequantised for the lookup, the whole table as the LM head."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return dequantize_int4(self.weight[idx.flatten()], self.scale[idx.flatten()], self.scale.dtype).view(
+            *idx.shape, -1)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return linear(hidden, dequantize_int4(self.weight, self.scale, torch.float32))
+
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Replace every bias-free matrix of a Fox model (4 per block) and its tied embedding / LM head
@@ -120,3 +172,21 @@ def quantize_int8(model: nn.Module) -> nn.Module:
                 setattr(module, name, Int8Linear(child.weight))
     model.embed_tokens = Int8Embedding(model.embed_tokens.weight)
     return model
+
+
+def quantize_int4(model: nn.Module) -> nn.Module:
+    """`quantize_int8` with int4 groups (`Int4Linear`, `Int4Embedding`): `small`'s matrices take about an eighth
+    of their fp32 bytes. For inference only."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.Linear) and child.bias is None:
+                setattr(module, name, Int4Linear(child.weight))
+    model.embed_tokens = Int4Embedding(model.embed_tokens.weight)
+    return model
+
+
+def quantized_weights(model: nn.Module) -> int:
+    """How many weights the quantised matrices of `model` hold (buffers, not parameters): two per int4 byte."""
+    return sum(m.weight.numel() * (2 if isinstance(m, Int4Linear) else 1) for m in model.modules()
+               if isinstance(m, (Int8Linear, Int4Linear)))
+

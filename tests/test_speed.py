@@ -1,6 +1,5 @@
-"""Tests for the speed paths: int8 weight-only quantization (`model.quantize_int8`, `sample.py --quantize int8`)
-against the unquantised model, on a tiny model trained here for a few seconds (random weights have no text to
-be right about)."""
+"""Tests for fox1/speed.py: int8 and int4 weight-only quantization (`sample.py --quantize`) against the unquantised
+model, on a tiny model trained here for a few seconds (random weights have no text to be right about)."""
 import copy
 import os
 from pathlib import Path
@@ -10,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import sample
-from fox1.speed import Int8Linear, quantize_int8, quantize_rows_int8
+from fox1.speed import (Int4Linear, Int8Linear, dequantize_int4, quantize_groups_int4, quantize_int4,
+                        quantize_int8, quantize_rows_int8)
 from model import Fox, FoxConfig
 
 STDLIB = sorted(Path(os.__file__).parent.glob("*.py"))
@@ -65,16 +65,40 @@ def test_quantize_int8_replaces_every_matrix_and_keeps_the_norms(trained):
     assert int8.num_params() == trained.num_params()
 
 
-def test_int8_perplexity_and_next_tokens_match_the_unquantised_model(trained, heldout):
-    int8 = quantize_int8(copy.deepcopy(trained))
+def test_quantize_groups_int4_moves_no_weight_more_than_half_a_step_of_its_group():
+    torch.manual_seed(0)
+    weight = torch.randn(8, 96) * torch.logspace(-3, 1, 8)[:, None]
+    weight[2, :32] = 0.0  # an all-zero group must not divide by zero
+    weight[5, 40] = 50.0  # an outlier coarsens only its own group of 32
+    packed, scale = quantize_groups_int4(weight)
+    assert packed.dtype == torch.uint8 and packed.shape == (8, 48) and scale.shape == (8, 3)
+    error = (dequantize_int4(packed, scale, torch.float32) - weight).abs()
+    assert (error <= scale.repeat_interleave(32, dim=1) / 2 * (1 + 1e-5)).all()
+    assert scale[5, 1] > 50 / 7 * 0.999 and scale[5, 0] < 1.0 and scale[5, 2] < 1.0
+    assert (dequantize_int4(packed, scale, torch.float32)[2, :32] == 0).all()
+    with pytest.raises(ValueError, match="multiple of 32"):
+        quantize_groups_int4(torch.randn(4, 40))
+
+
+def test_quantize_int4_replaces_every_matrix(trained):
+    int4 = quantize_int4(copy.deepcopy(trained))
+    assert len([m for m in int4.modules() if isinstance(m, Int4Linear)]) == 4 * trained.config.num_layers + 1
+    assert not any(p.dim() > 1 for p in int4.parameters()) and int4.num_params() == trained.num_params()
+
+
+@pytest.mark.parametrize("quantize, perplexity_ratio, agreement", [(quantize_int8, 0.01, 0.95),
+                                                                   (quantize_int4, 0.05, 0.85)])
+def test_quantized_perplexity_and_next_tokens_match_the_unquantised_model(trained, heldout, quantize,
+                                                                          perplexity_ratio, agreement):
+    quantized = quantize(copy.deepcopy(trained))
     with torch.no_grad():
-        exact, approx = trained(heldout[:, :-1]), int8(heldout[:, :-1])
+        exact, approx = trained(heldout[:, :-1]), quantized(heldout[:, :-1])
     targets = heldout[:, 1:].flatten()
     perplexity = F.cross_entropy(exact.flatten(0, 1), targets).exp()
     assert perplexity < 120  # trained: far below the 512 of a uniform guess, so agreement below means something
-    assert F.cross_entropy(approx.flatten(0, 1), targets).exp() / perplexity == pytest.approx(1.0, abs=0.01)
-    agreement = (approx.argmax(-1) == exact.argmax(-1)).float().mean()
-    assert agreement > 0.95
+    ratio = F.cross_entropy(approx.flatten(0, 1), targets).exp() / perplexity
+    assert ratio == pytest.approx(1.0, abs=perplexity_ratio)
+    assert (approx.argmax(-1) == exact.argmax(-1)).float().mean() > agreement
 
 
 def test_int8_greedy_tokens_mostly_equal_the_unquantised_ones(trained, heldout):
@@ -86,19 +110,22 @@ def test_int8_greedy_tokens_mostly_equal_the_unquantised_ones(trained, heldout):
 
 
 @pytest.mark.slow
-def test_compiled_int8_decode_gives_the_eager_int8_tokens(trained, heldout, tmp_path, monkeypatch):
-    """The compiled one-row path converts int8 to floats inside inductor's dot-product loop (`model.linear`)."""
+@pytest.mark.parametrize("quantize", [quantize_int8, quantize_int4])
+def test_compiled_quantized_decode_gives_the_eager_tokens(trained, heldout, tmp_path, monkeypatch, quantize):
+    """The compiled one-row path converts int8 (unpacks int4) to floats inside inductor's dot-product loop
+    (fox1.speed.linear)."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    int8 = quantize_int8(copy.deepcopy(trained))
-    eager = sample.generate(int8, heldout[:1, :16], 12, temperature=0)
-    compiled = sample.generate(int8, heldout[:1, :16], 12, temperature=0, compile=True)
+    quantized = quantize(copy.deepcopy(trained))
+    eager = sample.generate(quantized, heldout[:1, :16], 12, temperature=0)
+    compiled = sample.generate(quantized, heldout[:1, :16], 12, temperature=0, compile=True)
     assert compiled.tokens == eager.tokens
 
 
-def test_cli_quantize_int8_generates(trained, tokenizer, tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_cli_quantize_generates(trained, tokenizer, tmp_path, capsys, kind):
     trained.save_pretrained(tmp_path)
     tokenizer.save(tmp_path / "tokenizer.txt")
     assert sample.main(["--ckpt", str(tmp_path), "--prompt", "def ", "--max-new-tokens", "8", "--seed", "0",
-                        "--quantize", "int8"]) == 0
+                        "--quantize", kind]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("def ") and "decode:" in captured.err
