@@ -43,7 +43,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -59,12 +58,12 @@ import data
 import sample
 from fox1.corpus import BUILTIN_VAL_FRACTION, builtin_documents
 from fox1.files import Number, check_numbers, read_text
-from fox1.hf_llama import config_to_hf
+from fox1.hf_reference import hf_generation, hf_llama, hf_loss, hf_tokenizer_speed, timed_tokenizer
 from fox1.shards import held_out
 from fox1.machine import GB, Machine, interleaved_seconds, read_bandwidth, synchronize, timed
 from fox1.speed import column_major, default_dtype, native_bf16, quantize_int4, quantize_int8, streams_column_major
 from model import Fox, FoxConfig, chunked_cross_entropy
-from tokenizer import Tokenizer, load_tokenizer
+from tokenizer import DEFAULT_PATTERN, SPECIAL_TOKENS, Tokenizer, load_tokenizer
 
 
 
@@ -120,25 +119,6 @@ def fox_loss(model: Fox, batch: torch.Tensor) -> torch.Tensor:
     return model(batch[:, :-1], batch[:, 1:])
 
 
-def hf_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """The same targets as `fox_loss` (token t+1 after tokens <= t, for all T positions), through HF's logits.
-    (HF's own `labels=` shifts inside and would score T-1 of them.)"""
-    logits = model(input_ids=batch[:, :-1]).logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
-
-
-def hf_llama(config: FoxConfig, dtype: torch.dtype, device: torch.device) -> torch.nn.Module | None:
-    """transformers.LlamaForCausalLM with our exact config (the released Fox-1 is one), or None."""
-    try:
-        import transformers
-    except ImportError:
-        return None
-    transformers.logging.set_verbosity_error()
-    hf_config = transformers.LlamaConfig(**config_to_hf(config, dtype))
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(hf_config).to(device=device, dtype=dtype)
-
-
 # --------------------------------------------------------------------------------------------------
 # Generation
 
@@ -146,12 +126,6 @@ def hf_llama(config: FoxConfig, dtype: torch.dtype, device: torch.device) -> tor
 def fox1_generation(model: Fox, prompt: torch.Tensor, new_tokens: int, compile: bool) -> Callable[[], object]:
     """Greedy generation with sample.generate, no <eos>, so every run makes all its tokens."""
     return lambda: sample.generate(model, prompt, new_tokens, temperature=0, compile=compile)
-
-
-def hf_generation(hf: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> Callable[[], object]:
-    """Greedy generation with transformers' generate (its default dynamic cache), exactly new_tokens tokens."""
-    return lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
-                               min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
 
 
 def as_sample_decodes(model: Fox) -> Fox:
@@ -271,50 +245,11 @@ def benchmark_documents(megabytes: float) -> tuple[list[str], str]:
                 return documents, source
 
 
-def timed_tokenizer(documents: list[str], train: Callable[[], object],
-                    encode: Callable[[object], Sequence]) -> dict[str, float]:
-    """MB/s of train() and of encode(trained tokenizer) over the documents, and the bytes per token (encode
-    returns one item per document whose len() is its token count)."""
-    size = sum(len(d.encode()) for d in documents)
-    start = time.perf_counter()
-    tokenizer = train()
-    train_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    ids = encode(tokenizer)
-    encode_seconds = time.perf_counter() - start
-    return {"train_mb_per_s": size / 1e6 / train_seconds, "train_s": train_seconds,
-            "encode_mb_per_s": size / 1e6 / encode_seconds, "bytes_per_token": size / sum(map(len, ids))}
-
-
 def tokenizer_speed(documents: list[str], vocab_size: int) -> dict[str, float]:
     return timed_tokenizer(documents,
                            lambda: Tokenizer.train(documents, vocab_size, workers=min(2, os.cpu_count() or 1),
                                                    progress=False),
                            lambda tokenizer: tokenizer.encode_batch(documents))
-
-
-def hf_tokenizer_speed(documents: list[str], vocab_size: int) -> dict[str, float] | None:
-    """The same measurements for Hugging Face `tokenizers` (Rust): byte-level BPE with our split pattern."""
-    try:
-        import tokenizers
-        from tokenizers import pre_tokenizers
-    except ImportError:
-        return None
-    from tokenizer import DEFAULT_PATTERN, SPECIAL_TOKENS
-
-    tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(tokenizers.Regex(DEFAULT_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                             show_progress=False)
-
-    def train() -> tokenizers.Tokenizer:
-        tokenizer.train_from_iterator(documents, trainer)
-        return tokenizer
-
-    return timed_tokenizer(documents, train, lambda trained: trained.encode_batch(documents))  # len() = tokens
 
 
 # --------------------------------------------------------------------------------------------------
@@ -576,7 +511,8 @@ def bench_loss_memory(args: argparse.Namespace, report: Report, config: FoxConfi
 def bench_tokenizer(args: argparse.Namespace, report: Report) -> None:
     documents, source = benchmark_documents(args.tokenizer_mb)
     ours = tokenizer_speed(documents, args.tokenizer_vocab)
-    theirs = None if args.skip_reference else hf_tokenizer_speed(documents, args.tokenizer_vocab)
+    theirs = None if args.skip_reference else hf_tokenizer_speed(documents, args.tokenizer_vocab, DEFAULT_PATTERN,
+                                                                          SPECIAL_TOKENS)
     report.numbers.update({f"tokenizer_{k}": v for k, v in ours.items()})
     report.numbers.update({f"hf_tokenizer_{k}": v for k, v in (theirs or {}).items()})
     size = sum(len(d.encode()) for d in documents) / 1e6

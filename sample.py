@@ -8,7 +8,7 @@ helped by grouped-query attention, whose KV cache is 4x smaller than full multi-
 Decoding one token reads every weight once, so a decode step is bound by memory bandwidth; `python bench.py`
 compares the tokens/s printed here with that bound.
 
-    python sample.py --prompt "def "                      # latest export of train.py (out/export)
+    python sample.py --prompt "def "                      # the base model train.py exported (out/export)
     python sample.py --ckpt DIR --tokenizer tok.txt       # any Llama-format Hugging Face directory
     python sample.py --prompt @prompt.txt --num-samples 4 --temperature 0.8 --top-p 0.95 --seed 1
     python sample.py --chat --system "Answer in Python."   # talk to the SFT model (Fox-1-Instruct's turn format)

@@ -10,7 +10,8 @@ data quality) on FSDP2, with exact resume.
 With no arguments it trains a byte-level BPE tokenizer on this Python's standard library (if out/ has none),
 prepares the built-in corpus and conversations (data.py), trains `tiny` through stages 1 -> 2 -> 3 (256 -> 512
 -> 1024 tokens) and then the instruction-tuning stage (sft), evaluates each stage, and leaves checkpoints under
-out/stage{1,2,3}/ and out/sft/ and a Hugging Face export (with its chat template) in out/export/.
+out/stage{1,2,3}/ and out/sft/, the base model as a Hugging Face folder in out/export/ and the chat model in
+out/export-sft/.
 
 How it maps to the paper and why it is built this way:
   * Stages. Stage S starts from stage S-1's final checkpoint (weights AND AdamW moments: the curriculum is one
