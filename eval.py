@@ -1,52 +1,74 @@
 """
 Score a Fox checkpoint on the benchmarks the Fox-1 paper reports (arXiv 2411.05281, Table 3 and the model
 card), the way EleutherAI's lm-evaluation-harness scores them, so that a number printed here can be set
-beside the paper's. Fox-1's card follows the Open LLM Leaderboard v1 setup: ARC-Challenge 25-shot,
-HellaSwag 10-shot, MMLU 5-shot, Winogrande 5-shot, GSM8k 5-shot (36.39% for the base model).
+beside the paper's, and with --match-harness compared with the harness's own item by item. Fox-1's card
+follows the Open LLM Leaderboard v1 setup: ARC-Challenge 25-shot, HellaSwag 10-shot, MMLU 5-shot,
+Winogrande 5-shot, GSM8k 5-shot (36.39% for the base model).
 
-    python eval.py --ckpt out/export --tasks hellaswag,arc_easy,arc_challenge,lambada --data DIR
+    python eval.py --ckpt out/export --tasks hellaswag,arc_easy,arc_challenge,lambada_openai --data DIR
     python eval.py --tasks arc_challenge,hellaswag,mmlu,winogrande,gsm8k --shots arc_challenge=25,hellaswag=10,winogrande=5 \
-        --data DIR --ckpt path/to/Fox-1-1.6B --tokenizer tok.txt --limit 500 --out items.jsonl
+        --hf --ckpt path/to/Fox-1-1.6B --tokenizer tok.txt --limit 500 --out items.jsonl --output-path results/
 
 Prints a table (task, metric, value, stderr, items, seconds) and, last, one JSON line.
 
-How each task is scored (as lm-evaluation-harness defines it):
+Tasks carry the harness's names (hellaswag, arc_easy, arc_challenge, piqa, winogrande, mmlu,
+lambada_openai, gsm8k; `lambada` still names lambada_openai). How each is scored, as the harness does:
   multiple choice  each choice is a continuation of the prompt; its log-likelihood is the sum of its
       tokens' log-probabilities. acc: the most likely choice is the gold one; acc_norm: the same after
-      dividing by the choice's length in characters. hellaswag (its ctx/endings preprocessing), arc_easy,
-      arc_challenge ("Question: ...\\nAnswer:"), piqa, mmlu (letters A-D after the listed options, 5 shots
-      from the dev split, acc only), winogrande (partial scoring: each option fills the blank in its own
-      context, and the rest of the sentence, the same for both, is what is scored; acc only).
-  lambada  (OpenAI version) the passage without its last word is the context, " " + that word the
-      continuation. acc: every token of the word is the greedy choice; perplexity: exp(-mean log-likelihood).
-  gsm8k    greedy generation (sample.generate) after 5 worked examples, stopped at "\\n\\n" or "Question:";
-      the answer is the number after "####", compared by exact match ("," "$" and a final "." ignored).
+      dividing by the choice's length in characters. hellaswag (ctx_a + " " + ctx_b.capitalize() and its
+      bracket cleanup), arc_easy, arc_challenge ("Question: ...\\nAnswer:"), piqa, mmlu (letters A-D after
+      the listed options, 5 shots from the dev split, acc only), winogrande (partial scoring: each option
+      fills the blank in its own context, and the rest of the sentence, the same for both, is what is
+      scored; acc only).
+  lambada_openai  the passage without its last word is the context, " " + that word the continuation.
+      acc: every token of the word is the greedy choice; perplexity: exp(-mean log-likelihood).
+  gsm8k    greedy generation (sample.generate) after 5 worked examples, stopped where the harness stops it:
+      at "Question:", "</s>", "<|im_end|>" or <eos>; the answer is the number after "####" (strict) or
+      the last number (flexible), compared by exact match ("," "$" and a final "." ignored).
 Every metric has a standard error: the sample standard deviation over sqrt(items) for means, a seeded
 bootstrap for perplexity (as the harness does, with 1,000 resamples instead of its 100,000).
 
 The context/continuation split is the harness's (`encode_pair`): trailing spaces of the context move into
 the continuation; the continuation's tokens are those of encode(context + continuation) past the
-len(encode(context)) first ones; a pair longer than the model's context is cut from the left. Unlike the
-harness's default for Hugging Face models, the context starts with <bos>, as every training document
-here does (`--no-bos` for the harness's choice).
+len(encode(context)) first ones; a pair longer than the model's context is cut from the left. The
+context starts with <bos>, as every training document here does; the harness adds one exactly when the
+model's tokenizer.json does (Llama's and Gemma's do; our exports' do not: compare an export with --no-bos).
+
+Few-shot examples and subsets. Examples come, as in the harness, from one random.Random(--seed, 1234
+like the harness's) stream drawn for every document in order, so each item gets the examples the
+harness gives it in a full run, whatever --limit picks (MMLU takes the first n of its subject's dev
+split). Where the harness hands its sampler the scored document (hellaswag, piqa, winogrande), n + 1
+are drawn and that document dropped. The harness lets a LAMBADA passage be its own example (its only
+pool is the test split); eval.py leaves it out the same way (n + 1 drawn) unless --match-harness.
+--limit N scores a fixed seeded random subset, or with --match-harness the first N items (per MMLU
+subject), as the harness does.
 
 Speed: each item is one row, its context followed by all of its choices, with per-row positions and a
 mask that lets each choice see the context and itself only (`choice_mask`). The context is computed once
-per item instead of once per choice, only the positions that predict a choice token go through the LM
-head, and rows of similar length are batched up to 1,024 padded tokens (how much faster: NOTES.md).
+per item instead of once per choice (a context cut to fit is shared by the choices cut the same way),
+only the positions that predict a choice token go through the LM head, and rows of similar length are
+batched up to 1,024 padded tokens (how much faster: NOTES.md).
 
-Data (--data DIR): one JSONL file per task and split, looked up as DIR/<name>_<split>.jsonl,
-DIR/<name>/<split>.jsonl or DIR/<name>.jsonl (`TASKS` lists the names and splits, e.g. hellaswag_val.jsonl,
-arc_easy_test.jsonl, lambada_openai_test.jsonl, mmlu_dev.jsonl). Each file is a Hugging Face datasets export
-of the task (fields as on the Hub: hellaswag ctx_a/ctx_b or ctx, endings, label; ai2_arc question,
-choices{text,label}, answerKey; piqa goal/sol1/sol2/label; winogrande sentence/option1/option2/answer;
-cais/mmlu question/subject/choices/answer; lambada text; gsm8k question/answer) or, for the multiple-choice
-tasks, the simple {"query", "choices", "gold"} form. Few-shot examples come from --fewshot-from FILE, else
-the task's train/dev file when DIR has it, else the scored file itself, never the item being scored.
+Data, from --data DIR (JSONL or Parquet; Parquet needs pyarrow) or --hf (the Hugging Face Hub through
+`datasets`, each task's dataset as the harness loads it, `Task.hub`). Under DIR a task's split is
+DIR/<name>_<split>.jsonl or .parquet, DIR/<name>/<split>.jsonl, DIR/<name>.jsonl, or a Hub dataset
+repository downloaded as the Hub serves it into DIR/<name>/ (e.g. arc_easy/ARC-Easy/test-00000-of-00001.parquet,
+hellaswag/data/validation-00000-of-00001.parquet, lambada_openai/data/lambada_test.jsonl). Records have
+the Hub's fields (hellaswag ctx_a/ctx_b or ctx, endings, label; ai2_arc question, choices{text,label},
+answerKey; piqa goal/sol1/sol2/label; winogrande sentence/option1/option2/answer; cais/mmlu
+question/subject/choices/answer; lambada text; gsm8k question/answer) or, for the multiple-choice tasks,
+the simple {"query", "choices", "gold"} form. Few-shot examples come from --fewshot-from FILE, else the
+task's train/dev split when there is one, else the scored split itself.
+
+Output: --out FILE, one JSON line per item (prompt, log-likelihoods, predictions); --output-path DIR, the
+harness's results_<date>.json (results[task]["acc,none"], "acc_stderr,none", n-shot, n-samples, ...) and
+samples_<task>_<date>.jsonl (doc_id, doc, arguments, resps, filtered_resps, target per item), so tools
+written for the harness read them.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -55,6 +77,7 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -71,7 +94,8 @@ DEFAULT_CKPT = "out/export"
 BOOTSTRAP_RESAMPLES = 1000  # perplexity's stderr: the harness draws 100,000; 1,000 pin it to ~2% of itself
 BATCH_TOKENS = 1024  # padded tokens per forward at most (`batches`)
 GSM8K_MAX_NEW_TOKENS = 256  # the harness's max_gen_toks
-GSM8K_STOPS = ("\n\n", "Question:")  # the few-shot separator and the next question's start
+GSM8K_STOPS = ("Question:", "</s>", "<|im_end|>")  # the harness's gsm8k `until`; <eos> stops generation itself
+GSM8K_GENERATION = {"until": list(GSM8K_STOPS), "do_sample": False, "temperature": 0.0}  # its generation_kwargs
 
 
 class EvalError(ValueError):
@@ -142,24 +166,23 @@ def truncate_left(context: list[int], continuation: list[int], max_len: int) -> 
 
 def build_rows(tokenizer: Tokenizer, requests: Sequence[tuple[str, str]], groups: Sequence[object],
                max_len: int, bos: bool | int) -> list[Row]:
-    """Rows for the requests: those with the same group and context share one row, unless one of them
-    needs the context truncated, in which case each gets its own row, truncated as the harness would."""
+    """Rows for the requests: those with the same group and context share one row. A context too long for
+    the model is cut from the left for each continuation as the harness cuts it (`truncate_left`), and the
+    continuations it is cut the same way for (those of one length, or all that fit without a cut) still
+    share a row: a 25-shot prompt cut to the context costs one row per distinct cut, not per choice."""
     shared: dict[tuple[object, str], list[int]] = defaultdict(list)
     for index, (group, (context, _)) in enumerate(zip(groups, requests)):
         shared[(group, context)].append(index)
     rows = []
     for (group, _), indices in shared.items():
-        pairs = [encode_pair(tokenizer, *requests[i], bos=bos) for i in indices]
-        # a continuation that BPE merges into the context's last token has no ids of its own: like the
-        # harness, it gets log-likelihood 0 (and counts as greedy) without a row
-        indices, pairs = [i for i, p in zip(indices, pairs) if p[1]], [p for p in pairs if p[1]]
-        if not pairs:
-            continue
-        context = pairs[0][0]
-        if all(truncate_left(context, ids, max_len) == context for _, ids in pairs):
-            rows.append(pack_row(context, [(i, ids) for i, (_, ids) in zip(indices, pairs)], group))
-        else:
-            rows += [pack_row(truncate_left(context, ids, max_len), [(i, ids)], group) for i, (_, ids) in zip(indices, pairs)]
+        by_context: dict[tuple[int, ...], list[tuple[int, list[int]]]] = defaultdict(list)
+        for index in indices:
+            context, continuation = encode_pair(tokenizer, *requests[index], bos=bos)
+            # a continuation that BPE merges into the context's last token has no ids of its own: like the
+            # harness, it gets log-likelihood 0 (and counts as greedy) without a row
+            if continuation:
+                by_context[tuple(truncate_left(context, continuation, max_len))].append((index, continuation))
+        rows += [pack_row(list(context), continuations, group) for context, continuations in by_context.items()]
     return rows
 
 
@@ -311,15 +334,17 @@ def score_multiple_choice(model: Fox, tokenizer: Tokenizer, items: Sequence[dict
                           batch_size: int = 16, bos: bool | int = True, progress: str | None = None) -> dict:
     """acc and acc_norm (with stderr) of items {"query", "choices", "gold"}: each choice scored as
     query + " " + choice. prefixes: text put before each item's query (its few-shot examples).
-    Returns the summary plus "records", one dict per item (log-likelihoods, predictions, acc, acc_norm)."""
+    Returns the summary plus "records", one dict per item (log-likelihoods, greedy flags, predictions, acc,
+    acc_norm)."""
     prefixes = prefixes if prefixes is not None else [""] * len(items)
     requests, owners = choice_requests(items, prefixes)
     results = loglikelihoods(model, tokenizer, requests, batch_size, groups=owners, bos=bos, progress=progress)
-    lls = defaultdict(list)
-    for owner, (ll, _) in zip(owners, results):
+    lls, greedy = defaultdict(list), defaultdict(list)
+    for owner, (ll, is_greedy) in zip(owners, results):
         lls[owner].append(ll)
-    records = [{"gold": item["gold"], "loglikelihoods": lls[i], **choice_metrics(lls[i], item["choices"], item["gold"])}
-               for i, item in enumerate(items)]
+        greedy[owner].append(is_greedy)
+    records = [{"gold": item["gold"], "loglikelihoods": lls[i], "greedy": greedy[i],
+                **choice_metrics(lls[i], item["choices"], item["gold"])} for i, item in enumerate(items)]
     return {**summarize(records, ["acc", "acc_norm"]), "records": records}
 
 
@@ -348,7 +373,7 @@ IGNORED = [re.compile(p) for p in (",", r"\$", r"(?s).*#### ", r"\.$")]  # exact
 def normalize_answer(text: str) -> str:
     for pattern in IGNORED:
         text = pattern.sub("", text)
-    return text.strip().lower()
+    return text.lower()  # ignore_case; the harness strips nothing else
 
 
 def extract_answers(generation: str) -> tuple[str, str]:
@@ -375,7 +400,7 @@ def generate_until(model: Fox, tokenizer: Tokenizer, prompt: list[int], stops: S
         new += out
         if len(out) < wanted or any(stop in tokenizer.decode(new) for stop in stops):  # <eos>, or a stop string
             break
-    text = tokenizer.decode(new)
+    text = tokenizer.decode([t for t in new if t not in tokenizer.special_ids])  # as skip_special_tokens
     for stop in stops:
         text = text.split(stop)[0]
     return text
@@ -394,14 +419,14 @@ def score_generation(model: Fox, tokenizer: Tokenizer, items: Sequence[dict], *,
         generation = generate_until(model, tokenizer, prompt, GSM8K_STOPS, max_new_tokens, eos=eos)
         strict, flexible = extract_answers(generation)
         gold = normalize_answer(item["choices"][0])
-        records.append({"generation": generation, "answer": strict, "gold": gold,
+        records.append({"generation": generation, "answer": strict, "answer_flexible": flexible, "gold": gold,
                         "exact_match": float(normalize_answer(strict) == gold),
                         "exact_match_flexible": float(normalize_answer(flexible) == gold)})
     return {**summarize(records, ["exact_match", "exact_match_flexible"]), "records": records}
 
 
 # --------------------------------------------------------------------------------------------------
-# Data: JSONL records -> items {"query", "choices", "gold"}
+# Data: records (JSONL lines, Parquet rows, Hub rows) -> items {"query", "choices", "gold", "doc"}
 
 
 class MissingField(KeyError):
@@ -465,7 +490,8 @@ def hellaswag_item(record: dict) -> dict:
         context = need(record, "ctx")
     endings = [hellaswag_preprocess(e) for e in as_choices(need(record, "endings"), "endings")]
     query = hellaswag_preprocess(need(record, "activity_label") + ": " + context)
-    return {"query": query, "choices": endings, "gold": as_index(need(record, "label"), len(endings), "label")}
+    item = {"query": query, "choices": endings, "gold": as_index(need(record, "label"), len(endings), "label")}
+    return {**item, "doc": {**record, **item}}  # the harness's process_docs adds these fields to the record
 
 
 def arc_item(record: dict) -> dict:
@@ -541,15 +567,20 @@ def with_simple_form(make_item: Callable[[dict], dict]) -> Callable[[dict], dict
 
 @dataclass(frozen=True)
 class Task:
-    name: str
+    name: str  # the harness's task name
     files: tuple[str, ...]  # file name stems tried under --data, in order
+    hub: tuple[str, str | None]  # the Hub dataset and config the harness loads (--hf, and Hub downloads under --data)
     split: str  # the harness's evaluation split
-    fewshot_split: str | None  # where few-shot examples come from when the file exists
+    fewshot_split: str | None  # where few-shot examples come from (None: the evaluation split, as the harness)
     make_item: Callable[[dict], dict]
     kind: str  # "choice" (multiple choice), "word" (LAMBADA) or "generate" (GSM8k)
     metrics: tuple[str, ...]  # reported, first one first
     shots: int = 0  # default few-shot count
     first_n: bool = False  # few-shot examples are the first n of the split (MMLU), not a random draw
+    # the harness hands its sampler the scored doc to leave out (where its yaml's fewshot_split equals its
+    # test_split: both unset for hellaswag, piqa and winogrande, so it draws n + 1 even from the train split)
+    drops_scored: bool = False
+    version: float = 1.0  # the harness's task version, for its results file
     description: Callable[[dict], str] = lambda item: ""  # text before the examples
 
 
@@ -559,83 +590,220 @@ def mmlu_description(item: dict) -> str:
 
 
 TASKS: dict[str, Task] = {task.name: task for task in [
-    Task("hellaswag", ("hellaswag",), "validation", "train", with_simple_form(hellaswag_item), "choice", ("acc", "acc_norm")),
-    Task("arc_easy", ("arc_easy", "ARC-Easy"), "test", "train", arc_item, "choice", ("acc", "acc_norm")),
-    Task("arc_challenge", ("arc_challenge", "ARC-Challenge"), "test", "train", arc_item, "choice", ("acc", "acc_norm")),
-    Task("piqa", ("piqa",), "validation", "train", with_simple_form(piqa_item), "choice", ("acc", "acc_norm")),
-    Task("winogrande", ("winogrande", "winogrande_xl"), "validation", "train", with_simple_form(winogrande_item),
-         "choice", ("acc",)),
-    Task("mmlu", ("mmlu",), "test", "dev", with_simple_form(mmlu_item), "choice", ("acc",), shots=5, first_n=True,
-         description=mmlu_description),
-    Task("lambada", ("lambada_openai", "lambada"), "test", None, lambada_item, "word", ("acc", "perplexity")),
-    Task("gsm8k", ("gsm8k",), "test", "train", gsm8k_item, "generate", ("exact_match", "exact_match_flexible"), shots=5),
+    Task("hellaswag", ("hellaswag",), ("Rowan/hellaswag", None), "validation", "train", with_simple_form(hellaswag_item),
+         "choice", ("acc", "acc_norm"), drops_scored=True),
+    Task("arc_easy", ("arc_easy", "ARC-Easy"), ("allenai/ai2_arc", "ARC-Easy"), "test", "train", arc_item, "choice",
+         ("acc", "acc_norm")),
+    Task("arc_challenge", ("arc_challenge", "ARC-Challenge"), ("allenai/ai2_arc", "ARC-Challenge"), "test", "train",
+         arc_item, "choice", ("acc", "acc_norm")),
+    Task("piqa", ("piqa",), ("baber/piqa", None), "validation", "train", with_simple_form(piqa_item), "choice",
+         ("acc", "acc_norm"), drops_scored=True),
+    Task("winogrande", ("winogrande", "winogrande_xl"), ("allenai/winogrande", "winogrande_xl"), "validation", "train",
+         with_simple_form(winogrande_item), "choice", ("acc",), drops_scored=True),
+    Task("mmlu", ("mmlu",), ("cais/mmlu", "all"), "test", "dev", with_simple_form(mmlu_item), "choice", ("acc",),
+         shots=5, first_n=True, version=2, description=mmlu_description),
+    Task("lambada_openai", ("lambada_openai", "lambada"), ("EleutherAI/lambada_openai", "default"), "test", None,
+         lambada_item, "word", ("acc", "perplexity")),
+    Task("gsm8k", ("gsm8k",), ("openai/gsm8k", "main"), "test", "train", gsm8k_item, "generate",
+         ("exact_match", "exact_match_flexible"), shots=5, version=3.0),
 ]}
+ALIASES = {"lambada": "lambada_openai"}  # eval.py's earlier name
 SPLIT_NAMES = {"validation": ("validation", "val"), "test": ("test",), "train": ("train",), "dev": ("dev",)}
+EXTENSIONS = (".jsonl", ".parquet")
+
+
+def task_named(name: str) -> Task | None:
+    return TASKS.get(ALIASES.get(name, name))
 
 
 def file_names(task: Task, split: str, plain: bool) -> list[str]:
-    """<name>_<split>.jsonl, <name>/<split>.jsonl and, with plain (the scored split), <name>.jsonl."""
-    return [name for stem in task.files for name in
-            [f"{stem}_{s}.jsonl" for s in SPLIT_NAMES[split]] + [f"{stem}/{s}.jsonl" for s in SPLIT_NAMES[split]]
-            + ([f"{stem}.jsonl"] if plain else [])]
+    """<name>_<split>.jsonl, <name>/<split>.jsonl and, with plain (the scored split), <name>.jsonl; each
+    also as .parquet."""
+    return [name for stem in task.files for extension in EXTENSIONS for name in
+            [f"{stem}_{s}{extension}" for s in SPLIT_NAMES[split]] + [f"{stem}/{s}{extension}" for s in SPLIT_NAMES[split]]
+            + ([f"{stem}{extension}"] if plain else [])]
 
 
-def find_file(directory: Path, task: Task, split: str, plain: bool) -> Path | None:
-    return next((directory / name for name in file_names(task, split, plain) if (directory / name).is_file()), None)
+def is_split_file(path: Path, split: str) -> bool:
+    """How the Hub names a split's files: <split>-00000-of-00001.parquet, <split>.jsonl, lambada_<split>.jsonl,
+    or any file in a <split>/ folder (its Parquet conversion: <config>/<split>/0000.parquet)."""
+    stem = path.name[:-len(path.suffix)]
+    return stem == split or stem.startswith(f"{split}-") or stem.endswith(f"_{split}") or path.parent.name == split
 
 
-def read_items(path: Path, task: Task) -> list[dict]:
-    """Every line of a JSONL file as an item of `task`; any bad line is an EvalError naming file:line."""
-    lines = read_text(path).splitlines()
-    items = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
+def hub_files(directory: Path, task: Task, split: str) -> list[Path]:
+    """The split's files in a Hub dataset repository downloaded into DIR/<name>/ (or DIR/<dataset>/, e.g.
+    ai2_arc/), read from the task's config folder when it has one (ARC-Easy/, winogrande_xl/, main/, all/):
+    every shard, in order. Files of one split in two folders are refused rather than mixed."""
+    repository, config = task.hub
+    for stem in (*task.files, repository.split("/")[-1]):
+        root = directory / stem / config if config and (directory / stem / config).is_dir() else directory / stem
+        files = sorted(p for p in root.rglob("*") if p.suffix in EXTENSIONS and p.is_file()) if root.is_dir() else []
+        for name, extension in ((name, extension) for name in SPLIT_NAMES[split] for extension in EXTENSIONS):
+            found = [p for p in files if p.suffix == extension and is_split_file(p, name)]
+            if len({p.parent for p in found}) > 1:
+                raise EvalError(f"{root}: {task.name} {split} files in several folders "
+                                f"({', '.join(sorted({str(p.parent) for p in found}))}); give --data one of them")
+            if found:
+                return found
+    return []
+
+
+def find_files(directory: Path, task: Task, split: str, plain: bool) -> list[Path]:
+    """The split's file(s) under --data: one of `file_names`, else a Hub download (`hub_files`); [] if none."""
+    named = next((directory / name for name in file_names(task, split, plain) if (directory / name).is_file()), None)
+    return [named] if named else hub_files(directory, task, split)
+
+
+def first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
+    """(where, record) for each non-blank line of a JSONL file."""
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EvalError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+            yield f"{path}:{number}", record
+
+
+def parquet_records(path: Path) -> Iterator[tuple[str, object]]:
+    """(where, record) for each row of a Parquet file, one row group in memory at a time (needs pyarrow)."""
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise EvalError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+
+    def failed(e: Exception) -> EvalError:
+        return EvalError(f"{path}: not a Parquet file eval.py can read ({first_line(e)})")
+
+    try:
+        parquet = pyarrow.parquet.ParquetFile(path)
+    except (pyarrow.ArrowException, OSError) as e:
+        raise failed(e) from None
+    number = 0
+    for group in range(parquet.num_row_groups):
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EvalError(f"{where}: not valid JSON ({e.msg})") from None
+            rows = parquet.read_row_group(group).to_pylist()
+        except (pyarrow.ArrowException, OSError) as e:
+            raise failed(e) from None
+        for row in rows:
+            number += 1
+            yield f"{path}: row {number}", row
+
+
+def hub_records(task: Task, split: str) -> Iterator[tuple[str, object]]:
+    """(where, record) for each row of the task's Hub dataset split, through `datasets` (which caches it)."""
+    try:
+        import datasets
+    except ImportError:
+        raise EvalError("--hf needs the datasets package (pip install datasets)") from None
+    repository, config = task.hub
+    name = f"{repository}{f' ({config})' if config else ''} {split}"
+    try:
+        rows = datasets.load_dataset(repository, config, split=split)
+    except Exception as e:  # no network, no such split, a changed repository: datasets raises many kinds
+        raise EvalError(f"--hf: cannot load {name} ({type(e).__name__}: {first_line(e)[:200]})") from None
+    yield from ((f"{name}, row {number}", row) for number, row in enumerate(rows, start=1))
+
+
+def read_items(records: Iterator[tuple[str, object]], task: Task, name: str) -> list[dict]:
+    """Every record as an item of `task` (with the record as its "doc"); a bad one is an EvalError naming
+    where it is (file:line, file: row N). name: the source, for the empty-file error."""
+    items = []
+    for where, record in records:
         if not isinstance(record, dict):
             raise EvalError(f"{where}: expected a JSON object, got {type(record).__name__}")
         try:
-            items.append(task.make_item(record))
+            items.append({"doc": record, **task.make_item(record)})
         except MissingField as e:
             raise EvalError(f"{where}: no field {e.args[0]!r}; not a {task.name} layout eval.py knows "
                             f"(fields here: {', '.join(sorted(record))})") from None
         except (TypeError, ValueError, AttributeError) as e:
             raise EvalError(f"{where}: {task.name} record has a field of the wrong kind ({e})") from None
     if not items:
-        raise EvalError(f"{path}: no items (the file is empty)")
+        raise EvalError(f"{name}: no items (the file is empty)")
     return items
+
+
+def read_files(paths: Sequence[Path], task: Task) -> list[dict]:
+    """The items of a split's file(s), JSONL or Parquet by extension."""
+    def records(path: Path) -> Iterator[tuple[str, object]]:
+        return parquet_records(path) if path.suffix == ".parquet" else jsonl_records(path)
+
+    return read_items((record for path in paths for record in records(path)), task, str(paths[0]))
 
 
 # --------------------------------------------------------------------------------------------------
 # Few-shot prompts and subsets
 
 
-def fewshot_prefixes(task: Task, items: Sequence[dict], indices: Sequence[int], pool: Sequence[dict],
-                     pool_is_eval: bool, shots: int, seed: int, pool_name: str) -> list[str]:
-    """Per scored item: description + `shots` worked examples, each "context + ' ' + gold choice", each
-    followed by a blank line (the harness's fewshot_delimiter). Examples are drawn per item from a
-    generator seeded with (seed, task, item index), so a --limit subset gets the same prompts; when the
-    pool is the scored file itself, the item being scored is never one of its examples (as the harness,
-    draw one more and drop it)."""
-    by_subject = defaultdict(list)  # MMLU takes the first n examples of the item's own subject
+def example_text(task: Task, example: dict) -> str:
+    """A worked example as the harness writes it: its context, " ", its answer. LAMBADA's answer is
+    " " + the word (the continuation it scores), so its examples have two spaces before the word, as there."""
+    answer = example["choices"][example["gold"]]
+    return item_contexts(example)[example["gold"]] + " " + (" " + answer if task.kind == "word" else answer)
+
+
+def draw(rng: random.Random, pool: Sequence[dict], shots: int, scored: dict | None) -> list[int]:
+    """Pool indices of `shots` examples, drawn as the harness's ContextSampler.sample draws them: without
+    `scored`, rng.sample of `shots`; with it (the doc to leave out), `shots` + 1, minus any equal to it, the
+    first `shots` of those, and if that leaves too few (it was drawn twice), a new draw from the rest.
+    Fewer than `shots` when the pool has too few."""
+    count = min(shots + (scored is not None), len(pool))
+    drawn = [i for i in rng.sample(range(len(pool)), count) if scored is None or pool[i]["doc"] != scored][:shots]
+    if len(drawn) < shots and scored is not None:
+        others = [i for i, example in enumerate(pool) if example["doc"] != scored]
+        drawn = rng.sample(others, min(shots, len(others)))
+    return drawn
+
+
+def drawn_examples(task: Task, items: Sequence[dict], indices: Sequence[int], pool: Sequence[dict], pool_is_eval: bool,
+                   shots: int, seed: int, match_harness: bool) -> dict[int, list[int]]:
+    """{scored index: its examples' pool indices}, from one random.Random(seed) stream drawn for every
+    document in order, as the harness draws them: an item gets the examples it gets in a full run whatever
+    subset is scored. The scored doc is left out where the harness leaves it out (`Task.drops_scored`) and
+    wherever the pool is the scored split itself, except, with match_harness, where the harness's own pool
+    is that split (LAMBADA), which it does not guard."""
+    harness_pool = match_harness and task.fewshot_split is None
+    leave_out = task.drops_scored or (pool_is_eval and not harness_pool)
+    rng, wanted, chosen = random.Random(seed), set(indices), {}
+    for index in range(max(indices) + 1):
+        examples = draw(rng, pool, shots, items[index]["doc"] if leave_out else None)
+        if index in wanted:
+            chosen[index] = examples
+    return chosen
+
+
+def first_examples(items: Sequence[dict], indices: Sequence[int], pool: Sequence[dict], pool_is_eval: bool,
+                   shots: int) -> dict[int, list[int]]:
+    """{scored index: its examples' pool indices}: the first `shots` of its subject (MMLU, the harness's
+    first_n sampler over each subject's dev split), never the item itself when the pool is the scored split."""
+    by_subject = defaultdict(list)
     for i, example in enumerate(pool):
         by_subject[example.get("subject", "")].append(i)
+    return {index: [i for i in by_subject[items[index].get("subject", "")][:shots + 1]
+                    if not (pool_is_eval and i == index)][:shots] for index in indices}
+
+
+def fewshot_prefixes(task: Task, items: Sequence[dict], indices: Sequence[int], pool: Sequence[dict],
+                     pool_is_eval: bool, shots: int, seed: int, pool_name: str, match_harness: bool = False) -> list[str]:
+    """Per scored item (indices into items, ascending): the task's description + `shots` worked examples
+    (`example_text`), each followed by a blank line (the harness's fewshot_delimiter)."""
+    if not shots or not indices:
+        return [task.description(items[index]) for index in indices]
+    chosen = (first_examples(items, indices, pool, pool_is_eval, shots) if task.first_n else
+              drawn_examples(task, items, indices, pool, pool_is_eval, shots, seed, match_harness))
     prefixes = []
     for index in indices:
-        item = items[index]
-        if task.first_n:
-            drawn = by_subject[item.get("subject", "")][:shots + 1]
-        else:
-            drawn = random.Random(f"{seed}-{task.name}-{index}").sample(range(len(pool)), min(shots + 1, len(pool)))
-        chosen = [i for i in drawn if not (pool_is_eval and i == index)][:shots]
-        if len(chosen) < shots:
-            raise EvalError(f"{pool_name}: only {len(chosen)} few-shot examples for {task.name} (--shots {shots})")
-        examples = [item_contexts(pool[i])[pool[i]["gold"]] + " " + pool[i]["choices"][pool[i]["gold"]] for i in chosen]
-        prefixes.append(task.description(item) + "".join(example + "\n\n" for example in examples))
+        if len(chosen[index]) < shots:
+            raise EvalError(f"{pool_name}: only {len(chosen[index])} few-shot examples for {task.name} (--shots {shots})")
+        examples = "".join(example_text(task, pool[i]) + "\n\n" for i in chosen[index])
+        prefixes.append(task.description(items[index]) + examples)
     return prefixes
 
 
@@ -646,6 +814,67 @@ def subset(count: int, limit: int | None, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(count), limit))
 
 
+def first_items(items: Sequence[dict], limit: int | None, per_subject: bool) -> list[int]:
+    """The harness's --limit: the first `limit` items, of each subject for MMLU (one harness task per subject)."""
+    taken: dict[str, int] = defaultdict(int)
+    chosen = []
+    for index, item in enumerate(items):
+        key = item.get("subject", "") if per_subject else ""
+        if limit is None or taken[key] < limit:
+            taken[key] += 1
+            chosen.append(index)
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-item records in the harness's samples shape (--output-path)
+
+
+def harness_sample(doc_id: int, item: dict, target: object, arguments: list[tuple], resps: list, filtered: list,
+                   filter_name: str, metrics: dict) -> dict:
+    """One line of the harness's samples_<task>_<date>.jsonl as its evaluation tracker writes it: arguments as
+    {"gen_args_i": {"arg_j": ...}}, responses as strings, and the hashes it compares runs by."""
+    def text(value: object) -> object:
+        return [text(v) for v in value] if isinstance(value, (list, tuple)) else str(value)
+
+    def sha256(value: str) -> str:
+        return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+    doc = json.dumps(item["doc"], indent=2, ensure_ascii=False, default=str)
+    return {"doc_id": doc_id, "doc": item["doc"], "target": str(target),
+            "arguments": {f"gen_args_{i}": {f"arg_{j}": arg for j, arg in enumerate(args)}
+                          for i, args in enumerate(arguments)},
+            "resps": text(resps), "filtered_resps": text(filtered), "filter": filter_name, "metrics": list(metrics),
+            "doc_hash": sha256(doc), "prompt_hash": sha256(arguments[0][0]), "target_hash": sha256(str(target)),
+            **metrics}
+
+
+def harness_samples(task: Task, items: Sequence[dict], indices: Sequence[int], prefixes: Sequence[str],
+                    records: Sequence[dict]) -> list[dict]:
+    """The harness's per-sample records of a task: its requests (arguments), each request's (log-likelihood,
+    greedy) or generation (resps), what its filter kept (filtered_resps), the target and the metrics.
+    GSM8k has one per item for each of its two filters, strict-match first, as the harness writes them."""
+    scored = [(i, items[i], prefix, record) for i, prefix, record in zip(indices, prefixes, records)]
+    if task.kind == "generate":
+        return [harness_sample(i, item, item["choices"][0], [(prefix + item["query"], GSM8K_GENERATION)],
+                               [[record["generation"]]], [record[answer]], name, {"exact_match": record[metric]})
+                for name, answer, metric in (("strict-match", "answer", "exact_match"),
+                                             ("flexible-extract", "answer_flexible", "exact_match_flexible"))
+                for i, item, prefix, record in scored]
+    samples = []
+    for i, item, prefix, record in scored:
+        arguments = [(prefix + context, " " + choice) for context, choice in zip(item_contexts(item), item["choices"])]
+        if task.kind == "word":
+            pairs = [(record["loglikelihood"], record["acc"] == 1.0)]
+            target, metrics = " " + item["choices"][0], {"perplexity": record["loglikelihood"], "acc": int(record["acc"])}
+        else:  # Winogrande's target is the continuation its options share, the others' the gold index
+            pairs = list(zip(record["loglikelihoods"], record["greedy"]))
+            target = item["choices"][0] if isinstance(item["query"], list) else item["gold"]
+            metrics = {metric: record[metric] for metric in task.metrics}
+        samples.append(harness_sample(i, item, target, arguments, [[pair] for pair in pairs], pairs, "none", metrics))
+    return samples
+
+
 # --------------------------------------------------------------------------------------------------
 # Running tasks
 
@@ -654,40 +883,67 @@ def subset(count: int, limit: int | None, seed: int) -> list[int]:
 class TaskResult:
     task: str
     shots: int
-    items: int
+    items: int  # scored
+    total: int  # in the split
     seconds: float
     metrics: dict[str, float]  # metric and metric_stderr
-    records: list[dict]
+    records: list[dict]  # per item, for --out
+    samples: list[dict]  # per item (GSM8k: per item and filter), in the harness's samples shape
 
 
-def run_task(model: Fox, tokenizer: Tokenizer, task: Task, data: Path, *, shots: int, limit: int | None, seed: int,
-             batch_size: int, bos: bool | int, eos: Sequence[int], fewshot_from: Path | None,
-             max_new_tokens: int) -> TaskResult:
-    """Load the task's file under `data`, build the few-shot prompts, score and summarize."""
-    path = find_file(data, task, task.split, plain=True)
-    if path is None:
-        raise EvalError(f"{data}: no {task.name} file (looked for {', '.join(file_names(task, task.split, True))})")
-    items = read_items(path, task)
-    indices = subset(len(items), limit, seed)
-    pool_path = fewshot_from or (find_file(data, task, task.fewshot_split, plain=False) if task.fewshot_split else None)
-    pool_path = pool_path if shots else None
-    pool = read_items(pool_path, task) if pool_path else items
-    prefixes = fewshot_prefixes(task, items, indices, pool, pool_path is None, shots, seed, str(pool_path or path))
-    chosen = [items[i] for i in indices]
-    start = time.perf_counter()
+def load_split(task: Task, split: str, data: Path | None, plain: bool) -> tuple[list[dict], str] | None:
+    """(items, where they come from) of a split: files under `data`, or the Hub (--hf) when data is None;
+    None when `data` has no file for it."""
+    if data is None:
+        return read_items(hub_records(task, split), task, f"--hf {task.hub[0]}"), f"{task.hub[0]} {split}"
+    paths = find_files(data, task, split, plain)
+    return (read_files(paths, task), str(paths[0])) if paths else None
+
+
+def missing_file(data: Path, task: Task) -> EvalError:
+    names = [name for name in file_names(task, task.split, True) if name.endswith(".jsonl")]
+    return EvalError(f"{data}: no {task.name} file (looked for {', '.join(names)}, each also .parquet, and a Hub "
+                     f"download in {task.files[0]}/)")
+
+
+def score_items(model: Fox, tokenizer: Tokenizer, task: Task, items: Sequence[dict], prefixes: Sequence[str], *,
+                batch_size: int, bos: bool | int, eos: Sequence[int], max_new_tokens: int) -> dict:
     if task.kind == "choice":
-        scored = score_multiple_choice(model, tokenizer, chosen, prefixes=prefixes, batch_size=batch_size, bos=bos,
-                                       progress=task.name)
-    elif task.kind == "word":
-        scored = score_last_word(model, tokenizer, chosen, prefixes=prefixes, batch_size=batch_size, bos=bos,
-                                 progress=task.name)
-    else:
-        scored = score_generation(model, tokenizer, chosen, prefixes=prefixes, bos=bos, eos=eos,
-                                  max_new_tokens=max_new_tokens, progress=task.name)
+        return score_multiple_choice(model, tokenizer, items, prefixes=prefixes, batch_size=batch_size, bos=bos,
+                                     progress=task.name)
+    if task.kind == "word":
+        return score_last_word(model, tokenizer, items, prefixes=prefixes, batch_size=batch_size, bos=bos,
+                               progress=task.name)
+    return score_generation(model, tokenizer, items, prefixes=prefixes, bos=bos, eos=eos, max_new_tokens=max_new_tokens,
+                            progress=task.name)
+
+
+def run_task(model: Fox, tokenizer: Tokenizer, task: Task, data: Path | None, *, shots: int, limit: int | None,
+             seed: int, batch_size: int, bos: bool | int, eos: Sequence[int], fewshot_from: Path | None,
+             max_new_tokens: int, match_harness: bool = False) -> TaskResult:
+    """Load the task's split (from `data`, or the Hub when None), pick the items, build the few-shot
+    prompts, score and summarize. match_harness: --limit takes the first items, and LAMBADA's examples
+    follow the harness (`drawn_examples`)."""
+    loaded = load_split(task, task.split, data, plain=True)
+    if loaded is None:
+        raise missing_file(data, task)
+    items, name = loaded
+    indices = first_items(items, limit, task.first_n) if match_harness else subset(len(items), limit, seed)
+    pool, pool_name = items, name
+    if shots and fewshot_from:
+        pool, pool_name = read_files([fewshot_from], task), str(fewshot_from)
+    elif shots and task.fewshot_split:
+        pool, pool_name = load_split(task, task.fewshot_split, data, plain=False) or (pool, pool_name)
+    prefixes = fewshot_prefixes(task, items, indices, pool, pool is items, shots, seed, pool_name, match_harness)
+    start = time.perf_counter()
+    scored = score_items(model, tokenizer, task, [items[i] for i in indices], prefixes, batch_size=batch_size, bos=bos,
+                         eos=eos, max_new_tokens=max_new_tokens)
     seconds = time.perf_counter() - start
+    records = scored.pop("records")
+    samples = harness_samples(task, items, indices, prefixes, records)
     records = [{"task": task.name, "index": i, "query": item_contexts(items[i])[0], **record}
-               for i, record in zip(indices, scored.pop("records"))]
-    return TaskResult(task.name, shots, len(indices), seconds, scored, records)
+               for i, record in zip(indices, records)]
+    return TaskResult(task.name, shots, len(indices), len(items), seconds, scored, records, samples)
 
 
 def format_table(results: Sequence[TaskResult]) -> str:
@@ -722,6 +978,64 @@ def write_records(path: Path, results: Sequence[TaskResult]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# The harness's results file (--output-path)
+
+
+def harness_metric(metric: str) -> tuple[str, str]:
+    """Our metric name -> the harness's (metric, filter): GSM8k's two exact matches are one metric, two filters."""
+    return {"exact_match": ("exact_match", "strict-match"),
+            "exact_match_flexible": ("exact_match", "flexible-extract")}.get(metric, (metric, "none"))
+
+
+def harness_task_entry(result: TaskResult) -> dict:
+    """results[task] as the harness writes it: "acc,none", "acc_stderr,none" ("N/A" where undefined), ..."""
+    entry = {"name": result.task, "alias": result.task, "sample_len": result.items}
+    for metric in TASKS[result.task].metrics:
+        name, filter_name = harness_metric(metric)
+        stderr = result.metrics[f"{metric}_stderr"]
+        entry[f"{name},{filter_name}"] = result.metrics[metric]
+        entry[f"{name}_stderr,{filter_name}"] = "N/A" if math.isnan(stderr) else stderr
+    return entry
+
+
+def harness_results(results: Sequence[TaskResult], config: dict) -> dict:
+    """The harness's results_<date>.json: results, configs, versions, n-shot, higher_is_better, n-samples,
+    config (how it was run) and task_hashes."""
+    kinds = {"choice": "multiple_choice", "word": "loglikelihood", "generate": "generate_until"}
+    tasks = [(result, TASKS[result.task]) for result in results]
+    return {
+        "results": {r.task: harness_task_entry(r) for r in results},
+        "group_subtasks": {r.task: [] for r in results},
+        "configs": {r.task: {"task": r.task, "dataset_path": t.hub[0], "dataset_name": t.hub[1], "num_fewshot": r.shots,
+                             "output_type": kinds[t.kind], "target_delimiter": " ", "fewshot_delimiter": "\n\n"}
+                    for r, t in tasks},
+        "versions": {r.task: t.version for r, t in tasks},
+        "n-shot": {r.task: r.shots for r in results},
+        "higher_is_better": {r.task: {harness_metric(m)[0]: m != "perplexity" for m in t.metrics} for r, t in tasks},
+        "n-samples": {r.task: {"original": r.total, "effective": r.items} for r in results},
+        "config": config,
+        "task_hashes": {r.task: hashlib.sha256("".join(s["doc_hash"] + s["prompt_hash"] + s["target_hash"]
+                                                        for s in r.samples).encode()).hexdigest() for r in results},
+        "date": time.time(),
+    }
+
+
+def write_harness_output(directory: Path, results: Sequence[TaskResult], config: dict) -> list[Path]:
+    """results_<date>.json and samples_<task>_<date>.jsonl in `directory`, named as the harness names them
+    (its tools find them by these names), each written whole or not at all."""
+    date = datetime.now().isoformat().replace(":", "-")
+    paths = [directory / f"samples_{result.task}_{date}.jsonl" for result in results]
+    try:
+        for path, result in zip(paths, results):
+            write_atomic(path, "".join(json.dumps(s, ensure_ascii=False, default=str) + "\n" for s in result.samples))
+        paths.append(directory / f"results_{date}.json")
+        write_atomic(paths[-1], json.dumps(harness_results(results, config), indent=2, ensure_ascii=False, default=str))
+    except OSError as e:
+        raise EvalError(f"{directory}: cannot write the harness's results there ({e.strerror})") from None
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -732,36 +1046,46 @@ def parse_shots(text: str | None, tasks: Sequence[str]) -> dict[str, int]:
         return shots
     for part in text.split(","):
         name, _, count = part.rpartition("=")
-        if name and name not in TASKS:
+        if name and task_named(name) is None:
             raise EvalError(f"--shots: unknown task {name!r}")
         if not count.isdigit():
             raise EvalError(f"--shots: {part!r} is not N or task=N")
-        shots.update({name: int(count)} if name else dict.fromkeys(shots, int(count)))
+        shots.update({task_named(name).name: int(count)} if name else dict.fromkeys(shots, int(count)))
     return {name: shots[name] for name in tasks}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Score a Fox checkpoint on benchmarks, as lm-evaluation-harness does.",
-                                epilog="Data files: DIR/<name>_<split>.jsonl, e.g. hellaswag_val.jsonl, "
-                                       "arc_easy_test.jsonl, lambada_openai_test.jsonl, mmlu_test.jsonl + mmlu_dev.jsonl "
-                                       "(see the module docstring).")
+                                epilog="Data files: DIR/<name>_<split>.jsonl or .parquet, e.g. "
+                                       "hellaswag_validation.jsonl, arc_easy_test.parquet, lambada_openai_test.jsonl, "
+                                       "mmlu_test.jsonl + mmlu_dev.jsonl, or Hub downloads in DIR/<name>/ (see the "
+                                       "module docstring).")
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="our export or a Llama-format directory (default: %(default)s)")
     p.add_argument("--tokenizer", help="tokenizer.txt, tokenizer.json or a folder (default: the checkpoint's own)")
-    p.add_argument("--tasks", default="hellaswag,arc_easy,arc_challenge,lambada",
+    p.add_argument("--tasks", default="hellaswag,arc_easy,arc_challenge,lambada_openai",
                    help=f"comma-separated, from {', '.join(TASKS)} (default: %(default)s)")
-    p.add_argument("--data", required=True, help="directory of the tasks' JSONL files")
+    p.add_argument("--data", help="directory of the tasks' JSONL / Parquet files or Hub downloads")
+    p.add_argument("--hf", action="store_true",
+                   help="instead of --data: load each task's Hub dataset as the harness does (needs datasets)")
     p.add_argument("--shots", help="few-shot examples: N for every task, or task=N,... (default: mmlu and gsm8k 5, others 0)")
-    p.add_argument("--fewshot-from", help="JSONL file to draw few-shot examples from (one task only)")
-    p.add_argument("--limit", type=int, help="score a fixed random subset of N items per task (seeded)")
-    p.add_argument("--seed", type=int, default=1234, help="subset and few-shot draws (default: %(default)s)")
+    p.add_argument("--fewshot-from", help="JSONL or Parquet file to draw few-shot examples from (one task only)")
+    p.add_argument("--limit", type=int, help="score N items per task: a fixed seeded random subset (--match-harness: "
+                                             "the first N, per MMLU subject)")
+    p.add_argument("--match-harness", action="store_true",
+                   help="item for item as lm-evaluation-harness: --limit takes the first N items, and LAMBADA's "
+                        "few-shot examples may include the passage scored, as there")
+    p.add_argument("--seed", type=int, default=1234, help="subset and few-shot draws (default: %(default)s, the harness's)")
     p.add_argument("--batch-size", type=int, default=16,
                    help=f"rows (items) per forward at most, and at most {BATCH_TOKENS} padded tokens (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=GSM8K_MAX_NEW_TOKENS, help="gsm8k generation (default: %(default)s)")
-    p.add_argument("--no-bos", dest="bos", action="store_false", help="no <bos> before the context (the harness's default)")
+    p.add_argument("--no-bos", dest="bos", action="store_false",
+                   help="no <bos> before the context (the harness's choice for a tokenizer.json that adds none, as ours)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="(default: %(default)s)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="default: bfloat16 on cuda, float32 on cpu")
     p.add_argument("--out", help="write per-item results here (JSONL)")
+    p.add_argument("--output-path", help="write the harness's results_<date>.json and samples_<task>_<date>.jsonl "
+                                         "into this directory")
     args = p.parse_args(argv)
     check_numbers(p, args, FLAG_RULES)
     return args
@@ -771,18 +1095,30 @@ FLAG_RULES = {"limit": Number(1), "seed": Number(0), "batch_size": Number(1), "m
 
 
 def check_arguments(args: argparse.Namespace) -> list[str]:
-    """The task names, after checking every path argument before anything is loaded."""
-    tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
-    unknown = [name for name in tasks if name not in TASKS]
-    if unknown or not tasks:
+    """The task names (the harness's, once each), after checking every path argument before anything is loaded."""
+    names = [name.strip() for name in args.tasks.split(",") if name.strip()]
+    unknown = [name for name in names if task_named(name) is None]
+    if unknown or not names:
         raise EvalError(f"--tasks: unknown task {unknown[0] if unknown else '(none)'!r}; choose from {', '.join(TASKS)}")
-    if not Path(args.data).is_dir():
+    if (args.data is None) == (not args.hf):
+        raise EvalError("--data DIR or --hf: say where the benchmarks come from (one of them)")
+    if args.data is not None and not Path(args.data).is_dir():
         raise EvalError(f"{args.data}: --data is not a directory")
-    if args.fewshot_from and len(tasks) != 1:
+    if args.fewshot_from and len(names) != 1:
         raise EvalError("--fewshot-from FILE serves one task: pass a single --tasks name")
     if args.out and Path(args.out).exists():
         raise EvalError(f"{args.out}: exists already; --out will not overwrite it")
-    return tasks
+    if args.output_path and Path(args.output_path).exists() and not Path(args.output_path).is_dir():
+        raise EvalError(f"{args.output_path}: --output-path is a file, not a directory")
+    return list(dict.fromkeys(task_named(name).name for name in names))
+
+
+def run_config(args: argparse.Namespace, bos: bool | int, dtype: torch.dtype) -> dict:
+    """How the run was made, for the harness's results file ("config")."""
+    return {"model": "fox1", "model_args": f"ckpt={args.ckpt}", "batch_size": args.batch_size, "device": args.device,
+            "dtype": str(dtype).removeprefix("torch."), "limit": args.limit, "bootstrap_iters": BOOTSTRAP_RESAMPLES,
+            "fewshot_seed": args.seed, "bos": bos is not False, "match_harness": args.match_harness,
+            "data": "hf" if args.hf else args.data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -793,15 +1129,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = parse_device(args.device)
         ckpt = Path(args.ckpt)
         loaded = open_checkpoint(ckpt, args.tokenizer, device, args.dtype)
-        model, tokenizer, bos_id, eos_ids = loaded.model, loaded.tokenizer, loaded.bos_id, loaded.eos_ids
+        model, tokenizer, eos_ids = loaded.model, loaded.tokenizer, loaded.eos_ids
+        bos = loaded.bos_id if args.bos else False
         print(f"{ckpt}: {model.num_params():,} parameters, {loaded.dtype} on {device}", file=sys.stderr)
-        results = [run_task(model, tokenizer, TASKS[name], Path(args.data), shots=shots[name], limit=args.limit,
-                            seed=args.seed, batch_size=args.batch_size, bos=bos_id if args.bos else False, eos=eos_ids,
+        results = [run_task(model, tokenizer, TASKS[name], None if args.hf else Path(args.data), shots=shots[name],
+                            limit=args.limit, seed=args.seed, batch_size=args.batch_size, bos=bos, eos=eos_ids,
                             fewshot_from=Path(args.fewshot_from) if args.fewshot_from else None,
-                            max_new_tokens=args.max_new_tokens)
+                            max_new_tokens=args.max_new_tokens, match_harness=args.match_harness)
                    for name in tasks]
         if args.out:
             write_records(Path(args.out), results)
+        if args.output_path:
+            written = write_harness_output(Path(args.output_path), results, run_config(args, bos, loaded.dtype))
+            print(f"harness results: {written[-1]}", file=sys.stderr)
     except (EvalError, SampleError, CheckpointError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ Measured speeds, with their machines, are in NOTES.md ("Figures behind the code'
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -92,15 +93,23 @@ def quantize_rows_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return quantized, scale.to(weight.dtype)
 
 
-class Int8Linear(nn.Module):
-    """A bias-free linear layer whose weight is int8 with per-row scales: decoding streams a quarter of fp32's
-    bytes."""
+class QuantizedLinear(nn.Module):
+    """A bias-free linear layer whose weight buffer holds quantised values with their scales (`quantize`)."""
+
+    quantize: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    weights_per_element = 1  # weights stored in one element of the `weight` buffer
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
-        quantized, scale = quantize_rows_int8(weight)
+        quantized, scale = type(self).quantize(weight)
         self.register_buffer("weight", quantized)
         self.register_buffer("scale", scale)
+
+
+class Int8Linear(QuantizedLinear):
+    """int8 with per-row scales: decoding streams a quarter of fp32's bytes."""
+
+    quantize = staticmethod(quantize_rows_int8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.scale)
@@ -113,7 +122,7 @@ class Int8Embedding(Int8Linear):
         return self.weight[idx].to(self.scale.dtype) * self.scale[idx, None]
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return linear(hidden, self.weight, self.scale)
+        return Int8Linear.forward(self, hidden)  # the whole table as a matrix
 
 
 INT4_GROUP = 32  # weights sharing one scale: an outlier coarsens only its own 32
@@ -139,14 +148,11 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtyp
     return (q * scale.float()[..., None]).view(rows, -1).to(dtype)
 
 
-class Int4Linear(nn.Module):
-    """A bias-free linear layer with int4 weights in groups of INT4_GROUP (`quantize_groups_int4`)."""
+class Int4Linear(QuantizedLinear):
+    """int4 in groups of INT4_GROUP weights (`quantize_groups_int4`), two to a byte."""
 
-    def __init__(self, weight: torch.Tensor):
-        super().__init__()
-        packed, scale = quantize_groups_int4(weight)
-        self.register_buffer("weight", packed)
-        self.register_buffer("scale", scale)
+    quantize = staticmethod(quantize_groups_int4)
+    weights_per_element = 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, dequantize_int4(self.weight, self.scale, torch.float32))
@@ -156,37 +162,33 @@ class Int4Embedding(Int4Linear):
     """The tied embedding in int4: rows dequantised for the lookup, the whole table as the LM head."""
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return dequantize_int4(self.weight[idx.flatten()], self.scale[idx.flatten()], self.scale.dtype).view(
-            *idx.shape, -1)
+        rows = idx.flatten()
+        return dequantize_int4(self.weight[rows], self.scale[rows], self.scale.dtype).view(*idx.shape, -1)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return linear(hidden, dequantize_int4(self.weight, self.scale, torch.float32))
+        return Int4Linear.forward(self, hidden)  # the whole table as a matrix
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Replace every bias-free matrix of a Fox model (4 per block) and its tied embedding / LM head
     (`embed_tokens`) by int8 versions, in place; norms stay in the model's dtype. For inference only."""
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, nn.Linear) and child.bias is None:
-                setattr(module, name, Int8Linear(child.weight))
-    model.embed_tokens = Int8Embedding(model.embed_tokens.weight)
-    return model
+    return _quantized(model, Int8Linear, Int8Embedding)
 
 
 def quantize_int4(model: nn.Module) -> nn.Module:
-    """`quantize_int8` with int4 groups (`Int4Linear`, `Int4Embedding`): `small`'s matrices take about an eighth
-    of their fp32 bytes. For inference only."""
+    """`quantize_int8` with int4 groups: `small`'s matrices take about an eighth of their fp32 bytes."""
+    return _quantized(model, Int4Linear, Int4Embedding)
+
+
+def _quantized(model: nn.Module, linear_type: type, embedding_type: type) -> nn.Module:
     for module in list(model.modules()):
         for name, child in module.named_children():
             if isinstance(child, nn.Linear) and child.bias is None:
-                setattr(module, name, Int4Linear(child.weight))
-    model.embed_tokens = Int4Embedding(model.embed_tokens.weight)
+                setattr(module, name, linear_type(child.weight))
+    model.embed_tokens = embedding_type(model.embed_tokens.weight)
     return model
 
 
 def quantized_weights(model: nn.Module) -> int:
-    """How many weights the quantised matrices of `model` hold (buffers, not parameters): two per int4 byte."""
-    return sum(m.weight.numel() * (2 if isinstance(m, Int4Linear) else 1) for m in model.modules()
-               if isinstance(m, (Int8Linear, Int4Linear)))
-
+    """How many weights the quantised matrices of `model` hold (buffers, not parameters)."""
+    return sum(m.weight.numel() * m.weights_per_element for m in model.modules() if isinstance(m, QuantizedLinear))
