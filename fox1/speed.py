@@ -7,7 +7,7 @@ bandwidth. On a CPU the library matmul (MKL / oneDNN) is not at its best there, 
   * `column_major`: for eager fp32 decoding, weights stored column by column stream faster through MKL;
   * `quantize_int8`: weight-only int8 with per-row scales (gpt-fast style), a quarter of fp32's bytes;
   * `quantize_int4`: weight-only int4 in groups of 32 weights with a scale each, two weights a byte (an eighth of
-    fp32's bytes, plus the scales), unpacked inside the same compiled loop;
+    fp32's bytes, plus the scales), multiplied by PyTorch's CPU int4 kernel;
   * `CPU_DECODE_INDUCTOR`: inductor settings for the compiled one-row decode step;
   * `native_bf16` / `default_dtype`: bf16 only where the hardware runs it natively.
 Measured speeds, with their machines, are in NOTES.md ("Figures behind the code's choices").
@@ -141,21 +141,43 @@ def quantize_groups_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple
 
 
 def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The (out, in) weights in `dtype` of `quantize_groups_int4`'s output. Under torch.compile this is fused into
-    the loop that reads the packed bytes: the weights are never stored unpacked."""
+    """The (out, in) weights in `dtype` of `quantize_groups_int4`'s output (embedding rows; devices without an int4
+    kernel)."""
     rows = packed.size(0)
     q = torch.stack(((packed & 15), (packed >> 4)), dim=-1).view(rows, scale.size(1), -1).to(torch.float32) - 8
     return (q * scale.float()[..., None]).view(rows, -1).to(dtype)
 
 
 class Int4Linear(QuantizedLinear):
-    """int4 in groups of INT4_GROUP weights (`quantize_groups_int4`), two to a byte."""
+    """int4 in groups of INT4_GROUP weights (`quantize_groups_int4`), two to a byte. On a CPU the weights are also
+    laid out for PyTorch's int4 kernel (`_weight_int4pack_mm_for_cpu`, bf16 rows): its loop reads them far faster
+    than inductor's own over unpacked nibbles."""
 
     quantize = staticmethod(quantize_groups_int4)
     weights_per_element = 2
 
+    def __init__(self, weight: torch.Tensor):
+        super().__init__(weight)
+        self.cpu_kernel = weight.device.type == "cpu"
+        if self.cpu_kernel:
+            nibbles = torch.stack(((self.weight & 15), (self.weight >> 4)), dim=-1).view(weight.size(0), -1)
+            self.register_buffer("kernel_weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                nibbles.to(torch.int32), 1))
+            zeros = torch.zeros_like(self.scale)  # stored values are q + 8: the kernel subtracts the 8 itself
+            self.register_buffer("kernel_scales", torch.stack((self.scale, zeros), dim=-1).transpose(0, 1)
+                                 .contiguous().to(torch.bfloat16))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, dequantize_int4(self.weight, self.scale, torch.float32))
+        if self.cpu_kernel:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, x.size(-1)).to(torch.bfloat16),
+                                                           self.kernel_weight, INT4_GROUP, self.kernel_scales)
+            return y.reshape(*x.shape[:-1], -1).to(x.dtype)
+        return linear_int4(x, self.weight, self.scale)
+
+
+def linear_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x @ W.T for int4 W (`quantize_groups_int4`) where PyTorch has no int4 kernel: dequantised, then F.linear."""
+    return F.linear(x, dequantize_int4(packed, scale, x.dtype))
 
 
 class Int4Embedding(Int4Linear):
