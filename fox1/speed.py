@@ -97,13 +97,15 @@ class QuantizedLinear(nn.Module):
     """A bias-free linear layer whose weight buffer holds quantised values with their scales (`quantize`)."""
 
     quantize: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-    weights_per_element = 1  # weights stored in one element of the `weight` buffer
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
         quantized, scale = type(self).quantize(weight)
         self.register_buffer("weight", quantized)
         self.register_buffer("scale", scale)
+
+    def num_weights(self) -> int:
+        return self.weight.numel()
 
 
 class Int8Linear(QuantizedLinear):
@@ -149,26 +151,29 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtyp
 
 
 class Int4Linear(QuantizedLinear):
-    """int4 in groups of INT4_GROUP weights (`quantize_groups_int4`), two to a byte. On a CPU the weights are also
-    laid out for PyTorch's int4 kernel (`_weight_int4pack_mm_for_cpu`, bf16 rows): its loop reads them far faster
-    than inductor's own over unpacked nibbles."""
+    """int4 in groups of INT4_GROUP weights (`quantize_groups_int4`), two to a byte. On a CPU the weights are kept
+    in the layout of PyTorch's int4 kernel (`_weight_int4pack_mm_for_cpu`, bf16 rows), whose loop reads them far
+    faster than inductor's own over unpacked nibbles."""
 
     quantize = staticmethod(quantize_groups_int4)
-    weights_per_element = 2
 
     def __init__(self, weight: torch.Tensor):
         super().__init__(weight)
-        self.cpu_kernel = weight.device.type == "cpu"
-        if self.cpu_kernel:
+        if weight.device.type == "cpu":
             nibbles = torch.stack(((self.weight & 15), (self.weight >> 4)), dim=-1).view(weight.size(0), -1)
             self.register_buffer("kernel_weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
                 nibbles.to(torch.int32), 1))
             zeros = torch.zeros_like(self.scale)  # stored values are q + 8: the kernel subtracts the 8 itself
             self.register_buffer("kernel_scales", torch.stack((self.scale, zeros), dim=-1).transpose(0, 1)
                                  .contiguous().to(torch.bfloat16))
+            if type(self) is Int4Linear:
+                del self.weight  # one copy of the weights: the kernel's
+
+    def num_weights(self) -> int:
+        return self.scale.numel() * INT4_GROUP
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cpu_kernel:
+        if hasattr(self, "kernel_weight"):
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, x.size(-1)).to(torch.bfloat16),
                                                            self.kernel_weight, INT4_GROUP, self.kernel_scales)
             return y.reshape(*x.shape[:-1], -1).to(x.dtype)
@@ -213,4 +218,4 @@ def _quantized(model: nn.Module, linear_type: type, embedding_type: type) -> nn.
 
 def quantized_weights(model: nn.Module) -> int:
     """How many weights the quantised matrices of `model` hold (buffers, not parameters)."""
-    return sum(m.weight.numel() * m.weights_per_element for m in model.modules() if isinstance(m, QuantizedLinear))
+    return sum(m.num_weights() for m in model.modules() if isinstance(m, QuantizedLinear))
