@@ -6,6 +6,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -507,3 +508,20 @@ def test_fineweb_parquet_and_slimpajama_zst_train_a_tokenizer_and_prepare_with_n
     for split in ("train", "val"):
         web, ref = (TokenSplit(tmp_path / "data", name, split) for name in ("web", "plain"))
         assert web.tokens == ref.tokens > 0 and np.array_equal(web.read(0, web.tokens), ref.read(0, ref.tokens))
+
+
+def test_ctrl_c_during_prepare_is_one_line_and_leaves_nothing_behind(tmp_path, tokenizer_path):
+    documents = make_documents(3000, seed=5, tag="big") * 40  # ~8 MB: a few seconds of encoding
+    source = write_jsonl(tmp_path / "big.jsonl", documents)
+    process = subprocess.Popen([sys.executable, str(Path(data.__file__)), "prepare", "--input", str(source),
+                                "--tokenizer", str(tokenizer_path), "--out", str(tmp_path / "out"), "--name", "big"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list((tmp_path / "out").glob(".big.tmp-*")):  # the preparation has started writing
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("interrupted: nothing was written") and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []  # no source, no staging folder, no lock

@@ -5,8 +5,10 @@ import math
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -193,3 +195,17 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         study.parse_args(["vocab", "--seeds", "0"])
     assert exit_info.value.code == 2 and "--seeds" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_an_experiment_is_one_line(tmp_path):
+    process = subprocess.Popen([sys.executable, str(REPO / "study.py"), "curriculum", "--quick", "--seeds", "1",
+                                "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("corpus/*")):  # the experiment has started
+        assert process.poll() is None and time.time() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == "interrupted: curriculum-quick stopped; its results were not written"
+    assert not (tmp_path / "curriculum-quick.json").exists()
