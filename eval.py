@@ -87,6 +87,7 @@ from tqdm import tqdm
 
 from model import LOSS_CHUNK_ELEMENTS, CheckpointError, Fox
 from sample import SampleError, generate, open_checkpoint, parse_device
+from fox1.documents import parquet_rows
 from fox1.files import InputError, Number, check_numbers, read_text, write_atomic
 from tokenizer import Tokenizer
 
@@ -670,32 +671,6 @@ def jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
             yield f"{path}:{number}", record
 
 
-def parquet_records(path: Path) -> Iterator[tuple[str, object]]:
-    """(where, record) for each row of a Parquet file, one row group in memory at a time (needs pyarrow)."""
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        raise EvalError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
-
-    def failed(e: Exception) -> EvalError:
-        return EvalError(f"{path}: not a Parquet file eval.py can read ({first_line(e)})")
-
-    try:
-        parquet = pyarrow.parquet.ParquetFile(path)
-    except (pyarrow.ArrowException, OSError) as e:
-        raise failed(e) from None
-    number = 0
-    for group in range(parquet.num_row_groups):
-        try:
-            rows = parquet.read_row_group(group).to_pylist()
-        except (pyarrow.ArrowException, OSError) as e:
-            raise failed(e) from None
-        for row in rows:
-            number += 1
-            yield f"{path}: row {number}", row
-
-
 def hub_records(task: Task, split: str) -> Iterator[tuple[str, object]]:
     """(where, record) for each row of the task's Hub dataset split, through `datasets` (which caches it)."""
     try:
@@ -733,7 +708,7 @@ def read_items(records: Iterator[tuple[str, object]], task: Task, name: str) -> 
 def read_files(paths: Sequence[Path], task: Task) -> list[dict]:
     """The items of a split's file(s), JSONL or Parquet by extension."""
     def records(path: Path) -> Iterator[tuple[str, object]]:
-        return parquet_records(path) if path.suffix == ".parquet" else jsonl_records(path)
+        return parquet_rows(path) if path.suffix == ".parquet" else jsonl_records(path)
 
     return read_items((record for path in paths for record in records(path)), task, str(paths[0]))
 

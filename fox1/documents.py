@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import importlib
 import io
 import json
 import re
@@ -150,12 +151,14 @@ class _ZstdFrames(io.RawIOBase):
         super().close()
 
 
-def _optional(package: str, where: object, purpose: str):
-    """An optional package, or a one-line InputError naming the pip package."""
+def _optional(module: str, where: object, purpose: str):
+    """An optional module ("pyarrow.parquet"), or a one-line InputError naming the pip package."""
     try:
-        return __import__(package)
+        importlib.import_module(module.split(".")[0])  # the package itself first, whatever submodules are loaded
+        return importlib.import_module(module)
     except ImportError:
-        raise InputError(f"{where}: to {purpose}, install the optional package: pip install {package}") from None
+        raise InputError(f"{where}: to {purpose}, install the optional package: pip install "
+                         f"{module.split('.')[0]}") from None
 
 
 def _line_documents(path: Path, text_field: str, skip_bad_lines: bool, stats: ReadStats,
@@ -180,18 +183,25 @@ def _line_documents(path: Path, text_field: str, skip_bad_lines: bool, stats: Re
 
 
 def _parquet_documents(path: Path, text_field: str, skip_bad_lines: bool, stats: ReadStats) -> Iterator[str]:
-    """The text_field column, one record batch of a row group at a time."""
-    parquet = _optional("pyarrow", path, "read .parquet files").parquet
+    for where, row in parquet_rows(path, [text_field]):
+        yield from _checked_text(row.get(text_field), where, text_field, skip_bad_lines, stats)
+
+
+def parquet_rows(path: Path, columns: list[str] | None = None) -> Iterator[tuple[str, dict]]:
+    """("file: row N", row) of a Parquet file (those columns, or all), one record batch at a time (pyarrow);
+    a missing column or a damaged file is one InputError line."""
+    parquet = _optional("pyarrow.parquet", path, "read .parquet files")
     try:
         file = parquet.ParquetFile(path)
-        if text_field not in file.schema_arrow.names:
-            raise InputError(f"{path}: no column {text_field!r} (columns: {', '.join(file.schema_arrow.names)}); "
+        missing = [name for name in columns or [] if name not in file.schema_arrow.names]
+        if missing:
+            raise InputError(f"{path}: no column {missing[0]!r} (columns: {', '.join(file.schema_arrow.names)}); "
                              f"name the text column with --text-field")
-        row = 0
-        for batch in file.iter_batches(columns=[text_field], batch_size=1024):
-            for value in batch.column(0).to_pylist():
-                row += 1
-                yield from _checked_text(value, f"{path}: row {row}", text_field, skip_bad_lines, stats)
+        number = 0
+        for batch in file.iter_batches(columns=columns, batch_size=1024):
+            for row in batch.to_pylist():
+                number += 1
+                yield f"{path}: row {number}", row
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
         if isinstance(error, InputError):
             raise

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import eval as ev
+from fox1.files import InputError
 from model import IGNORE_INDEX, Fox, FoxConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -508,7 +509,7 @@ def test_hf_loads_a_dataset_through_datasets(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda path: path.write_bytes(b"PAR1 not really parquet"), "not a Parquet file eval.py can read"),
+    (lambda path: path.write_bytes(b"PAR1 not really parquet"), "not a readable Parquet file"),
     (lambda path: write_parquet(path, [{"text": "a b c"}] * 4 + [{"text": "nospace"}]),
      "row 5: lambada_openai record has a field of the wrong kind"),
     (lambda path: write_parquet(path, [{"passage": "a b"}]), "row 1: no field 'text'"),
@@ -517,7 +518,7 @@ def test_bad_parquet_files_give_one_line_errors(tmp_path, make, message):
     pytest.importorskip("pyarrow")
     path = tmp_path / "lambada_openai_test.parquet"
     make(path)
-    with pytest.raises(ev.EvalError, match=re.escape(message)):
+    with pytest.raises((ev.EvalError, InputError), match=re.escape(message)):
         ev.load_split(ev.TASKS["lambada_openai"], "test", tmp_path, plain=True)
 
 
@@ -532,7 +533,7 @@ def test_a_split_in_two_folders_is_refused_not_mixed(tmp_path):
 
 @pytest.mark.parametrize("package, args, message", [
     ("datasets", ["--hf", "--tasks", "arc_easy"], "--hf needs the datasets package (pip install datasets)"),
-    ("pyarrow", ["--data", "PARQUET", "--tasks", "lambada"], "reading Parquet needs pyarrow (pip install pyarrow)"),
+    ("pyarrow", ["--data", "PARQUET", "--tasks", "lambada"], "to read .parquet files, install the optional package: pip install pyarrow"),
 ])
 def test_a_missing_optional_package_is_named_in_one_line(export, tmp_path, capsys, monkeypatch, package, args, message):
     (tmp_path / "lambada_openai_test.parquet").write_bytes(b"")
