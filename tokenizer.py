@@ -489,10 +489,9 @@ def encode_documents(job: tuple[str, list[str]]) -> tuple[np.ndarray, np.ndarray
     tokenizer_path, documents = job
     tokenizer = cached_tokenizer(tokenizer_path)
     bos, eos = np.array([tokenizer.bos_id], TOKEN_DTYPE), np.array([tokenizer.eos_id], TOKEN_DTYPE)
-    encode = getattr(tokenizer, "encode_to_numpy", None) or (lambda text: np.array(tokenizer.encode(text)))
     pieces, lengths = [], []
     for document in documents:
-        ids = encode(document).astype(TOKEN_DTYPE, copy=False)
+        ids = tokenizer.encode_to_numpy(document).astype(TOKEN_DTYPE, copy=False)
         pieces += [bos, ids, eos]
         lengths.append(len(ids) + 2)
     size = sum(len(document.encode("utf-8", "replace")) for document in documents)

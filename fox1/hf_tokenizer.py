@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import regex
 
 from fox1.files import InputError, write_atomic
@@ -235,6 +236,10 @@ class HFTokenizer:
                         cached = self._cache.get(segment)
                         ids += cached if cached is not None else self._encode_new_word(segment)
         return ids
+
+    def encode_to_numpy(self, text: str) -> np.ndarray:
+        """encode() as a uint32 array (the interface our Tokenizer serves from tiktoken's buffer)."""
+        return np.array(self.encode(text), dtype=np.uint32)
 
     def encode_batch(self, texts: list[str], *, num_threads: int = 8, allow_special: bool = False) -> list[list[int]]:
         """encode() for each text (pure Python holds the GIL: num_threads is accepted for the common interface)."""

@@ -177,12 +177,7 @@ class Int4Linear(QuantizedLinear):
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, x.size(-1)).to(torch.bfloat16),
                                                            self.kernel_weight, INT4_GROUP, self.kernel_scales)
             return y.reshape(*x.shape[:-1], -1).to(x.dtype)
-        return linear_int4(x, self.weight, self.scale)
-
-
-def linear_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x @ W.T for int4 W (`quantize_groups_int4`) where PyTorch has no int4 kernel: dequantised, then F.linear."""
-    return F.linear(x, dequantize_int4(packed, scale, x.dtype))
+        return F.linear(x, dequantize_int4(self.weight, self.scale, x.dtype))  # no int4 kernel here
 
 
 class Int4Embedding(Int4Linear):
