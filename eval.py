@@ -86,9 +86,10 @@ import torch
 from tqdm import tqdm
 
 from model import LOSS_CHUNK_ELEMENTS, CheckpointError, Fox
-from sample import SampleError, generate, open_checkpoint, parse_device
+from sample import SampleError, generate, open_checkpoint
 from fox1.documents import parquet_rows
 from fox1.files import InputError, Number, check_numbers, read_text, write_atomic
+from fox1.machine import parse_device
 from tokenizer import Tokenizer
 
 DEFAULT_CKPT = "out/export"

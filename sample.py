@@ -48,9 +48,9 @@ from tqdm import tqdm
 import data
 from fox1.chat_template import DEFAULT_CHAT_TEMPLATE, load_chat_template
 from fox1.corpus import WRITE_FUNCTION, builtin_conversations
-from fox1.files import InputError, Number, check_numbers, read_text
+from fox1.files import InputError, Number, check_numbers, text_argument
 from fox1.hf_llama import checkpoint_tokens
-from fox1.machine import timed
+from fox1.machine import parse_device, timed
 from fox1.speed import (CPU_DECODE_INDUCTOR, column_major, default_dtype, quantize_int4, quantize_int8,
                         streams_column_major)
 from model import IGNORE_INDEX, CheckpointError, Fox
@@ -510,7 +510,7 @@ def run_chat(model: Fox, tokenizer: Tokenizer, ckpt: Path, args: argparse.Namesp
                            args.top_p)
 
     session = start_chat(model, tokenizer, template, args.system)
-    for text in user_turns(read_prompt(args.prompt)):
+    for text in user_turns(text_argument(args.prompt)):
         stream = TextStream(tokenizer, show_special=args.show_special)
 
         def show(ids: list[int]) -> None:
@@ -534,13 +534,6 @@ def run_chat(model: Fox, tokenizer: Tokenizer, ckpt: Path, args: argparse.Namesp
 
 # --------------------------------------------------------------------------------------------------
 # Command line
-
-
-def read_prompt(prompt: str) -> str:
-    """The prompt text itself, or the contents of a UTF-8 file given as @path."""
-    if not prompt.startswith("@"):
-        return prompt
-    return read_text(Path(prompt[1:]))
 
 
 def open_tokenizer(ckpt: Path, tokenizer_path: str | None) -> Tokenizer:
@@ -568,16 +561,6 @@ def special_ids(ckpt: Path, tokenizer: Tokenizer) -> tuple[int, list[int]]:
     if bos is None:
         raise SampleError(f"{ckpt}: neither the checkpoint nor its tokenizer names a bos token")
     return bos, [i for i in eos if i is not None]
-
-
-def parse_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SampleError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SampleError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def check_checkpoint(ckpt: Path) -> None:
@@ -668,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         device = parse_device(args.device)
-        text = read_prompt(args.prompt)
+        text = text_argument(args.prompt)
         ckpt, loaded = load_for_sampling(args, device)
         model, tokenizer, bos, eos_ids, dtype = (loaded.model, loaded.tokenizer, loaded.bos_id, loaded.eos_ids,
                                                  loaded.dtype)

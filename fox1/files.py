@@ -38,6 +38,11 @@ def read_text(path: Path) -> str:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
 
 
+def text_argument(value: str) -> str:
+    """A command-line text argument: the text itself, or the contents of a UTF-8 file given as @path."""
+    return read_text(Path(value[1:])) if value.startswith("@") else value
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write a file whole or not at all: a temporary file next to it, then a rename (atomic on POSIX and Windows).
     A failed write removes the temporary file and raises OSError; a reader never sees half a file. Creates the

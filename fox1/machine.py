@@ -1,6 +1,6 @@
 """Measuring this machine: timers that include the device's queued work, A/B rounds, and its peaks (matmul
-FLOP/s, copy and read bandwidth), measured rather than taken from a data sheet. bench.py and sample.py time
-with these; MFU and bandwidth shares are fractions of what is measured here.
+FLOP/s, copy and read bandwidth), measured rather than taken from a data sheet; `parse_device` for --device.
+bench.py and sample.py time with these; MFU and bandwidth shares are fractions of what is measured here.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Callable, TypeVar
 
 import torch
 
+from fox1.files import InputError
 from fox1.speed import cpu_flags
 
 Result = TypeVar("Result")
@@ -34,6 +35,17 @@ def timed(call: Callable[[], Result], device: torch.device) -> tuple[Result, flo
     result = call()
     synchronize(device)
     return result, time.perf_counter() - start
+
+
+def parse_device(name: str) -> torch.device:
+    """--device NAME as a torch.device, or a one-line InputError (not a device name; CUDA not available)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine")
+    return device
 
 
 def interleaved_seconds(calls: dict[str, Callable[[], object]], device: torch.device, repeats: int,
