@@ -34,43 +34,26 @@ import argparse
 import itertools
 import concurrent.futures
 import copy
-import json
 import math
 import multiprocessing
 import os
 import re
-import shutil
 import statistics
 import sys
-import tempfile
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-import data
 import sample
-from fox1.corpus import BUILTIN_VAL_FRACTION, builtin_documents
-from fox1.files import Number, check_numbers, read_text
-from fox1.hf_reference import hf_generation, hf_llama, hf_loss, hf_tokenizer_speed, timed_tokenizer
-from fox1.shards import held_out
+from fox1.hf_reference import hf_generation, hf_loss, hf_tokenizer_speed, timed_tokenizer
 from fox1.machine import GB, Machine, interleaved_seconds, read_bandwidth, synchronize, timed
-from fox1.speed import column_major, default_dtype, native_bf16, quantize_int4, quantize_int8, streams_column_major
+from fox1.report import Report, median, ratio, undisturbed, versus
+from fox1.speed import column_major, quantize_int4, quantize_int8, streams_column_major
 from model import Fox, FoxConfig, chunked_cross_entropy
-from tokenizer import DEFAULT_PATTERN, SPECIAL_TOKENS, Tokenizer, load_tokenizer
-
-
-
-def spread(values: list[float], unit: str = "x", digits: int = 2) -> str:
-    """'1.23x (1.10-1.31)': the median and the range over the undisturbed rounds."""
-    values = undisturbed(values)
-    return f"{statistics.median(values):,.{digits}f}{unit} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
+from tokenizer import DEFAULT_PATTERN, SPECIAL_TOKENS, Tokenizer
 
 
 def failure(call: Callable[[], object]) -> str | None:
@@ -268,23 +251,6 @@ def quantized_agreement(model: Fox, approx_model: Fox, tokens: torch.Tensor) -> 
             "quantized_perplexity": float(F.cross_entropy(approx, targets).exp())}
 
 
-def heldout_tokens(args: argparse.Namespace, config: FoxConfig) -> tuple[Fox | None, torch.Tensor]:
-    """(a trained model from --ckpt or None, tokens to score): --heldout text through --ckpt's tokenizer,
-    else random tokens (the random-weight bench model has no text to be right about)."""
-    if args.ckpt is None:
-        return None, torch.randint(config.vocab_size, (1, args.prompt_len * 4), device=args.device)
-    loaded = sample.open_checkpoint(Path(args.ckpt), None, torch.device(args.device), "float32")
-    ids = loaded.tokenizer.encode(read_text(Path(args.heldout)) if args.heldout else builtin_heldout_text())
-    length = min(len(ids), loaded.model.config.context_len - 1)
-    return loaded.model, torch.tensor([[loaded.bos_id] + ids[:length]], device=args.device)
-
-
-def builtin_heldout_text() -> str:
-    """The documents of the built-in stdlib-docs source that data.py holds out of training (its val split)."""
-    documents = builtin_documents("stdlib-docs")
-    return "".join(text for i, text in enumerate(documents) if held_out(np.array(i), BUILTIN_VAL_FRACTION))
-
-
 def decode_step_profile(model: Fox, steps: int = 8) -> dict[str, float]:
     """Seconds per eager decode step (batch 1) in matmuls, attention and everything else (norms, RoPE, the
     KV-cache write, elementwise ops, and the Python between the ops), from torch.profiler."""
@@ -307,55 +273,6 @@ def decode_step_profile(model: Fox, steps: int = 8) -> dict[str, float]:
 
 # --------------------------------------------------------------------------------------------------
 # Report
-
-
-@dataclass
-class Report:
-    """The table (rows added with `add`), lines printed above it (`note`) and every number (`numbers`)."""
-
-    rows: list[tuple[str, str, str, str, str]] = field(default_factory=list)  # what, fox1, reference, ratio, note
-    notes: list[str] = field(default_factory=list)
-    numbers: dict[str, object] = field(default_factory=dict)
-
-    def add(self, what: str, ours: str, reference: str = "", ratio: str = "", note: str = "") -> None:
-        self.rows.append((what, ours, reference, ratio, note))
-
-    def note(self, line: str) -> None:
-        self.notes.append(line)
-
-    def print(self, title: str) -> None:
-        header = ("row", "fox1", "reference", "fox1/ref: median (range)", "note")
-        widths = [max(len(r[i]) for r in [header, *self.rows]) for i in range(5)]
-        print("\n".join([title, *self.notes]))
-        for row in [header, *self.rows]:
-            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-        print(json.dumps(self.numbers))
-
-
-def ratio(ours: float, reference: float) -> str:
-    return f"{ours / reference:.2f}x"
-
-
-def versus(ours: float | list[float], reference: float | list[float] | None, unit: str,
-           name: str = "HF") -> tuple[str, str, str]:
-    """The fox1, reference and ratio cells of a row: medians, and the ratio's median and range over the
-    rounds (a ratio per round). A single number is one round; the reference may be missing."""
-    ours, reference = ([x] if isinstance(x, float) else x for x in (ours, reference or []))
-    cell = f"{median(ours):,.1f} {unit}"
-    if not reference:
-        return cell, f"{name}: not run", ""  # not installed, failed, or --skip-reference
-    ratios = [a / b for a, b in zip(ours, reference)]
-    shown = ratio(ratios[0], 1.0) if len(ratios) == 1 else spread(ratios)
-    return cell, f"{name}: {median(reference):,.1f} {unit}", shown
-
-
-def undisturbed(values: list[float]) -> list[float]:
-    """The rounds that were not disturbed (a disturbed decode round is nan), or [nan] if none was."""
-    return [v for v in values if not math.isnan(v)] or [math.nan]
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(undisturbed(values))
 
 
 def bench_training(args: argparse.Namespace, report: Report, machine: Machine, model: Fox,
@@ -465,11 +382,10 @@ def bound_note(speeds: list[float], model: Fox, machine: Machine) -> str:
             f"weights); {median(speeds) * size / read:.0%} of {read / GB:.1f} GB/s, a sum() over as many bytes")
 
 
-def bench_quantized_accuracy(args: argparse.Namespace, report: Report, model: Fox,
-                             quantized: dict[str, Fox]) -> None:
-    """int8 and int4 weights against the weights they were quantised from: --ckpt's trained model, else the
-    bench's."""
-    trained, tokens = heldout_tokens(args, model.config)
+def bench_quantized_accuracy(args: argparse.Namespace, report: Report, model: Fox, quantized: dict[str, Fox],
+                             trained: Fox | None, tokens: torch.Tensor) -> None:
+    """int8 and int4 weights against the weights they were quantised from: `trained` (--ckpt's model) scored on
+    held-out text, else the bench's random model on random tokens."""
     if trained is not None:
         model = trained
         quantized = {"int8": quantize_int8(copy.deepcopy(trained)), "int4": quantize_int4(copy.deepcopy(trained))}
@@ -524,144 +440,7 @@ def bench_tokenizer(args: argparse.Namespace, report: Report) -> None:
                                                  "MB/s"), compression)
 
 
-def bench_prepare(args: argparse.Namespace, report: Report) -> None:
-    """data.py prepare's MB/s on 1 and on every core against tiktoken's own encode of the same text on one core
-    (the most that preparing can do per core), and whether both wrote the same bytes."""
-    documents, source = benchmark_documents(args.prepare_mb)
-    size = sum(len(d.encode()) for d in documents) / 1e6
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
-        Tokenizer.train(documents[:200], args.tokenizer_vocab, workers=1, progress=False).save(folder / "tok.txt")
-        (folder / "in.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
-        encoding = load_tokenizer(folder / "tok.txt")._encoding
-        cores = os.cpu_count() or 1
-        calls = {"tiktoken": lambda: [encoding.encode_ordinary(d) for d in documents],
-                 **{f"prepare x{n}": partial(prepare_once, folder, n) for n in sorted({1, cores})}}
-        seconds = interleaved_seconds(calls, torch.device("cpu"), repeats=args.prepare_repeats, warmup=0)
-        same = prepared_bytes(folder / "x1") == prepared_bytes(folder / f"x{cores}")
-    tiktoken = size / median(seconds["tiktoken"])
-    report.numbers.update(prepare_tiktoken_mb_per_s=tiktoken, prepare_same_bytes=same)
-    for n in sorted({1, cores}):
-        speeds = [size / s / n for s in seconds[f"prepare x{n}"]]
-        report.numbers[f"prepare_x{n}_mb_per_s"] = median(speeds) * n
-        report.add(f"data.py prepare, {n} worker(s), per worker ({size:.0f} MB JSONL)",
-                   *versus(speeds, [size / s for s in seconds["tiktoken"]], "MB/s", name="tiktoken"),
-                   f"vs tiktoken encode on 1 core; same bytes as 1 worker: {same}")
-
-
-def prepare_once(folder: Path, workers: int) -> None:
-    shutil.rmtree(folder / f"x{workers}", ignore_errors=True)
-    data.prepare([str(folder / "in.jsonl")], folder / "tok.txt", folder / f"x{workers}", "src", workers=workers,
-                 progress=False)
-
-
-def prepared_bytes(root: Path) -> list[bytes]:
-    return [path.read_bytes() for path in sorted((root / "src").iterdir()) if path.name != "meta.json"]
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Throughput, MFU, bandwidth utilisation and loss memory of fox1, "
-                                "next to Hugging Face transformers/tokenizers when installed.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", default="small", choices=["tiny", "small", "fox-1.6b"])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on cuda, float32 on cpu")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 rows next to the fp32 ones (default: where bf16 is native, e.g. AVX512-BF16 or AMX)")
-    p.add_argument("--batch-size", type=int, help="training batch (default: 4 on cpu, 8 on cuda)")
-    p.add_argument("--seq-len", type=int, help="training sequence length (default: 256 on cpu, 2048 on cuda)")
-    p.add_argument("--repeats", type=int, default=5,
-                   help="timed rounds of every training step and generation, after one untimed run of each")
-    p.add_argument("--prompt-len", type=int, default=128, help="prefill length for the generation rows")
-    p.add_argument("--new-tokens", type=int, default=64, help="decoded tokens for the generation rows")
-    p.add_argument("--no-compile", action="store_true", help="skip fox1's compiled rows (training step and decode)")
-    p.add_argument("--ckpt", help="a trained export (e.g. out/export) for the int8 / int4 perplexity rows")
-    p.add_argument("--heldout", help="text the --ckpt model was not trained on, for the int8 / int4 perplexity rows "
-                   "(default: the built-in corpus's held-out documents)")
-    p.add_argument("--profile", action="store_true", help="profile eager decode steps: matmul vs attention vs rest")
-    p.add_argument("--loss-tokens", type=int, default=8192,
-                   help="tokens in the loss-memory rows (8192 = one Fox-1 context)")
-    p.add_argument("--tokenizer-mb", type=float, default=4.0, help="MB of text for the tokenizer rows")
-    p.add_argument("--tokenizer-vocab", type=int, default=8192, help="vocabulary trained in the tokenizer rows")
-    p.add_argument("--prepare-mb", type=float, default=100.0, help="MB of JSONL for the data.py prepare rows")
-    p.add_argument("--prepare-repeats", type=int, default=2, help="timed rounds of the data.py prepare rows")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                   help="CPU threads for torch (1 is steadier while other processes share the cores)")
-    p.add_argument("--skip", nargs="+", default=[], choices=["training", "generation", "int8", "loss-memory",
-                                                             "tokenizer", "prepare"],
-                   help="sections to leave out, e.g. on a GPU lent for minutes: --skip generation int8 tokenizer")
-    p.add_argument("--skip-reference", action="store_true", help="skip the Hugging Face rows")
-    args = p.parse_args(argv)
-    check_numbers(p, args, FLAG_RULES)
-    if args.ckpt and not (Path(args.ckpt) / "config.json").is_file():
-        p.error(f"--ckpt {args.ckpt}: no checkpoint here (config.json not found)")
-    if args.heldout and not Path(args.heldout).is_file():
-        p.error(f"--heldout {args.heldout}: file not found")
-    args.device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    args.dtype = getattr(torch, args.dtype or default_dtype(args.device, compile=False, quantize=None))
-    args.bf16 = args.dtype == torch.float32 and (native_bf16(args.device) if args.bf16 is None else args.bf16)
-    args.batch_size = args.batch_size or (8 if args.device.type == "cuda" else 4)
-    args.seq_len = args.seq_len or (2048 if args.device.type == "cuda" else 256)
-    return args
-
-
-FLAG_RULES = {"batch_size": Number(1), "seq_len": Number(2), "repeats": Number(1), "prompt_len": Number(1),
-              "new_tokens": Number(2), "loss_tokens": Number(1), "tokenizer_mb": Number(0, above=True),
-              "tokenizer_vocab": Number(262), "threads": Number(1), "prepare_mb": Number(0, above=True),
-              "prepare_repeats": Number(1)}
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    config = FoxConfig.from_preset(args.preset)
-    report = Report()
-    report.numbers.update(preset=args.preset, device=str(args.device), batch_size=args.batch_size,
-                          dtype=str(args.dtype).removeprefix("torch."), bf16_rows=args.bf16, seq_len=args.seq_len,
-                          threads=args.threads, repeats=args.repeats, load_before=os.getloadavg()[0])
-    # Training comes after the sections that use the quantised copies: its optimizer steps change the weights
-    # they were quantised from.
-    sections = ["machine", "model", "generation", "int8", "profile", "training", "loss-memory", "tokenizer", "prepare",
-                "machine again"]
-    skipped = set(args.skip) | ({"profile"} if not args.profile else set())
-    bar = tqdm([s for s in sections if s not in skipped], desc="bench", file=sys.stderr)
-    machine = Machine(args.device, [args.dtype] + ([torch.bfloat16] if args.bf16 else []))
-    for section in bar:
-        bar.set_description(section)
-        if section in ("machine", "machine again"):
-            machine.measure()
-        elif section == "model":
-            torch.manual_seed(0)
-            model = Fox(config).to(device=args.device, dtype=args.dtype)
-            quantized = {"int8": quantize_int8(copy.deepcopy(model)), "int4": quantize_int4(copy.deepcopy(model))}
-            report.numbers["params"] = model.num_params()
-            hf = None if args.skip_reference else hf_llama(config, args.dtype, args.device)
-        elif section == "training":
-            bench_training(args, report, machine, model, hf)
-        elif section == "generation":
-            bench_generation(args, report, machine, model, quantized, hf)
-        elif section == "int8":
-            bench_quantized_accuracy(args, report, model, quantized)
-        elif section == "profile":
-            bench_profile(report, {short_name(args.dtype): model, **quantized})
-        elif section == "loss-memory":
-            del model, quantized, hf  # free their memory before the loss-memory processes start
-            bench_loss_memory(args, report, config)
-        elif section == "tokenizer":
-            bench_tokenizer(args, report)
-        else:
-            bench_prepare(args, report)
-    bar.close()
-    numbers, lines = machine.describe()
-    report.numbers.update(numbers)
-    for line in lines:
-        report.note(line)
-    report.numbers["load_after"] = os.getloadavg()[0]
-    report.print(f"fox1 bench: preset {args.preset}, {report.numbers['params']:,} parameters, {args.device} "
-                 f"{report.numbers['dtype']}, {args.threads} threads, batch {args.batch_size} x {args.seq_len}, "
-                 f"{args.repeats} interleaved rounds; load average {report.numbers['load_before']:.1f} -> "
-                 f"{report.numbers['load_after']:.1f} on {os.cpu_count()} cores (other processes slow every number)")
-
-
 if __name__ == "__main__":
-    main()
+    from cli.bench import main  # flags, the sections in order, the table
+
+    sys.exit(main())

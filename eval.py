@@ -85,8 +85,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cli.sample import open_checkpoint
 from model import LOSS_CHUNK_ELEMENTS, CheckpointError, Fox
-from sample import SampleError, generate, open_checkpoint
+from sample import SampleError, generate
 from fox1.documents import parquet_rows
 from fox1.files import InputError, Number, check_numbers, read_text, write_atomic
 from fox1.machine import parse_device

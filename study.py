@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from tqdm import tqdm
 
+from cli import data as data_cli
 import data
 import eval as evaluation
 import sample
@@ -206,7 +207,7 @@ def prepare_corpus(out: Path, vocab_size: int) -> Corpus:
     if not path.exists():
         truncate_tokenizer(Tokenizer.load(base_path), vocab_size).save(path)
     tokenizer = Tokenizer.load(path)
-    data.prepare_builtin(path, directory / f"data-{vocab_size}", progress=False)
+    data_cli.prepare_builtin(path, directory / f"data-{vocab_size}", progress=False)
     return Corpus(tokenizer, path, directory / f"data-{vocab_size}", token_byte_lengths(tokenizer))
 
 
@@ -680,7 +681,7 @@ def prepare_synthetic(corpus: Corpus, settings: DepthSettings) -> tuple[list[dic
     documents, seen = synthetic_documents(rng, facts, settings.synthetic_lines, settings.digits)
     path = corpus.data_root.parent / f"{SYNTHETIC}-{corpus.tokenizer.vocab_size}.jsonl"
     write_atomic(path, "".join(json.dumps({"text": d}) + "\n" for d in documents))
-    data.prepare([str(path)], corpus.tokenizer_path, corpus.data_root, SYNTHETIC, val_fraction=0.0, progress=False)
+    data_cli.prepare([str(path)], corpus.tokenizer_path, corpus.data_root, SYNTHETIC, val_fraction=0.0, progress=False)
     source_tokens = data.TokenSplit(corpus.data_root, SYNTHETIC, "train").tokens
     epochs = settings.synthetic_share * settings.tokens / source_tokens
     exposure = {"source_tokens": source_tokens, "epochs": epochs,

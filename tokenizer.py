@@ -1,4 +1,4 @@
-"""Byte-level BPE for Fox-1: trained from scratch, encoded at native speed through tiktoken; and the chat loss mask.
+"""Byte-level BPE for Fox-1: trained from scratch, encoded at native speed through tiktoken.
 
 Fox-1 (arXiv 2411.05281) bets on a large 256K vocabulary (Gemma-style: <pad>=0, <eos>=1, <bos>=2, <unk>=3, here
 followed by the instruct model's <start_of_turn>=4 and <end_of_turn>=5) so that each token carries more text. This
@@ -9,8 +9,7 @@ file, top to bottom:
   encoding  Tokenizer.encode / decode through tiktoken, and `encode_reference`, the same ids in pure Python;
   files     Tokenizer.save / load: a text header, then one token per line as "base64(bytes) id preview";
             save_pretrained writes a Hugging Face tokenizer.json (fox1/hf_tokenizer.py); `load_tokenizer` reads
-            ours, any Llama-family tokenizer.json, or a model folder;
-  chat      `encode_chat`: a conversation -> token ids and the loss mask of the assistant's replies.
+            ours, any Llama-family tokenizer.json, or a model folder.
 
 Ids: 0..5 the special tokens, 6..261 the 256 bytes, then the merges in the order they were learned.
 
@@ -20,13 +19,11 @@ Run:
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import heapq
 import json
 import os
 import sys
-import time
 from collections import Counter, defaultdict
 from functools import lru_cache, partial
 from pathlib import Path
@@ -38,9 +35,7 @@ import tiktoken
 from tqdm import tqdm
 
 from fox1.bpe_file import read_bpe_file, write_bpe_file
-from fox1.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplateError, render_chat
-from fox1.documents import MAX_REPLACED_FRACTION, ReadStats, expand_inputs, iter_documents
-from fox1.files import CHUNK_CHARS, InputError, Number, check_numbers, document_chunks, ordered_map
+from fox1.files import CHUNK_CHARS, InputError, document_chunks, ordered_map
 from fox1.hf_tokenizer import (HFTokenizer, byte_level_ranks, byte_level_spec, read_tokenizer_json,
                                save_hf_tokenizer, special_token_names)
 from fox1.shards import TOKEN_DTYPE
@@ -95,7 +90,6 @@ def _count_pieces(pattern: str, documents: list[str]) -> Counter[str]:
         for start in range(0, len(piece), MAX_PIECE_CHARS):
             counts[piece[start : start + MAX_PIECE_CHARS]] += count
     return counts
-
 
 
 def _count_chunk(pattern: str, chunk: list[str]) -> tuple[Counter[str], int]:
@@ -467,7 +461,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer | HFTokenizer:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Documents -> training token streams (data.py)
+# Documents -> training token streams (python data.py prepare)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -485,7 +479,7 @@ def _load_tokenizer(path: str, mtime_ns: int, size: int) -> Tokenizer:
 
 def encode_documents(job: tuple[str, list[str]]) -> tuple[np.ndarray, np.ndarray, int]:
     """(tokenizer path, documents) -> (all their tokens as <bos> ids <eos>, one after another, uint32; lengths;
-    UTF-8 bytes). data.py prepares sources with it in worker processes, which import this module, not torch."""
+    UTF-8 bytes). `prepare` (cli/data.py) encodes sources with it in worker processes, which import this module, not torch."""
     tokenizer_path, documents = job
     tokenizer = cached_tokenizer(tokenizer_path)
     bos, eos = np.array([tokenizer.bos_id], TOKEN_DTYPE), np.array([tokenizer.eos_id], TOKEN_DTYPE)
@@ -498,151 +492,7 @@ def encode_documents(job: tuple[str, list[str]]) -> tuple[np.ndarray, np.ndarray
     return np.concatenate(pieces), np.array(lengths, dtype=np.int64), size
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Chat: conversations -> token ids + the loss mask of the assistant's replies
-# ----------------------------------------------------------------------------------------------------------------
-
-# Put inside every special token's text found in a message, so the rendered conversation holds special tokens only
-# where the template wrote them; taken out again before the text is encoded as text. A Unicode noncharacter.
-DEFUSE = "\ufdd0"
-
-
-def encode_chat(tokenizer, messages: list[dict], template: str = DEFAULT_CHAT_TEMPLATE, *,
-                add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
-    """A conversation -> (token ids, loss mask): mask 1 exactly on the tokens of every assistant reply, including
-    the end-of-turn token the template closes it with; 0 on everything the model reads but must not learn to write.
-
-    Works with any template: reply i spans from the end of the conversation up to i rendered with a generation
-    prompt to the end of the conversation through reply i rendered without one, less trailing whitespace
-    ("<end_of_turn>\\n": the newline belongs to the next turn's scaffolding, and generation stops before it).
-    The text is encoded piece by piece at those boundaries, so a prompt is encoded exactly as sample.py --chat
-    encodes it before the model writes its reply. Message content is always text: a "<end_of_turn>" typed in a
-    message is encoded as its characters, never as the control token, so no data file can forge a turn. Ids
-    always start with <bos> (added when the template has none), where data.py's packing sees a conversation begin."""
-    specials = sorted((t for t in tokenizer.special_tokens if len(t) > 1), key=len, reverse=True)
-    messages = [{**message, "content": _defuse(message["content"], specials)} for message in messages]
-    names = dict(bos_token=tokenizer.decode([tokenizer.bos_id]), eos_token=tokenizer.decode([tokenizer.eos_id]))
-    text = render_chat(template, messages, add_generation_prompt=add_generation_prompt, **names)
-    cuts, masked = [0], []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prompt = render_chat(template, messages[:i], add_generation_prompt=True, **names)
-        through = render_chat(template, messages[:i + 1], **names)
-        if not (text.startswith(prompt) and text.startswith(through) and len(prompt) <= len(through.rstrip())):
-            raise ChatTemplateError(f"chat template renders message {i} differently once later messages follow; "
-                                    f"the reply's tokens cannot be located")
-        cuts += [len(prompt), len(through.rstrip())]
-        masked += [0, 1]
-    cuts.append(len(text))
-    masked.append(0)
-    ids, mask = [], []
-    for begin, end, flag in zip(cuts, cuts[1:], masked):
-        piece = _encode_rendered(tokenizer, text[begin:end], specials)
-        ids += piece
-        mask += [flag] * len(piece)
-    if not ids or ids[0] != tokenizer.bos_id:
-        ids, mask = [tokenizer.bos_id] + ids, [0] + mask
-    return ids, mask
-
-
-def chat_stop_ids(tokenizer, template: str = DEFAULT_CHAT_TEMPLATE) -> list[int]:
-    """<eos> and the token this template closes a reply with (<end_of_turn> in ours): the last token encode_chat
-    marks as the assistant's in a rendered exchange. Generation of a reply stops at any of them."""
-    exchange = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "!"}]
-    ids, mask = encode_chat(tokenizer, exchange, template)
-    closing = ids[max(i for i, flag in enumerate(mask) if flag)]
-    return sorted({closing, tokenizer.eos_id})
-
-
-def _defuse(content: str, specials: list[str]) -> str:
-    for special in specials:
-        content = content.replace(special, special[0] + DEFUSE + special[1:])
-    return content
-
-
-def _encode_rendered(tokenizer, text: str, specials: list[str]) -> list[int]:
-    """Rendered chat text -> ids: the special tokens the template wrote as tokens, everything else as text."""
-    ids = []
-    for i, part in enumerate(regex.split("(" + "|".join(map(regex.escape, specials)) + ")", text) if specials
-                             else [text]):
-        if i % 2:
-            ids.append(tokenizer.token_id(part))
-        elif part:
-            for special in specials:
-                part = part.replace(special[0] + DEFUSE + special[1:], special)
-            ids += tokenizer.encode(part)
-    return ids
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _train_command(args: argparse.Namespace) -> None:
-    start = time.time()
-    if Path(args.out).exists() and not args.force:  # data prepared with the old file would silently stop matching
-        raise InputError(f"{args.out} already exists: pass --force to replace it (data prepared with it must then "
-                         f"be prepared again) or choose another --out")
-    stats = ReadStats()
-    paths = expand_inputs(args.input)
-    documents = iter_documents(paths, skip_bad_lines=args.skip_bad_lines, stats=stats, allow_binary=args.allow_binary,
-                               text_field=args.text_field)
-    tokenizer = Tokenizer.train(documents, args.vocab_size, workers=args.workers, progress=not args.quiet)
-    tokenizer.save(args.out)
-    print(
-        f"trained {tokenizer.vocab_size} tokens on {stats.documents} documents from {len(paths)} files "
-        f"({stats.bad_lines} bad lines skipped, {stats.replaced_bytes} undecodable bytes replaced) "
-        f"in {time.time() - start:.1f}s -> {args.out} (fingerprint {tokenizer.fingerprint[:16]})"
-    )
-
-
-def _encode_command(args: argparse.Namespace) -> None:
-    tokenizer = load_tokenizer(args.tokenizer)
-    ids = tokenizer.encode(args.text, allow_special=args.allow_special)
-    print(" ".join(map(str, ids)))
-    print(" ".join(json.dumps(tokenizer.decode_bytes([i]).decode("utf-8", "replace"), ensure_ascii=False)
-                   for i in ids))
-    print(f"{len(ids)} tokens, {len(args.text.encode('utf-8')) / max(len(ids), 1):.2f} bytes/token")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a tokenizer on text / JSONL files")
-    train.add_argument("--input", nargs="+", required=True, help="files or globs (** recursive) or hf:NAME datasets: "
-                       "text, .jsonl/.json, .parquet, any line format as .gz or .zst")
-    train.add_argument("--text-field", default="text", help="the JSONL field / Parquet column holding the text "
-                       "(default: %(default)s)")
-    train.add_argument("--vocab-size", type=int, default=256000, help="total tokens incl. 6 specials (256000)")
-    train.add_argument("--out", required=True, help="tokenizer file to write")
-    train.add_argument("--workers", type=int, default=None, help="counting processes (default: all cores)")
-    train.add_argument("--skip-bad-lines", action="store_true", help="skip (and count) malformed JSONL lines")
-    train.add_argument("--allow-binary", action="store_true",
-                       help=f"read files with over {MAX_REPLACED_FRACTION * 100:.0f}%% undecodable bytes (refused by default)")
-    train.add_argument("--force", action="store_true", help="replace an existing --out file")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
-    encode = commands.add_parser("encode", help="print the ids and tokens of a text")
-    encode.add_argument("--tokenizer", required=True,
-                        help="tokenizer file written by 'train', a tokenizer.json or a model folder")
-    encode.add_argument("--allow-special", action="store_true", help="treat '<eos>' etc. as special tokens")
-    encode.add_argument("text")
-    args = parser.parse_args(argv)
-    check_numbers(parser, args, FLAG_RULES)
-    try:
-        (_train_command if args.command == "train" else _encode_command)(args)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: no tokenizer file was written", file=sys.stderr)
-        return 130
-    return 0
-
-
-FLAG_RULES = {"vocab_size": Number(FIRST_MERGE_ID), "workers": Number(1)}
-
-
 if __name__ == "__main__":
+    from cli.tokenizer import main  # `train` and `encode`
+
     sys.exit(main())

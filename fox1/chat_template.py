@@ -4,7 +4,7 @@ Fox-1-1.6B-Instruct writes conversations in Gemma's turn format (`<start_of_turn
 `DEFAULT_CHAT_TEMPLATE` is that format, and a model folder's own tokenizer_config.json template is used instead
 where it has one. A downloaded template is code: it is rendered in jinja2's immutable sandbox, with its loops and
 its output bounded, so it can read its inputs but change nothing, call no unsafe method and never hang.
-tokenizer.encode_chat turns a rendered conversation into token ids and the loss mask of the replies.
+data.encode_chat turns a rendered conversation into token ids and the loss mask of the replies.
 """
 from __future__ import annotations
 

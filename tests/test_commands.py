@@ -2,24 +2,20 @@
 table is walked with values it must refuse (argparse's exit status 2 and one error line naming the flag)."""
 import pytest
 
-import bench
-import data
+from cli import bench as bench_cli, data as data_cli, sample as sample_cli, tokenizer as tokenizer_cli, train as train_cli
 import eval as evaluation
-import sample
 import study
-import tokenizer
-import train
 
 # (module, how to parse argv, argv that every call starts with, FLAG_RULES; per-flag argv where it differs)
 COMMANDS = {
-    "train": (train.parse_args, [], train.FLAG_RULES, {}),
-    "sample": (sample.parse_args, [], sample.FLAG_RULES, {}),
+    "train": (train_cli.parse_args, [], train_cli.FLAG_RULES, {}),
+    "sample": (sample_cli.parse_args, [], sample_cli.FLAG_RULES, {}),
     "eval": (evaluation.parse_args, ["--data", "x"], evaluation.FLAG_RULES, {}),
-    "bench": (bench.parse_args, [], bench.FLAG_RULES, {}),
+    "bench": (bench_cli.parse_args, [], bench_cli.FLAG_RULES, {}),
     "study": (study.parse_args, ["gqa"], study.FLAG_RULES, {}),
-    "data": (data.parse_args, ["prepare", "--input", "x", "--tokenizer", "t", "--out", "o"], data.FLAG_RULES,
+    "data": (data_cli.parse_args, ["prepare", "--input", "x", "--tokenizer", "t", "--out", "o"], data_cli.FLAG_RULES,
              {"context_len": ["stats", "--data", "d"], "total_tokens": ["stats", "--data", "d"]}),
-    "tokenizer": (tokenizer.main, ["train", "--input", "x", "--out", "o"], tokenizer.FLAG_RULES, {}),
+    "tokenizer": (tokenizer_cli.main, ["train", "--input", "x", "--out", "o"], tokenizer_cli.FLAG_RULES, {}),
 }
 HELPS = [("train", []), ("sample", []), ("eval", []), ("bench", []), ("study", []), ("data", []),
          ("data", ["prepare"]), ("data", ["prepare-builtin"]), ("data", ["prepare-chat"]), ("data", ["stats"]),

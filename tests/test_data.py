@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli import data as data_cli, tokenizer as tokenizer_cli
+from cli.data import prepare
 import data
-from data import BUILTIN, IGNORE_INDEX, DataError, Loader, Stage, TokenSplit, curriculum, eval_batches, pack, prepare
+from data import BUILTIN, IGNORE_INDEX, DataError, Loader, Stage, TokenSplit, curriculum, eval_batches, pack
 from fox1 import corpus as builtin_corpus
 from fox1.files import InputError
-import tokenizer as tk
 from tokenizer import Tokenizer, load_tokenizer
 
 WORDS = ("the fox jumps over a lazy dog while seven quick zebras vex bold wizards near old rivers and "
@@ -220,10 +221,10 @@ def test_cli_reports_one_line_error_and_exit_status_1(tmp_path, tokenizer_path):
 
 def test_cli_prepare_then_stats(tmp_path, tokenizer_path, capsys):
     source = write_jsonl(tmp_path / "in.jsonl", make_documents(50, seed=4, tag="doc"))
-    assert data.main(["prepare", "--input", str(source), "--tokenizer", str(tokenizer_path), "--out", str(tmp_path),
+    assert data_cli.main(["prepare", "--input", str(source), "--tokenizer", str(tokenizer_path), "--out", str(tmp_path),
                       "--name", "web", "--workers", "1", "--val-fraction", "0.1"]) == 0
     assert "web: 45 train / 5 val documents" in capsys.readouterr().out
-    assert data.main(["stats", "--data", str(tmp_path), "--context-len", "64"]) == 0
+    assert data_cli.main(["stats", "--data", str(tmp_path), "--context-len", "64"]) == 0
     printed = capsys.readouterr().out
     assert "stage 1: seq_len 16" in printed and "stage 3: seq_len 64" in printed and "web" in printed
 
@@ -392,14 +393,14 @@ def test_packing_stats_count_cut_documents(corpus):
 
 
 def test_prepare_builtin_splits_the_stdlib_into_two_disjoint_sources_and_reruns_as_noop(tmp_path, tokenizer_path):
-    names = data.prepare_builtin(tokenizer_path, tmp_path, workers=1, progress=False)
+    names = data_cli.prepare_builtin(tokenizer_path, tmp_path, workers=1, progress=False)
     assert names == list(BUILTIN)
     metas = [json.loads((tmp_path / name / "meta.json").read_text()) for name in names]
     documents = sum(m["splits"][split]["documents"] for m in metas for split in ("train", "val"))
     assert documents == sum(1 for f in builtin_corpus.builtin_files() if f.read_text(errors="replace").strip())
     assert all(m["splits"]["val"]["documents"] > 0 for m in metas)
     before = [(tmp_path / name / "meta.json").stat().st_mtime_ns for name in names]
-    assert data.prepare_builtin(tokenizer_path, tmp_path, workers=1, progress=False) == names
+    assert data_cli.prepare_builtin(tokenizer_path, tmp_path, workers=1, progress=False) == names
     assert [(tmp_path / name / "meta.json").stat().st_mtime_ns for name in names] == before
 
 
@@ -497,13 +498,13 @@ def test_fineweb_parquet_and_slimpajama_zst_train_a_tokenizer_and_prepare_with_n
         path.write_bytes(zstandard.ZstdCompressor().compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
     plain = tmp_path / "plain.jsonl"
     plain.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert tk.main(["train", "--input", str(path), "--text-field", "content", "--vocab-size", "300",
+    assert tokenizer_cli.main(["train", "--input", str(path), "--text-field", "content", "--vocab-size", "300",
                     "--out", str(tmp_path / "tok.txt"), "--workers", "1", "--quiet"]) == 0
-    assert tk.main(["train", "--input", str(plain), "--text-field", "content", "--vocab-size", "300",
+    assert tokenizer_cli.main(["train", "--input", str(plain), "--text-field", "content", "--vocab-size", "300",
                     "--out", str(tmp_path / "plain.txt"), "--workers", "1", "--quiet"]) == 0
     assert Tokenizer.load(tmp_path / "tok.txt").fingerprint == Tokenizer.load(tmp_path / "plain.txt").fingerprint
     for source, name in ((path, "web"), (plain, "plain")):
-        assert data.main(["prepare", "--input", str(source), "--text-field", "content", "--tokenizer",
+        assert data_cli.main(["prepare", "--input", str(source), "--text-field", "content", "--tokenizer",
                           str(tmp_path / "tok.txt"), "--out", str(tmp_path / "data"), "--name", name]) == 0
     for split in ("train", "val"):
         web, ref = (TokenSplit(tmp_path / "data", name, split) for name in ("web", "plain"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cli import tokenizer as tokenizer_cli
 import tokenizer as tk
 from fox1 import hf_tokenizer
 from fox1.files import InputError
@@ -81,7 +82,7 @@ def test_sentencepiece_json_by_hand(tmp_path):
 
 def test_cli_encode_reads_a_tokenizer_json(tmp_path, capsys):
     write_json(tmp_path / "model" / "tokenizer.json", sentencepiece_spec(TINY_PIECES, TINY_MERGES))
-    assert tk.main(["encode", "--tokenizer", str(tmp_path / "model"), "hi abc"]) == 0
+    assert tokenizer_cli.main(["encode", "--tokenizer", str(tmp_path / "model"), "hi abc"]) == 0
     ids, tokens, _ = capsys.readouterr().out.splitlines()
     assert ids == "271 265 267" and tokens == '" hi" " a" "bc"'
 

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-import data
+from cli import data as data_cli
 from fox1.files import LockedError
 from fox1.shards import DataError, TokenSplit, inputs_key
 
@@ -20,14 +20,14 @@ def inputs(tmp_path, tokenizer):
 
 def test_preparing_again_refuses_to_delete_a_file_the_user_put_in_the_source(tmp_path, inputs):
     tok, text = inputs
-    source = data.prepare([str(text)], tok, tmp_path / "data", "web", progress=False)
+    source = data_cli.prepare([str(text)], tok, tmp_path / "data", "web", progress=False)
     (source / "README.md").write_text("my notes")
     text.write_text(text.read_text() + "one more document\n")
     with pytest.raises(DataError, match=r"holds 'README.md', which a preparation did not write"):
-        data.prepare([str(text)], tok, tmp_path / "data", "web", progress=False)
+        data_cli.prepare([str(text)], tok, tmp_path / "data", "web", progress=False)
     assert (source / "README.md").read_text() == "my notes"
     (source / "README.md").unlink()
-    data.prepare([str(text)], tok, tmp_path / "data", "web", progress=False)  # ours alone: replaced
+    data_cli.prepare([str(text)], tok, tmp_path / "data", "web", progress=False)  # ours alone: replaced
 
 
 def test_a_second_preparation_of_one_source_is_refused_while_the_first_runs(tmp_path, inputs):
@@ -38,10 +38,10 @@ def test_a_second_preparation_of_one_source_is_refused_while_the_first_runs(tmp_
     staging = tmp_path / "data" / ".web.tmp-first"
     staging.mkdir()  # the first run's half-written source: not debris while it runs
     with pytest.raises(LockedError, match=r"source .*web is in use by process"):
-        data.prepare([str(text)], tok, tmp_path / "data", "web", progress=False)
+        data_cli.prepare([str(text)], tok, tmp_path / "data", "web", progress=False)
     assert staging.is_dir() and not (tmp_path / "data" / "web").exists()
     lock.unlink()
-    data.prepare([str(text)], tok, tmp_path / "data", "web", progress=False)
+    data_cli.prepare([str(text)], tok, tmp_path / "data", "web", progress=False)
     assert not staging.exists() and not lock.exists()  # debris of a finished run is cleaned, the lock released
 
 
@@ -54,6 +54,6 @@ def test_an_input_edited_in_place_is_noticed_even_with_the_same_size_and_mtime(t
     os.utime(text, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert text.stat().st_size == stat.st_size and text.stat().st_mtime_ns == stat.st_mtime_ns
     assert inputs_key([text], "fingerprint") != before
-    data.prepare([str(text)], tok, tmp_path / "data", "web", progress=False)
+    data_cli.prepare([str(text)], tok, tmp_path / "data", "web", progress=False)
     split = TokenSplit(tmp_path / "data", "web", "train")
     assert split.tokens > 0

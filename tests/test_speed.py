@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cli import sample as sample_cli
 import sample
 from fox1.speed import (Int4Linear, Int8Linear, dequantize_int4, quantize_groups_int4, quantize_int4,
                         quantize_int8, quantize_rows_int8)
@@ -125,7 +126,7 @@ def test_compiled_quantized_decode_gives_the_eager_tokens(trained, heldout, tmp_
 def test_cli_quantize_generates(trained, tokenizer, tmp_path, capsys, kind):
     trained.save_pretrained(tmp_path)
     tokenizer.save(tmp_path / "tokenizer.txt")
-    assert sample.main(["--ckpt", str(tmp_path), "--prompt", "def ", "--max-new-tokens", "8", "--seed", "0",
+    assert sample_cli.main(["--ckpt", str(tmp_path), "--prompt", "def ", "--max-new-tokens", "8", "--seed", "0",
                         "--quantize", kind]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("def ") and "decode:" in captured.err

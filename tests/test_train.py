@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import data
+from cli import data as data_cli
 from tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,7 +30,7 @@ def corpus(tmp_path_factory) -> tuple[Path, Path]:
     files = sorted(STDLIB.glob("[a-m]*.py"))[:40]
     tokenizer = Tokenizer.train((f.read_text(errors="replace") for f in files), 512, workers=1, progress=False)
     tokenizer.save(root / "tok.txt")
-    data.prepare([str(f) for f in files], root / "tok.txt", root / "data", "stdlib", workers=1, val_fraction=0.1,
+    data_cli.prepare([str(f) for f in files], root / "tok.txt", root / "data", "stdlib", workers=1, val_fraction=0.1,
                  progress=False)
     return root / "tok.txt", root / "data"
 
