@@ -40,7 +40,9 @@ import os
 import re
 import statistics
 import sys
+import tempfile
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -48,12 +50,14 @@ import torch
 import torch.nn.functional as F
 
 import sample
+from fox1 import llama_cpp
+from fox1.gguf import write_gguf
 from fox1.hf_reference import hf_generation, hf_loss, hf_tokenizer_speed, timed_tokenizer
 from fox1.machine import GB, Machine, interleaved_seconds, read_bandwidth, synchronize, timed
 from fox1.report import Report, median, ratio, undisturbed, versus
 from fox1.speed import column_major, quantize_int4, quantize_int8, streams_column_major
 from model import Fox, FoxConfig, chunked_cross_entropy
-from tokenizer import DEFAULT_PATTERN, SPECIAL_TOKENS, Tokenizer
+from tokenizer import DEFAULT_PATTERN, FIRST_MERGE_ID, SPECIAL_TOKENS, Tokenizer
 
 
 def failure(call: Callable[[], object]) -> str | None:
@@ -322,7 +326,8 @@ def short_name(dtype: torch.dtype) -> str:
 
 def bench_generation(args: argparse.Namespace, report: Report, machine: Machine, model: Fox,
                      quantized: dict[str, Fox], hf: torch.nn.Module | None) -> None:
-    """Prefill and batch-1 decode of fox1 (eager, compiled; fp32, bf16, int8 and int4 weights) and HF (eager)."""
+    """Prefill and batch-1 decode of fox1 (eager, compiled; fp32, bf16, int8 and int4 weights), HF (eager) and,
+    with --llama-cpp, llama.cpp on the same weights; every contender takes its turn in each round."""
     model.eval()
     prompt = torch.randint(model.config.vocab_size, (1, args.prompt_len), device=args.device)
     base = short_name(args.dtype)
@@ -333,17 +338,64 @@ def bench_generation(args: argparse.Namespace, report: Report, machine: Machine,
         models[f"hf {base}"] = hf
         if args.bf16:
             models["hf bf16"] = copy.deepcopy(hf).to(torch.bfloat16)
-    with torch.inference_mode():
+    with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
         calls, errors = runnable(generation_calls(models, prompt, args.new_tokens, not args.no_compile))
-        seconds = interleaved_seconds(calls, args.device, args.repeats, warmup=0)
+        engine = LlamaCpp(args, model, Path(folder)) if args.llama_cpp else None
+        seconds = interleaved_seconds(calls | (engine.calls if engine else {}), args.device, args.repeats, warmup=0)
     prefill = {name: [prompt.numel() / s for s in values] for name, values in seconds.items() if " prefill" in name}
     decode = {name: [(args.new_tokens - 1) / (t - p) if t > p else math.nan  # nan: a disturbed round
                      for t, p in zip(values, seconds[prefill_of(name)])]
-              for name, values in seconds.items() if " prefill" not in name}
+              for name, values in seconds.items() if " prefill" not in name and not name.startswith("llama.cpp")}
     report.numbers.update(generation_errors=errors,
                           **{f"prefill_tok_per_s[{name}]": statistics.median(v) for name, v in prefill.items()},
                           **{f"decode_tok_per_s[{name}]": median(v) for name, v in decode.items()})
     add_generation_rows(args, report, machine, models, prefill, decode, errors)
+    if engine:
+        engine.add_rows(report, machine, prefill, decode)
+
+
+class LlamaCpp:
+    """llama.cpp on the bench model: GGUF files in f32, bf16, Q8_0 and Q4_0 (fox1/gguf.py, then its own
+    llama-quantize), and a call per format that runs llama-bench once (prompt_len prefill, new_tokens decoded
+    after a prompt_len context, --threads threads) and keeps the speeds it reports."""
+
+    AGAINST = {"f32": "fp32", "bf16": "bf16", "Q8_0": "int8", "Q4_0": "int4"}  # llama.cpp format -> fox1's
+
+    def __init__(self, args: argparse.Namespace, model: Fox, folder: Path) -> None:
+        tokenizer = Tokenizer.train(["speed does not depend on the tokenizer"], FIRST_MERGE_ID, workers=1,
+                                    progress=False)
+        model.save_pretrained(folder / "export", token_ids={"bos_token_id": tokenizer.bos_id,
+                                                             "eos_token_id": tokenizer.eos_id})
+        tokenizer.save_pretrained(folder / "export")
+        self.prompt_len = args.prompt_len
+        self.files = {kind: folder / f"{kind}.gguf" for kind in self.AGAINST}
+        for kind in ("f32", "bf16"):
+            write_gguf(folder / "export", self.files[kind], kind)
+        for kind in llama_cpp.QUANTIZED_FORMATS:
+            llama_cpp.quantize(args.llama_cpp, self.files["f32"], self.files[kind], kind)
+        self.bytes = {kind: path.stat().st_size for kind, path in self.files.items()}
+        self.speeds: dict[str, list[dict[str, float]]] = {kind: [] for kind in self.files}
+        self.calls = {f"llama.cpp {kind}": partial(self.measure, args, kind) for kind in self.files}
+
+    def measure(self, args: argparse.Namespace, kind: str) -> None:
+        self.speeds[kind].append(llama_cpp.bench(args.llama_cpp, self.files[kind], prompt_tokens=args.prompt_len,
+                                                 new_tokens=args.new_tokens, threads=args.threads))
+
+    def add_rows(self, report: Report, machine: Machine, prefill: dict[str, list[float]],
+                 decode: dict[str, list[float]]) -> None:
+        """A decode and a prefill row per format: fox1's compiled rows against llama.cpp's, ratio per round."""
+        for kind, ours in self.AGAINST.items():
+            theirs = {part: [speeds[part] for speeds in self.speeds[kind]] for part in ("prefill", "decode")}
+            report.numbers.update({f"llama_cpp_{part}_tok_per_s[{kind}]": median(v) for part, v in theirs.items()})
+            bound = machine.copy_bandwidth / self.bytes[kind]
+            if f"fox1 {ours} compiled" in decode:
+                report.add(f"decode vs llama.cpp {kind} (b=1, {ours}, compiled)",
+                           *versus(decode[f"fox1 {ours} compiled"], theirs["decode"], "tok/s", "llama.cpp"),
+                           f"llama.cpp: {median(theirs['decode']) / bound:.0%} of its bandwidth bound "
+                           f"{bound:,.1f} tok/s ({self.bytes[kind] / 1e6:,.0f} MB file)")
+            if f"fox1 {ours} prefill compiled" in prefill:
+                report.add(f"prefill vs llama.cpp {kind} (b=1, T={self.prompt_len}, {ours}, compiled)",
+                           *versus(prefill[f"fox1 {ours} prefill compiled"], theirs["prefill"], "tok/s", "llama.cpp"))
 
 
 def add_generation_rows(args: argparse.Namespace, report: Report, machine: Machine, models: dict[str, Fox],

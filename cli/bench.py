@@ -22,7 +22,8 @@ from bench import (benchmark_documents, bench_generation, bench_loss_memory, ben
 from cli.data import prepare
 from cli.sample import open_checkpoint
 from fox1.corpus import BUILTIN_VAL_FRACTION, builtin_documents
-from fox1.files import Number, check_numbers, read_text
+from fox1 import llama_cpp
+from fox1.files import InputError, Number, check_numbers, read_text
 from fox1.hf_reference import hf_llama
 from fox1.machine import Machine, interleaved_seconds
 from fox1.report import Report, median, versus
@@ -116,12 +117,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                                              "tokenizer", "prepare"],
                    help="sections to leave out, e.g. on a GPU lent for minutes: --skip generation int8 tokenizer")
     p.add_argument("--skip-reference", action="store_true", help="skip the Hugging Face rows")
+    p.add_argument("--llama-cpp", type=Path, metavar="BUILD",
+                   help="a llama.cpp build folder: adds llama.cpp's prefill and decode on the same weights (GGUF in "
+                        "f32, bf16, Q8_0, Q4_0) to the generation rounds, next to fox1's compiled rows (NOTES.md)")
     args = p.parse_args(argv)
     check_numbers(p, args, FLAG_RULES)
     if args.ckpt and not (Path(args.ckpt) / "config.json").is_file():
         p.error(f"--ckpt {args.ckpt}: no checkpoint here (config.json not found)")
     if args.heldout and not Path(args.heldout).is_file():
         p.error(f"--heldout {args.heldout}: file not found")
+    if args.llama_cpp:
+        try:
+            for name in ("llama-bench", "llama-quantize"):
+                llama_cpp.tool(args.llama_cpp, name)
+        except InputError as error:
+            p.error(str(error))
     args.device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     args.dtype = getattr(torch, args.dtype or default_dtype(args.device, compile=False, quantize=None))

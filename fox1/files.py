@@ -43,8 +43,9 @@ def text_argument(value: str) -> str:
     return read_text(Path(value[1:])) if value.startswith("@") else value
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> None:
+def write_atomic(path: str | Path, data: str | bytes | Iterable[bytes]) -> None:
     """Write a file whole or not at all: a temporary file next to it, then a rename (atomic on POSIX and Windows).
+    `data` may also be an iterable of byte chunks, written as they come (a model file need not fit in memory twice).
     A failed write removes the temporary file and raises OSError; a reader never sees half a file. Creates the
     parent directories; the file gets the usual permissions (umask), unlike tempfile's private 0600."""
     path = Path(path)
@@ -52,7 +53,9 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "wb") as file:
-            file.write(data.encode("utf-8") if isinstance(data, str) else data)
+            chunks = [data.encode("utf-8")] if isinstance(data, str) else [data] if isinstance(data, bytes) else data
+            for chunk in chunks:
+                file.write(chunk)
         os.replace(temporary, path)
     except BaseException:  # also KeyboardInterrupt: never leave the temporary file behind
         with contextlib.suppress(OSError):  # e.g. it was never created because the parent is a file

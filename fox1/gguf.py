@@ -1,0 +1,211 @@
+"""GGUF, llama.cpp's model file, written from a fox1 export, so the engine an edge user runs reads our models.
+
+llama.cpp's own converter (convert_hf_to_gguf.py) recognises a byte-level BPE tokenizer by hashing the ids it gives
+a fixed probe text and looking the hash up in a table of known models; a vocabulary trained here has new ids, so
+the converter refuses it ("BPE pre-tokenizer was not recognized"), however the tokenizer.json is written. The split
+rule, though, is one llama.cpp already runs: its "qwen2" pre-tokenizer is fox1's DEFAULT_PATTERN (the contractions
+and newline runs are spelled differently; they match the same text). So this module writes the file itself and
+names that pre-tokenizer, with the tensors laid out as the converter lays out a Llama: its tensor names, the q / k
+rows permuted from Hugging Face's rotate-half RoPE order to llama.cpp's adjacent pairs, norms in f32, and no output
+matrix (llama.cpp reuses the embedding, as Fox-1 ties them). Q8_0 / Q4_0 files are then llama.cpp's own
+`llama-quantize` of the f32 one.
+
+    python -m fox1.gguf out/export out/fox1-f32.gguf                  # --dtype bf16 / f16 for a smaller file
+    llama-quantize out/fox1-f32.gguf out/fox1-q8_0.gguf Q8_0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from fox1.files import InputError, write_atomic
+from fox1.hf_llama import CheckpointError, read_config, read_tensor, safetensors_files
+from fox1.hf_tokenizer import read_tokenizer_json
+
+ALIGNMENT = 32  # GGUF's default: every tensor starts at a multiple of it
+VALUE_TYPES = {"u32": 4, "i32": 5, "f32": 6, "bool": 7, "str": 8, "array": 9}
+STRUCT_FORMATS = {"u32": "<I", "i32": "<i", "f32": "<f", "bool": "<?"}
+TENSOR_TYPES = {"f32": (0, torch.float32), "f16": (1, torch.float16), "bf16": (30, torch.bfloat16)}
+FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32}  # general.file_type: "all F32", "mostly F16", "mostly BF16"
+TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_UNUSED = 1, 3, 5
+
+# The split patterns each llama.cpp pre-tokenizer implements, by the name a GGUF file gives it. tests/test_gguf.py
+# checks that fox1's DEFAULT_PATTERN is listed, and llama-tokenize checks the ids (NOTES.md).
+LLAMA_CPP_SPLITS = {
+    "qwen2": (
+        r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+    ),
+}
+
+# Hugging Face Llama tensor names -> llama.cpp's ({i}: the layer)
+TENSOR_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "model.layers.{i}.input_layernorm.weight": "blk.{i}.attn_norm.weight",
+    "model.layers.{i}.self_attn.q_proj.weight": "blk.{i}.attn_q.weight",
+    "model.layers.{i}.self_attn.k_proj.weight": "blk.{i}.attn_k.weight",
+    "model.layers.{i}.self_attn.v_proj.weight": "blk.{i}.attn_v.weight",
+    "model.layers.{i}.self_attn.o_proj.weight": "blk.{i}.attn_output.weight",
+    "model.layers.{i}.post_attention_layernorm.weight": "blk.{i}.ffn_norm.weight",
+    "model.layers.{i}.mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
+    "model.layers.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
+    "model.layers.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
+}
+
+
+def write_gguf(folder: Path, path: Path, dtype: str = "f32") -> None:
+    """A fox1 export folder (config.json, model.safetensors, tokenizer.json) -> one GGUF file, written atomically."""
+    folder = Path(folder)
+    fields, _ = read_config(folder / "config.json")
+    metadata = model_metadata(fields, folder, dtype) | tokenizer_metadata(folder, fields["vocab_size"])
+    tensors = dict(llama_cpp_tensors(folder, fields, dtype))
+    write_atomic(path, gguf_chunks(metadata, tensors))
+
+
+def model_metadata(fields: dict, folder: Path, dtype: str) -> dict[str, tuple[str, object]]:
+    """general.* and llama.* keys: the architecture and its hyperparameters, as (GGUF type, value)."""
+    return {
+        "general.architecture": ("str", "llama"), "general.name": ("str", f"fox1 {folder.resolve().name}"),
+        "general.file_type": ("u32", FILE_TYPES[dtype]), "general.alignment": ("u32", ALIGNMENT),
+        "llama.vocab_size": ("u32", fields["vocab_size"]), "llama.context_length": ("u32", fields["context_len"]),
+        "llama.embedding_length": ("u32", fields["hidden_size"]), "llama.block_count": ("u32", fields["num_layers"]),
+        "llama.feed_forward_length": ("u32", fields["intermediate_size"]),
+        "llama.attention.head_count": ("u32", fields["num_heads"]),
+        "llama.attention.head_count_kv": ("u32", fields["num_kv_heads"]),
+        "llama.attention.key_length": ("u32", fields["head_dim"]),
+        "llama.attention.value_length": ("u32", fields["head_dim"]),
+        "llama.rope.dimension_count": ("u32", fields["head_dim"]),
+        "llama.rope.freq_base": ("f32", fields["rope_theta"]),
+        "llama.attention.layer_norm_rms_epsilon": ("f32", fields["norm_eps"]),
+    }
+
+
+def tokenizer_metadata(folder: Path, vocab_size: int) -> dict[str, tuple[str, object]]:
+    """tokenizer.ggml.* keys of a byte-level BPE tokenizer.json whose split pattern llama.cpp implements: tokens in
+    id order (padded to the model's vocabulary), their types, the merges, the pre-tokenizer and the special ids."""
+    path = folder / "tokenizer.json"
+    spec, _ = read_tokenizer_json(path)
+    model = spec.get("model") or {}
+    try:
+        pattern = spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]
+    except (KeyError, IndexError, TypeError):
+        pattern = None
+    if model.get("type") != "BPE" or model.get("byte_fallback") or pattern is None:
+        raise InputError(f"{path}: not a byte-level BPE tokenizer.json with a split pattern (as fox1 writes); "
+                         f"llama.cpp's convert_hf_to_gguf.py converts SentencePiece-style ones such as Fox-1's")
+    pre = next((name for name, patterns in LLAMA_CPP_SPLITS.items() if pattern in patterns), None)
+    if pre is None:
+        raise InputError(f"{path}: llama.cpp has no pre-tokenizer with this split pattern, so its ids would differ")
+    special = {token["id"]: token["content"] for token in spec.get("added_tokens", [])}
+    by_id = {token_id: text for text, token_id in model["vocab"].items()} | special
+    if max(by_id) >= vocab_size:
+        raise InputError(f"{path}: token id {max(by_id)} is outside the model's vocabulary of {vocab_size}")
+    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)]
+    types = [TOKEN_CONTROL if i in special else TOKEN_NORMAL if i in by_id else TOKEN_UNUSED for i in range(vocab_size)]
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model.get("merges", [])]
+    ids = special_ids(folder)
+    return {"tokenizer.ggml.model": ("str", "gpt2"), "tokenizer.ggml.pre": ("str", pre),
+            "tokenizer.ggml.tokens": ("array", ("str", tokens)), "tokenizer.ggml.token_type": ("array", ("i32", types)),
+            "tokenizer.ggml.merges": ("array", ("str", merges)),
+            "tokenizer.ggml.add_bos_token": ("bool", True), "tokenizer.ggml.add_eos_token": ("bool", False),
+            **{f"tokenizer.ggml.{key}": ("u32", value) for key, value in ids.items()}}
+
+
+def special_ids(folder: Path) -> dict[str, int]:
+    """bos / eos / padding ids from config.json; a second eos in generation_config.json (the chat model's
+    <end_of_turn>) becomes llama.cpp's end-of-turn token."""
+    config = json.loads((folder / "config.json").read_text())
+    ids = {"bos_token_id": config.get("bos_token_id"), "eos_token_id": config.get("eos_token_id"),
+           "padding_token_id": config.get("pad_token_id")}
+    generation = folder / "generation_config.json"
+    eos = json.loads(generation.read_text()).get("eos_token_id") if generation.is_file() else None
+    others = [i for i in (eos if isinstance(eos, list) else []) if i != ids["eos_token_id"]]
+    if others:
+        ids["eot_token_id"] = others[0]
+    return {key: value for key, value in ids.items() if isinstance(value, int)}
+
+
+def llama_cpp_tensors(folder: Path, fields: dict, dtype: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """(llama.cpp name, tensor) of every weight: matrices in `dtype`, norms in f32; lm_head skipped (tied)."""
+    templates = {hf.replace("{i}", str(i)): ours.replace("{i}", str(i))
+                 for hf, ours in TENSOR_NAMES.items() for i in range(fields["num_layers"])}
+    files = safetensors_files(folder)
+    missing = sorted(set(templates) - set(files))
+    if missing:
+        raise CheckpointError(f"{folder}: tensor {missing[0]} not found")
+    for hf, name in templates.items():
+        tensor = read_tensor(files[hf], hf, torch.float32)
+        if ".q_proj." in hf or ".k_proj." in hf:
+            heads = fields["num_heads"] if ".q_proj." in hf else fields["num_kv_heads"]
+            tensor = rope_pairs_adjacent(tensor, heads)
+        yield name, tensor if tensor.dim() == 1 else tensor.to(TENSOR_TYPES[dtype][1])
+
+
+def rope_pairs_adjacent(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Rows of a q / k projection reordered from rotate-half RoPE (dimension j pairs with j + head_dim/2) to
+    llama.cpp's (2j pairs with 2j+1), within each head: the same attention, as llama.cpp's converter does."""
+    return weight.reshape(heads, 2, -1, weight.size(1)).transpose(1, 2).reshape(weight.shape)
+
+
+def gguf_chunks(metadata: dict[str, tuple[str, object]], tensors: dict[str, torch.Tensor]) -> Iterator[bytes]:
+    """The file: header, metadata, tensor descriptions (shape innermost first, type, offset), then the data."""
+    header = [b"GGUF", struct.pack("<IQQ", 3, len(tensors), len(metadata))]
+    header += [_string(key) + _value(kind, value) for key, (kind, value) in metadata.items()]
+    offset = 0
+    for name, tensor in tensors.items():
+        kind = 0 if tensor.dtype == torch.float32 else next(t for t, d in TENSOR_TYPES.values() if d == tensor.dtype)
+        header.append(_string(name) + struct.pack("<I", tensor.dim()) + struct.pack(f"<{tensor.dim()}Q", *tensor.shape[::-1])
+                      + struct.pack("<IQ", kind, offset))
+        offset += _padded(tensor.numel() * tensor.element_size())
+    head = b"".join(header)
+    yield head + bytes(_padded(len(head)) - len(head))
+    for tensor in tensors.values():
+        data = tensor.contiguous().view(torch.uint8).numpy().tobytes()
+        yield data + bytes(_padded(len(data)) - len(data))
+
+
+def _padded(size: int) -> int:
+    return (size + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
+
+
+def _string(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return struct.pack("<Q", len(data)) + data
+
+
+def _value(kind: str, value: object) -> bytes:
+    if kind == "str":
+        return struct.pack("<I", VALUE_TYPES["str"]) + _string(value)
+    if kind == "array":
+        item_kind, items = value
+        body = (b"".join(map(_string, items)) if item_kind == "str"
+                else struct.pack(f"<{len(items)}{STRUCT_FORMATS[item_kind][1]}", *items))
+        return struct.pack("<IIQ", VALUE_TYPES["array"], VALUE_TYPES[item_kind], len(items)) + body
+    return struct.pack("<I", VALUE_TYPES[kind]) + struct.pack(STRUCT_FORMATS[kind], value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="then: llama-quantize OUT.gguf OUT-q8_0.gguf Q8_0 (or Q4_0)")
+    parser.add_argument("folder", type=Path, help="a fox1 export (train.py's out/export or out/export-sft)")
+    parser.add_argument("out", type=Path, help="the .gguf file to write")
+    parser.add_argument("--dtype", choices=list(TENSOR_TYPES), default="f32", help="matrices' type (default: f32)")
+    args = parser.parse_args(argv)
+    try:
+        write_gguf(args.folder, args.out, args.dtype)
+    except (InputError, CheckpointError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"{args.out}: {args.out.stat().st_size / 1e6:,.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

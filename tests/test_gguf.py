@@ -1,0 +1,153 @@
+"""fox1/gguf.py: a fox1 export as the GGUF file llama.cpp reads. The file is parsed back here (header, metadata,
+tensor table, data); with the `gguf` package installed also by llama.cpp's own reader; and where a llama.cpp build
+is named by FOX1_LLAMA_CPP, llama-tokenize must give fox1's ids for standard-library source."""
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from fox1 import gguf, llama_cpp
+from fox1.files import InputError
+from model import Fox, FoxConfig
+from texts import stdlib_text
+from tokenizer import DEFAULT_PATTERN, Tokenizer
+
+CONFIG = FoxConfig(vocab_size=400, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                   intermediate_size=128, context_len=128)
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory) -> tuple[Path, Fox, Tokenizer]:
+    folder = tmp_path_factory.mktemp("export")
+    tokenizer = Tokenizer.train(stdlib_text(200_000), 380, workers=1, progress=False)
+    torch.manual_seed(0)
+    model = Fox(CONFIG)
+    model.save_pretrained(folder, token_ids={"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
+                                             "pad_token_id": tokenizer.pad_id}, stop_ids=[1, 5])
+    tokenizer.save_pretrained(folder)
+    return folder, model, tokenizer
+
+
+def read_gguf(path: Path) -> tuple[dict, dict[str, tuple[list[int], int, bytes]]]:
+    """(metadata, {tensor name: (shape innermost first, type, bytes)}): a minimal GGUF v3 reader."""
+    data = path.read_bytes()
+    at = 0
+
+    def take(fmt: str):
+        nonlocal at
+        values = struct.unpack_from(fmt, data, at)
+        at += struct.calcsize(fmt)
+        return values if len(values) > 1 else values[0]
+
+    def string() -> str:
+        nonlocal at
+        size = take("<Q")
+        at += size
+        return data[at - size:at].decode("utf-8")
+
+    def value(kind: int):
+        if kind == 8:
+            return string()
+        if kind == 9:
+            item_kind, count = take("<IQ")
+            return [value(item_kind) for _ in range(count)]
+        return take({4: "<I", 5: "<i", 6: "<f", 7: "<?"}[kind])
+
+    assert data[:4] == b"GGUF"
+    at = 4
+    version, tensor_count, kv_count = take("<IQQ")
+    assert version == 3
+    metadata = {}
+    for _ in range(kv_count):
+        key = string()
+        metadata[key] = value(take("<I"))
+    table = []
+    for _ in range(tensor_count):
+        name = string()
+        dims = take("<I")
+        shape = list(struct.unpack_from(f"<{dims}Q", data, at))
+        at += 8 * dims
+        kind, offset = take("<IQ")
+        table.append((name, shape, kind, offset))
+    start = (at + gguf.ALIGNMENT - 1) // gguf.ALIGNMENT * gguf.ALIGNMENT
+    sizes = {0: 4, 30: 2, 1: 2}
+    tensors = {name: (shape, kind, data[start + offset:start + offset + sizes[kind] * int(torch.tensor(shape).prod())])
+               for name, shape, kind, offset in table}
+    return metadata, tensors
+
+
+def as_tensor(shape: list[int], kind: int, raw: bytes) -> torch.Tensor:
+    dtype = {0: torch.float32, 30: torch.bfloat16, 1: torch.float16}[kind]
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype).reshape(shape[::-1])
+
+
+def test_our_split_pattern_is_one_llama_cpp_implements():
+    assert DEFAULT_PATTERN in gguf.LLAMA_CPP_SPLITS["qwen2"]
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_the_file_holds_the_model_and_tokenizer_in_llama_cpp_layout(export, tmp_path, dtype):
+    folder, model, tokenizer = export
+    gguf.write_gguf(folder, tmp_path / "m.gguf", dtype)
+    metadata, tensors = read_gguf(tmp_path / "m.gguf")
+    assert metadata["general.architecture"] == "llama" and metadata["tokenizer.ggml.pre"] == "qwen2"
+    assert metadata["llama.block_count"] == 2 and metadata["llama.attention.head_count_kv"] == 2
+    assert metadata["tokenizer.ggml.bos_token_id"] == tokenizer.bos_id
+    assert metadata["tokenizer.ggml.eot_token_id"] == 5  # the second stop id of generation_config.json
+    tokens = metadata["tokenizer.ggml.tokens"]
+    assert len(tokens) == CONFIG.vocab_size and tokens[:2] == ["<pad>", "<eos>"] and tokens[-1] == "[PAD399]"
+    assert metadata["tokenizer.ggml.token_type"][:7] == [3] * 6 + [1] and metadata["tokenizer.ggml.token_type"][-1] == 5
+    assert len(tensors) == 2 + 9 * 2 and "output.weight" not in tensors  # tied: llama.cpp reuses token_embd
+    cast = torch.float32 if dtype == "f32" else torch.bfloat16
+    state = model.state_dict()
+    assert torch.equal(as_tensor(*tensors["token_embd.weight"]), state["embed_tokens.weight"].to(cast))
+    assert tensors["blk.0.attn_norm.weight"][1] == 0  # norms stay f32
+    q_rows = CONFIG.num_heads * CONFIG.head_dim
+    q = as_tensor(*tensors["blk.1.attn_q.weight"]).float()
+    hf_q = state["layers.1.self_attn.qkv_proj.weight"][:q_rows].to(cast).float()
+    # llama.cpp pairs dimensions 2j, 2j+1 of each head; Hugging Face j and j + head_dim/2
+    half = CONFIG.head_dim // 2
+    head = 3
+    assert torch.equal(q[head * CONFIG.head_dim + 2 * 5], hf_q[head * CONFIG.head_dim + 5])
+    assert torch.equal(q[head * CONFIG.head_dim + 2 * 5 + 1], hf_q[head * CONFIG.head_dim + 5 + half])
+
+
+def test_the_gguf_package_reads_it(export, tmp_path):
+    reader_module = pytest.importorskip("gguf")
+    folder, model, _ = export
+    gguf.write_gguf(folder, tmp_path / "m.gguf")
+    reader = reader_module.GGUFReader(tmp_path / "m.gguf")
+    down = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
+    expected = model.state_dict()["layers.0.mlp.down_proj.weight"]
+    assert torch.equal(torch.from_numpy(down.data.copy()).reshape(expected.shape), expected)
+
+
+def test_tokenizers_llama_cpp_cannot_split_alike_are_refused_in_one_line(export, tmp_path):
+    folder, _, _ = export
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    for name, change in [("split", lambda s: s["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"\w+")),
+                         ("spm", lambda s: s["model"].update(byte_fallback=True))]:
+        copy = tmp_path / name
+        copy.mkdir()
+        for file in folder.iterdir():
+            (copy / file.name).write_bytes(file.read_bytes())
+        changed = json.loads(json.dumps(spec))
+        change(changed)
+        (copy / "tokenizer.json").write_text(json.dumps(changed))
+        with pytest.raises(InputError) as refused:
+            gguf.write_gguf(copy, tmp_path / f"{name}.gguf")
+        assert "\n" not in str(refused.value) and "tokenizer.json" in str(refused.value)
+        assert not (tmp_path / f"{name}.gguf").exists()
+
+
+@pytest.mark.skipif(not os.environ.get("FOX1_LLAMA_CPP"), reason="FOX1_LLAMA_CPP names no llama.cpp build")
+def test_llama_cpp_tokenizes_as_fox1(export, tmp_path):
+    folder, _, tokenizer = export
+    gguf.write_gguf(folder, tmp_path / "m.gguf")
+    text = "".join(stdlib_text(600_000))[200_000:] + " 3.14159 ünïcödé 我想在apple工作 \t\n\n  x  \r\n'RE we'Ll"
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    assert llama_cpp.tokenize(Path(os.environ["FOX1_LLAMA_CPP"]), tmp_path / "m.gguf",
+                              tmp_path / "text.txt") == tokenizer.encode(text)
