@@ -54,14 +54,11 @@ from fox1.checkpoints import (MetricsLog, latest_checkpoint, load_checkpoint, po
                               save_checkpoint)
 from fox1.distributed import Dist, StopFlag, global_mean
 from fox1.files import write_atomic
+from fox1.machine import gpu_peak_flops
 from fox1.speed import native_bf16
 from model import IGNORE_INDEX, Fox, FoxConfig
 from fox1.chat_template import DEFAULT_CHAT_TEMPLATE
 from tokenizer import load_tokenizer
-
-
-# Dense bf16 matmul peak (FLOP/s) of common accelerators, for MFU. CPUs have no entry: their log shows tokens/s.
-GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,7 +316,7 @@ def log_step(run: StageRun, model: Fox, step: int, loss: float, lr: float, grad_
     if not math.isfinite(loss):
         raise TrainError(f"{stage_label(stage.number)} step {step}: loss is {loss}; stopping. The last good "
                          f"checkpoint is {latest_checkpoint(run.directory) or 'none (this stage has not saved yet)'}")
-    tokens_per_s, peak = cfg.tokens_per_step / seconds, peak_flops(env)
+    tokens_per_s, peak = cfg.tokens_per_step / seconds, gpu_peak_flops(env.device)
     run.tokens += cfg.tokens_per_step
     row = {"stage": stage.number, "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
            "tokens_per_s": tokens_per_s, "tokens": run.tokens}
@@ -344,13 +341,6 @@ def describe_stage(plan: StagePlan, loader: data.Loader | data.ChatLoader, cfg: 
                f"({env.world_size} rank(s) x {plan.accumulation} micro-steps x {plan.micro_batch} windows)"
                + (f", resuming at step {step}" if step else "")
                + f"\n  mixture {stage.mixture}\n  packing: {packing}")
-
-
-def peak_flops(env: Dist) -> float | None:
-    if env.device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(env.device)
-    return next((flops for key, flops in GPU_PEAK_FLOPS.items() if key in name), None)
 
 
 # --------------------------------------------------------------------------------------------------

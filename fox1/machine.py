@@ -78,6 +78,19 @@ def cpu_description() -> str:
             f"{torch.backends.cpu.get_cpu_capability()}; {torch.get_num_threads()} threads")
 
 
+# Dense bf16 matmul peak (FLOP/s) of common accelerators, for train.py's MFU. CPUs have no entry: their log shows
+# tokens/s (bench.py measures a CPU's peak instead).
+GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
+
+
+def gpu_peak_flops(device: torch.device) -> float | None:
+    """The data-sheet bf16 peak of a known GPU, else None."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in GPU_PEAK_FLOPS.items() if key in name), None)
+
+
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     """FLOP/s of a large square matmul, the best the BLAS gets here: 2048^3 on a CPU (17 GFLOP, ~0.2 s on
     2 cores), 8192^3 on a GPU (1.1 TFLOP, ~1 ms on an H100-class chip)."""

@@ -3,9 +3,14 @@
 come from quiet runs of bench.py itself, see NOTES.md)."""
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from cli import bench as bench_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--preset", "tiny", "--batch-size", "1", "--seq-len", "32", "--repeats", "1", "--prompt-len", "8",
@@ -43,3 +48,23 @@ def test_bench_skip_leaves_sections_out():
     assert "data.py prepare, 1 worker(s)" in table
     assert "train step" not in table and "decode" not in table
     assert "machine:" in table  # the machine's peaks are measured whatever is skipped
+
+
+def test_a_llama_cpp_folder_without_its_tools_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        bench_cli.parse_args(["--llama-cpp", str(tmp_path)])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and "llama-bench" in error[-1] and str(tmp_path) in error[-1]
+
+
+@pytest.mark.skipif(not os.environ.get("FOX1_LLAMA_CPP"), reason="FOX1_LLAMA_CPP names no llama.cpp build")
+def test_llama_cpp_rows_sit_beside_fox1s_compiled_rows():
+    quick = [arg for arg in QUICK if arg != "--no-compile"]
+    done = subprocess.run([sys.executable, "bench.py", *quick, "--skip", "training", "int8", "loss-memory",
+                           "tokenizer", "prepare", "--llama-cpp", os.environ["FOX1_LLAMA_CPP"]], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table, _, last = done.stdout.rstrip().rpartition("\n")
+    numbers = json.loads(last)
+    for kind in ("f32", "bf16", "Q8_0", "Q4_0"):
+        assert numbers[f"llama_cpp_decode_tok_per_s[{kind}]"] > 0 and f"decode vs llama.cpp {kind}" in table

@@ -151,3 +151,9 @@ def test_llama_cpp_tokenizes_as_fox1(export, tmp_path):
     (tmp_path / "text.txt").write_text(text, encoding="utf-8")
     assert llama_cpp.tokenize(Path(os.environ["FOX1_LLAMA_CPP"]), tmp_path / "m.gguf",
                               tmp_path / "text.txt") == tokenizer.encode(text)
+
+
+def test_a_folder_without_llama_cpps_tools_is_named_in_one_line(tmp_path):
+    with pytest.raises(InputError) as missing:
+        llama_cpp.tool(tmp_path, "llama-bench")
+    assert str(tmp_path) in str(missing.value) and "\n" not in str(missing.value)
