@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import struct
 import sys
+from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -61,12 +63,12 @@ TENSOR_NAMES = {
 
 
 def write_gguf(folder: Path, path: Path, dtype: str = "f32") -> None:
-    """A fox1 export folder (config.json, model.safetensors, tokenizer.json) -> one GGUF file, written atomically."""
+    """A fox1 export folder (config.json, model.safetensors, tokenizer.json) -> one GGUF file, written atomically
+    and one tensor at a time (a 1.6B model never sits in memory twice)."""
     folder = Path(folder)
     fields, _ = read_config(folder / "config.json")
     metadata = model_metadata(fields, folder, dtype) | tokenizer_metadata(folder, fields["vocab_size"])
-    tensors = dict(llama_cpp_tensors(folder, fields, dtype))
-    write_atomic(path, gguf_chunks(metadata, tensors))
+    write_atomic(path, gguf_chunks(metadata, llama_cpp_tensors(folder, fields, dtype)))
 
 
 def model_metadata(fields: dict, folder: Path, dtype: str) -> dict[str, tuple[str, object]]:
@@ -132,20 +134,31 @@ def special_ids(folder: Path) -> dict[str, int]:
     return {key: value for key, value in ids.items() if isinstance(value, int)}
 
 
-def llama_cpp_tensors(folder: Path, fields: dict, dtype: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """(llama.cpp name, tensor) of every weight: matrices in `dtype`, norms in f32; lm_head skipped (tied)."""
+def llama_cpp_tensors(folder: Path, fields: dict, dtype: str) -> dict[str, tuple[list[int], torch.dtype, Callable]]:
+    """{llama.cpp name: (shape, dtype, a function reading the tensor)} of every weight: matrices in `dtype`, norms
+    in f32, lm_head skipped (tied). Shapes come from the safetensors headers; nothing is read until it is written."""
+    from safetensors import safe_open
+
     templates = {hf.replace("{i}", str(i)): ours.replace("{i}", str(i))
                  for hf, ours in TENSOR_NAMES.items() for i in range(fields["num_layers"])}
     files = safetensors_files(folder)
     missing = sorted(set(templates) - set(files))
     if missing:
         raise CheckpointError(f"{folder}: tensor {missing[0]} not found")
+    tensors = {}
     for hf, name in templates.items():
-        tensor = read_tensor(files[hf], hf, torch.float32)
-        if ".q_proj." in hf or ".k_proj." in hf:
-            heads = fields["num_heads"] if ".q_proj." in hf else fields["num_kv_heads"]
-            tensor = rope_pairs_adjacent(tensor, heads)
-        yield name, tensor if tensor.dim() == 1 else tensor.to(TENSOR_TYPES[dtype][1])
+        with safe_open(str(files[hf]), "pt") as f:
+            shape = list(f.get_slice(hf).get_shape())
+        tensors[name] = (shape, torch.float32 if len(shape) == 1 else TENSOR_TYPES[dtype][1],
+                         partial(_read_for_llama_cpp, files[hf], hf, fields))
+    return tensors
+
+
+def _read_for_llama_cpp(path: Path, hf: str, fields: dict) -> torch.Tensor:
+    tensor = read_tensor(path, hf, torch.float32)
+    if ".q_proj." in hf or ".k_proj." in hf:
+        tensor = rope_pairs_adjacent(tensor, fields["num_heads"] if ".q_proj." in hf else fields["num_kv_heads"])
+    return tensor
 
 
 def rope_pairs_adjacent(weight: torch.Tensor, heads: int) -> torch.Tensor:
@@ -154,20 +167,21 @@ def rope_pairs_adjacent(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return weight.reshape(heads, 2, -1, weight.size(1)).transpose(1, 2).reshape(weight.shape)
 
 
-def gguf_chunks(metadata: dict[str, tuple[str, object]], tensors: dict[str, torch.Tensor]) -> Iterator[bytes]:
+def gguf_chunks(metadata: dict[str, tuple[str, object]], tensors: dict[str, tuple[list[int], torch.dtype, Callable]]
+                ) -> Iterator[bytes]:
     """The file: header, metadata, tensor descriptions (shape innermost first, type, offset), then the data."""
     header = [b"GGUF", struct.pack("<IQQ", 3, len(tensors), len(metadata))]
     header += [_string(key) + _value(kind, value) for key, (kind, value) in metadata.items()]
     offset = 0
-    for name, tensor in tensors.items():
-        kind = 0 if tensor.dtype == torch.float32 else next(t for t, d in TENSOR_TYPES.values() if d == tensor.dtype)
-        header.append(_string(name) + struct.pack("<I", tensor.dim()) + struct.pack(f"<{tensor.dim()}Q", *tensor.shape[::-1])
+    for name, (shape, dtype, _) in tensors.items():
+        kind = next(code for code, type_ in TENSOR_TYPES.values() if type_ == dtype)
+        header.append(_string(name) + struct.pack(f"<I{len(shape)}Q", len(shape), *shape[::-1])
                       + struct.pack("<IQ", kind, offset))
-        offset += _padded(tensor.numel() * tensor.element_size())
+        offset += _padded(math.prod(shape) * dtype.itemsize)
     head = b"".join(header)
     yield head + bytes(_padded(len(head)) - len(head))
-    for tensor in tensors.values():
-        data = tensor.contiguous().view(torch.uint8).numpy().tobytes()
+    for shape, dtype, read in tensors.values():
+        data = read().to(dtype).contiguous().view(torch.uint8).numpy().tobytes()
         yield data + bytes(_padded(len(data)) - len(data))
 
 
