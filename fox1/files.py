@@ -44,18 +44,26 @@ def text_argument(value: str) -> str:
 
 
 def write_atomic(path: str | Path, data: str | bytes | Iterable[bytes]) -> None:
-    """Write a file whole or not at all: a temporary file next to it, then a rename (atomic on POSIX and Windows).
-    `data` may also be an iterable of byte chunks, written as they come (a model file need not fit in memory twice).
-    A failed write removes the temporary file and raises OSError; a reader never sees half a file. Creates the
-    parent directories; the file gets the usual permissions (umask), unlike tempfile's private 0600."""
+    """Write a file whole or not at all (`atomic_path`). `data` may also be an iterable of byte chunks, written as
+    they come (a model file need not fit in memory twice)."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        for chunk in [data.encode("utf-8")] if isinstance(data, str) else [data] if isinstance(data, bytes) else data:
+            file.write(chunk)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path next to `path` to write to, renamed onto `path` when the block ends without an error
+    (atomic on POSIX and Windows), removed otherwise: a reader never sees half a file. Creates the parent
+    directories; the file gets the usual permissions (umask), unlike tempfile's private 0600."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "wb") as file:
-            chunks = [data.encode("utf-8")] if isinstance(data, str) else [data] if isinstance(data, bytes) else data
-            for chunk in chunks:
-                file.write(chunk)
+        temporary.touch()
+        mode = temporary.stat().st_mode & 0o777  # the umask's; a writer may set its own (safetensors: 0600)
+        yield temporary
+        temporary.chmod(mode)
         os.replace(temporary, path)
     except BaseException:  # also KeyboardInterrupt: never leave the temporary file behind
         with contextlib.suppress(OSError):  # e.g. it was never created because the parent is a file

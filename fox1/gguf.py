@@ -110,7 +110,8 @@ def tokenizer_metadata(folder: Path, vocab_size: int) -> dict[str, tuple[str, ob
     if max(by_id) >= vocab_size:
         raise InputError(f"{path}: token id {max(by_id)} is outside the model's vocabulary of {vocab_size}")
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)]
-    types = [TOKEN_CONTROL if i in special else TOKEN_NORMAL if i in by_id else TOKEN_UNUSED for i in range(vocab_size)]
+    types = [TOKEN_CONTROL if i in special else TOKEN_NORMAL if i in by_id else TOKEN_UNUSED
+             for i in range(vocab_size)]
     merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model.get("merges", [])]
     ids = special_ids(folder)
     return {"tokenizer.ggml.model": ("str", "gpt2"), "tokenizer.ggml.pre": ("str", pre),

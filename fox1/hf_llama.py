@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from fox1.files import write_atomic, write_json_atomic
+from fox1.files import atomic_path, write_json_atomic
 
 
 class CheckpointError(ValueError):
@@ -208,10 +208,11 @@ def save_llama(directory: Path, state: dict[str, torch.Tensor], config, dtype: t
                stop_ids: list[int] | None = None) -> None:
     """config.json, generation_config.json and model.safetensors of our state dict, as transformers'
     LlamaForCausalLM loads them (tied weights stored once, as HF does), each written atomically."""
-    from safetensors.torch import save
+    from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in fox_to_hf(state, config).items()}
-    write_atomic(directory / "model.safetensors", save(tensors, metadata={"format": "pt"}))
+    with atomic_path(directory / "model.safetensors") as temporary:  # streamed to disk: no second copy in memory
+        save_file(tensors, temporary, metadata={"format": "pt"})
     hf_config = config_to_hf(config, dtype) | (token_ids or {})
     if tokenizer_fingerprint:
         hf_config["fox1_tokenizer_fingerprint"] = tokenizer_fingerprint

@@ -2,7 +2,8 @@
 table is walked with values it must refuse (argparse's exit status 2 and one error line naming the flag)."""
 import pytest
 
-from cli import bench as bench_cli, data as data_cli, sample as sample_cli, tokenizer as tokenizer_cli, train as train_cli
+from cli import bench as bench_cli, data as data_cli, sample as sample_cli
+from cli import tokenizer as tokenizer_cli, train as train_cli
 import eval as evaluation
 import study
 
