@@ -67,4 +67,7 @@ def test_llama_cpp_rows_sit_beside_fox1s_compiled_rows():
     table, _, last = done.stdout.rstrip().rpartition("\n")
     numbers = json.loads(last)
     for kind in ("f32", "bf16", "Q8_0", "Q4_0"):
-        assert numbers[f"llama_cpp_decode_tok_per_s[{kind}]"] > 0 and f"decode vs llama.cpp {kind}" in table
+        assert numbers[f"llama_cpp_decode_tok_per_s[{kind}]"] > 0
+        assert numbers[f"llama_cpp_prefill_tok_per_s[{kind}]"] > 0
+    for kind in ("f32", "Q8_0", "Q4_0"):  # bf16 has no fox1 row here (--no-bf16)
+        assert f"decode vs llama.cpp {kind}" in table and f"prefill vs llama.cpp {kind}" in table
