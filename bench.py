@@ -124,9 +124,9 @@ def as_sample_decodes(model: Fox) -> Fox:
 
 
 def generation_calls(models: dict[str, torch.nn.Module], prompt: torch.Tensor, new_tokens: int,
-                     compile: bool) -> dict[str, Callable[[], object]]:
-    """For each model ("fox1 fp32", "hf bf16", ...) and mode ("eager"; for fox1 with `compile` also
-    "compiled"): "<name> prefill[ compiled]" makes 1 token, "<name> <mode>" makes new_tokens. All are timed
+                     compile: bool, eager: bool = True) -> dict[str, Callable[[], object]]:
+    """For each model ("fox1 fp32", "hf bf16", ...) and mode ("eager" unless not `eager`; for fox1 with `compile`
+    also "compiled"): "<name> prefill[ compiled]" makes 1 token, "<name> <mode>" makes new_tokens. All are timed
     alike, from outside: prefill = t(1 token), decode = t(new_tokens) - t(1 token) for new_tokens - 1 steps."""
     calls = {}
     for name, model in models.items():
@@ -134,7 +134,7 @@ def generation_calls(models: dict[str, torch.nn.Module], prompt: torch.Tensor, n
             calls.update({f"{name} prefill": hf_generation(model, prompt, 1),
                           f"{name} eager": hf_generation(model, prompt, new_tokens)})
             continue
-        if " int" not in name:  # eager int8/int4 convert every weight to floats every step: never the fast path
+        if eager and " int" not in name:  # eager int8/int4 convert every weight to floats every step: never fast
             calls[f"{name} prefill"] = fox1_generation(model, prompt, 1, compile=False)
             calls[f"{name} eager"] = fox1_generation(as_sample_decodes(model), prompt, new_tokens, compile=False)
         if compile:
@@ -339,7 +339,8 @@ def bench_generation(args: argparse.Namespace, report: Report, machine: Machine,
         if args.bf16:
             models["hf bf16"] = copy.deepcopy(hf).to(torch.bfloat16)
     with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
-        calls, errors = runnable(generation_calls(models, prompt, args.new_tokens, not args.no_compile))
+        calls, errors = runnable(generation_calls(models, prompt, args.new_tokens, not args.no_compile,
+                                                  not args.no_eager))
         engine = LlamaCpp(args, model, Path(folder)) if args.llama_cpp else None
         seconds = interleaved_seconds(calls | (engine.calls if engine else {}), args.device, args.repeats, warmup=0)
     prefill = {name: [prompt.numel() / s for s in values] for name, values in seconds.items() if " prefill" in name}

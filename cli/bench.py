@@ -101,6 +101,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt-len", type=int, default=128, help="prefill length for the generation rows")
     p.add_argument("--new-tokens", type=int, default=64, help="decoded tokens for the generation rows")
     p.add_argument("--no-compile", action="store_true", help="skip fox1's compiled rows (training step and decode)")
+    p.add_argument("--no-eager", action="store_true", help="skip fox1's eager generation rows (eager fp32 decoding "
+                   "streams a column-major copy of the weights: twice the memory, too much for fox-1.6b in 24 GB)")
     p.add_argument("--ckpt", help="a trained export (e.g. out/export) for the int8 / int4 perplexity rows")
     p.add_argument("--heldout", help="text the --ckpt model was not trained on, for the int8 / int4 perplexity rows "
                    "(default: the built-in corpus's held-out documents)")
@@ -126,6 +128,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--ckpt {args.ckpt}: no checkpoint here (config.json not found)")
     if args.heldout and not Path(args.heldout).is_file():
         p.error(f"--heldout {args.heldout}: file not found")
+    if args.no_eager and args.no_compile:
+        p.error("--no-eager with --no-compile leaves no generation rows of fox1")
     if args.llama_cpp:
         try:
             for name in ("llama-bench", "llama-quantize"):

@@ -50,6 +50,12 @@ def test_bench_skip_leaves_sections_out():
     assert "machine:" in table  # the machine's peaks are measured whatever is skipped
 
 
+def test_no_eager_and_no_compile_together_are_refused(capsys):
+    with pytest.raises(SystemExit) as done:
+        bench_cli.parse_args(["--no-eager", "--no-compile"])
+    assert done.value.code == 2 and "--no-eager" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def test_a_llama_cpp_folder_without_its_tools_is_refused_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         bench_cli.parse_args(["--llama-cpp", str(tmp_path)])
@@ -59,7 +65,7 @@ def test_a_llama_cpp_folder_without_its_tools_is_refused_before_any_work(tmp_pat
 
 @pytest.mark.skipif(not os.environ.get("FOX1_LLAMA_CPP"), reason="FOX1_LLAMA_CPP names no llama.cpp build")
 def test_llama_cpp_rows_sit_beside_fox1s_compiled_rows():
-    quick = [arg for arg in QUICK if arg != "--no-compile"]
+    quick = [arg for arg in QUICK if arg != "--no-compile"] + ["--no-eager"]
     done = subprocess.run([sys.executable, "bench.py", *quick, "--skip", "training", "int8", "loss-memory",
                            "tokenizer", "prepare", "--llama-cpp", os.environ["FOX1_LLAMA_CPP"]], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
@@ -71,3 +77,4 @@ def test_llama_cpp_rows_sit_beside_fox1s_compiled_rows():
         assert numbers[f"llama_cpp_prefill_tok_per_s[{kind}]"] > 0
     for kind in ("f32", "Q8_0", "Q4_0"):  # bf16 has no fox1 row here (--no-bf16)
         assert f"decode vs llama.cpp {kind}" in table and f"prefill vs llama.cpp {kind}" in table
+    assert "eager" not in table.split("fox1/ref")[1]  # --no-eager
