@@ -16,7 +16,6 @@ matrix (llama.cpp reuses the embedding, as Fox-1 ties them). Q8_0 / Q4_0 files a
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import struct
 import sys
@@ -27,7 +26,7 @@ from typing import Callable, Iterator
 import torch
 
 from fox1.files import InputError, write_atomic
-from fox1.hf_llama import CheckpointError, read_config, read_tensor, safetensors_files
+from fox1.hf_llama import CheckpointError, checkpoint_tokens, read_config, read_tensor, safetensors_files
 from fox1.hf_tokenizer import read_tokenizer_json
 
 ALIGNMENT = 32  # GGUF's default: every tensor starts at a multiple of it
@@ -122,17 +121,11 @@ def tokenizer_metadata(folder: Path, vocab_size: int) -> dict[str, tuple[str, ob
 
 
 def special_ids(folder: Path) -> dict[str, int]:
-    """bos / eos / padding ids from config.json; a second eos in generation_config.json (the chat model's
+    """bos / eos ids as the export records them (`checkpoint_tokens`); a second eos (the chat model's
     <end_of_turn>) becomes llama.cpp's end-of-turn token."""
-    config = json.loads((folder / "config.json").read_text())
-    ids = {"bos_token_id": config.get("bos_token_id"), "eos_token_id": config.get("eos_token_id"),
-           "padding_token_id": config.get("pad_token_id")}
-    generation = folder / "generation_config.json"
-    eos = json.loads(generation.read_text()).get("eos_token_id") if generation.is_file() else None
-    others = [i for i in (eos if isinstance(eos, list) else []) if i != ids["eos_token_id"]]
-    if others:
-        ids["eot_token_id"] = others[0]
-    return {key: value for key, value in ids.items() if isinstance(value, int)}
+    tokens = checkpoint_tokens(folder)
+    ids = {"bos_token_id": tokens.bos_id, **dict(zip(("eos_token_id", "eot_token_id"), tokens.eos_ids))}
+    return {key: value for key, value in ids.items() if value is not None}
 
 
 def llama_cpp_tensors(folder: Path, fields: dict, dtype: str) -> dict[str, tuple[list[int], torch.dtype, Callable]]:
@@ -146,13 +139,12 @@ def llama_cpp_tensors(folder: Path, fields: dict, dtype: str) -> dict[str, tuple
     missing = sorted(set(templates) - set(files))
     if missing:
         raise CheckpointError(f"{folder}: tensor {missing[0]} not found")
-    tensors = {}
-    for hf, name in templates.items():
-        with safe_open(str(files[hf]), "pt") as f:
-            shape = list(f.get_slice(hf).get_shape())
-        tensors[name] = (shape, torch.float32 if len(shape) == 1 else TENSOR_TYPES[dtype][1],
-                         partial(_read_for_llama_cpp, files[hf], hf, fields))
-    return tensors
+    shapes = {}
+    for path in set(files.values()):  # each file's header once
+        with safe_open(str(path), "pt") as f:
+            shapes.update((hf, list(f.get_slice(hf).get_shape())) for hf in f.keys())
+    return {name: (shapes[hf], torch.float32 if len(shapes[hf]) == 1 else TENSOR_TYPES[dtype][1],
+                   partial(_read_for_llama_cpp, files[hf], hf, fields)) for hf, name in templates.items()}
 
 
 def _read_for_llama_cpp(path: Path, hf: str, fields: dict) -> torch.Tensor:
