@@ -123,6 +123,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="a llama.cpp build folder: adds llama.cpp's prefill and decode on the same weights (GGUF in "
                         "f32, bf16, Q8_0, Q4_0) to the generation rounds, next to fox1's compiled rows (NOTES.md)")
     args = p.parse_args(argv)
+    check_flags(p, args)
+    return device_defaults(args)
+
+
+def check_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse what no bench can run, before anything starts (argparse's usage line + one error line)."""
     check_numbers(p, args, FLAG_RULES)
     if args.ckpt and not (Path(args.ckpt) / "config.json").is_file():
         p.error(f"--ckpt {args.ckpt}: no checkpoint here (config.json not found)")
@@ -136,6 +142,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                 llama_cpp.tool(args.llama_cpp, name)
         except InputError as error:
             p.error(str(error))
+
+
+def device_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """The device-dependent defaults: dtype, bf16 rows, training batch and length; torch's thread count."""
     args.device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     args.dtype = getattr(torch, args.dtype or default_dtype(args.device, compile=False, quantize=None))
