@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from fox1 import hf_llama
 from fox1.hf_llama import CheckpointError
-from fox1.speed import linear, quantized_weights
+from fox1.speed import cache_dtype, linear, quantized_weights
 
 IGNORE_INDEX = -100  # targets with this value do not count in the loss (e.g. across document borders)
 
@@ -100,8 +100,8 @@ class Attention(nn.Module):
         if self.kv_cache is not None and input_pos is not None:
             k, v = self.kv_cache.update(input_pos, k, v)
         # mask=None means plain causal attention over this call's own tokens (the fastest kernel path).
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+        return self.o_proj(y.to(x.dtype).transpose(1, 2).reshape(B, T, -1))  # the cache may be wider (cache_dtype)
 
 
 class KVCache(nn.Module):
@@ -329,8 +329,8 @@ class Fox(nn.Module):
     def setup_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> None:
         """Preallocate a static KV cache in every layer for generation; forward(..., input_pos=...) uses it."""
         max_len = max_len or self.config.context_len
-        dtype = dtype or self.norm.weight.dtype  # the compute dtype, also under int8 weights
         device = self.norm.weight.device
+        dtype = dtype or cache_dtype(self.norm.weight.dtype, device)  # norms keep the compute dtype, also in int8
         c = self.config
         for layer in self.layers:
             layer.self_attn.kv_cache = KVCache(batch_size, max_len, c.num_kv_heads, c.head_dim, dtype, device)

@@ -44,7 +44,7 @@ from tqdm import tqdm
 import data
 from fox1.corpus import WRITE_FUNCTION
 from fox1.machine import timed
-from fox1.speed import CPU_DECODE_INDUCTOR
+from fox1.speed import CPU_DECODE_INDUCTOR, cache_dtype
 from model import IGNORE_INDEX, Fox
 from data import chat_stop_ids, encode_chat
 from tokenizer import Tokenizer
@@ -154,7 +154,7 @@ def ensure_kv_cache(model: Fox, batch_size: int, min_len: int) -> None:
     it has when that is long enough: stale entries are harmless (the mask hides every slot past the
     current position), and the same buffers keep a compiled step (or a captured CUDA graph) valid."""
     cache = model.layers[0].self_attn.kv_cache
-    dtype = model.norm.weight.dtype  # the compute dtype, also under int8 weights
+    dtype = cache_dtype(model.norm.weight.dtype, model.norm.weight.device)
     if cache is None or cache.k.shape[0] != batch_size or cache.k.shape[2] < min_len or cache.k.dtype != dtype:
         model.setup_kv_cache(batch_size, min_len, dtype)
 

@@ -10,7 +10,8 @@ bandwidth. On a CPU the library matmul (MKL / oneDNN) is not at its best there, 
   * `quantize_int4`: weight-only int4 in groups of 32 weights with a scale each, two weights a byte (an eighth of
     fp32's bytes, plus the scales), multiplied by PyTorch's CPU int4 kernel;
   * `CPU_DECODE_INDUCTOR`: inductor settings for the compiled one-row decode step;
-  * `native_bf16` / `default_dtype`: bf16 only where the hardware runs it natively.
+  * `native_bf16` / `default_dtype`: bf16 only where the hardware runs it natively;
+  * `cache_dtype`: the KV cache stays fp32 on a CPU, for its attention kernel.
 Measured speeds, with their machines, are in NOTES.md ("Figures behind the code's choices").
 """
 from __future__ import annotations
@@ -71,6 +72,12 @@ def default_dtype(device: torch.device, compile: bool, quantize: str | None) -> 
     to fp32 faster than to bf16)."""
     bf16 = device.type == "cuda" or (compile and quantize is None and native_bf16(device))
     return "bfloat16" if bf16 else "float32"
+
+
+def cache_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The KV cache's dtype for a model computing in `dtype`: fp32 on a CPU, whose attention kernel is several
+    times slower over bf16 keys and values than over fp32 ones when decoding (one query row against the cache)."""
+    return torch.float32 if device.type == "cpu" else dtype
 
 
 def streams_column_major(device: torch.device, dtype: torch.dtype, compile: bool, rows: int) -> bool:

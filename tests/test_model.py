@@ -1,4 +1,5 @@
 """Tests for model.py: exact Fox-1 shape, attention semantics, the chunked loss, the KV cache."""
+import copy
 
 import pytest
 import torch
@@ -99,6 +100,19 @@ def test_kv_cached_decode_equals_full_forward(micro):
     steps = [micro(idx[:, t:t + 1], input_pos=torch.tensor([t])) for t in range(12, 20)]
     cached = torch.cat([prefill] + steps, dim=1)
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_model_keeps_an_fp32_kv_cache_on_cpu_and_decodes_as_its_full_forward(micro):
+    """CPU attention is several times slower over bf16 keys and values: the cache stays fp32 (fox1.speed.cache_dtype),
+    and the cached steps still give the bf16 model's own logits."""
+    bf16 = copy.deepcopy(micro).to(torch.bfloat16)
+    idx = torch.randint(0, MICRO.vocab_size, (1, 12))
+    full = bf16(idx)
+    bf16.setup_kv_cache(batch_size=1, max_len=16)
+    assert bf16.layers[0].self_attn.kv_cache.k.dtype == torch.float32
+    cached = torch.cat([bf16(idx[:, :8], input_pos=torch.arange(8))] +
+                       [bf16(idx[:, t:t + 1], input_pos=torch.tensor([t])) for t in range(8, 12)], dim=1)
+    torch.testing.assert_close(cached.float(), full.float(), atol=0.05, rtol=0.05)
 
 
 def test_chunked_loss_equals_naive_loss_value_and_gradients(monkeypatch):
