@@ -65,6 +65,7 @@ from fox1.corpus import BUILTIN, builtin_documents
 from fox1.distributed import Dist, init_distributed
 from fox1.files import InputError, Number, check_numbers, write_atomic, write_json_atomic
 from fox1.machine import synchronize
+from fox1.speed import cache_dtype
 from model import IGNORE_INDEX, CheckpointError, Fox, FoxConfig
 from tokenizer import FIRST_MERGE_ID, Tokenizer
 
@@ -798,13 +799,13 @@ def gqa_measurements(settings: GqaSettings, repeats: int, device: torch.device, 
         for context in tqdm(settings.contexts, desc=f"{kv_heads} KV heads", leave=False):
             # sample.py's cache is static and read whole at every step, whatever the position: a step in a
             # cache of `context` slots costs what a step at position `context` does, so no prefill is needed.
-            model.setup_kv_cache(1, context, dtype)
+            model.setup_kv_cache(1, context)  # in generation's dtype for it (fox1.speed.cache_dtype)
             speed = max(sample.generate(model, [Tokenizer.bos_id], settings.decode_steps + 1,
                                         temperature=0).decode_tokens_per_s for _ in range(repeats))
-            measured = kv_cache_bytes(model)
+            measured, itemsize = kv_cache_bytes(model), model.layers[0].self_attn.kv_cache.k.element_size()
             rows.append({"kv_heads": kv_heads, "context": context, "decode_tokens_per_s": speed,
                          "kv_cache_bytes": measured,  # and scaled to Fox-1: 32 layers, 2-byte bf16
-                         "fox1_kv_cache_bytes_bf16": measured // settings.layers * 32 * 2 // dtype.itemsize})
+                         "fox1_kv_cache_bytes_bf16": measured // settings.layers * 32 * 2 // itemsize})
         del model
     return rows
 
@@ -813,6 +814,7 @@ def run_gqa(settings: GqaSettings, repeats: int, out: Path) -> Report:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype, dtype_reason = decode_dtype(device)
     rows = gqa_measurements(settings, repeats, device, dtype)
+    kv_dtype = cache_dtype(dtype, device)
     by_kv = {kv: {r["context"]: r for r in rows if r["kv_heads"] == kv} for kv in settings.kv_heads}
     contexts, longest = list(settings.contexts), max(settings.contexts)
 
@@ -827,10 +829,11 @@ def run_gqa(settings: GqaSettings, repeats: int, out: Path) -> Report:
     panels = [Panel("decode speed", "context (tokens)", "tokens/s", line("decode_tokens_per_s"), logx=True),
               Panel("KV cache", "context (tokens)", "MB", line("kv_cache_bytes", 2**-20), logx=True)]
     note = (f"random weights, Fox-1's width (hidden 2048, 16 query heads of 128, SwiGLU 4096), {settings.layers} of "
-            f"its 32 layers and a {settings.vocab_size:,}-token vocabulary, {dtype_reason}; eager decode at batch 1, "
-            f"best of {repeats}; the last column scales the cache to Fox-1's 32 layers in bf16")
-    numbers = {"settings": asdict(settings), "repeats": repeats, "dtype": str(dtype), "device": device.type,
-               "rows": rows}
+            f"its 32 layers and a {settings.vocab_size:,}-token vocabulary, {dtype_reason}; the KV cache in "
+            f"{str(kv_dtype).removeprefix('torch.')}; eager decode at batch 1, best of {repeats}; the last column "
+            f"scales the cache to Fox-1's 32 layers in bf16")
+    numbers = {"settings": asdict(settings), "repeats": repeats, "dtype": str(dtype), "kv_cache_dtype": str(kv_dtype),
+               "device": device.type, "rows": rows}
     return Report(table, numbers, panels, gqa_conclusion(by_kv, settings), [note])
 
 

@@ -162,7 +162,7 @@ def test_gqa_cache_bytes_follow_kv_heads(tmp_path):
                                  repeats=1)
     report = study.run_gqa(settings, 1, tmp_path)
     rows = {row["kv_heads"]: row for row in report.numbers["rows"]}
-    itemsize = 2 if report.numbers["dtype"] == "torch.bfloat16" else 4
+    itemsize = 2 if report.numbers["kv_cache_dtype"] == "torch.bfloat16" else 4
     for kv, row in rows.items():
         assert row["kv_cache_bytes"] == 2 * kv * 64 * 128 * itemsize  # k and v, 1 layer, head_dim 128
         assert row["fox1_kv_cache_bytes_bf16"] == 2 * 32 * kv * 64 * 128 * 2
