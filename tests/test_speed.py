@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from cli import sample as sample_cli
 import sample
-from fox1.speed import (Int4Linear, Int8Linear, dequantize_int4, quantize_groups_int4, quantize_int4,
-                        quantize_int8, quantize_rows_int8)
+from fox1.speed import (CPU_INT8_DOT, Int4Linear, Int8Linear, dequantize_int4, int8_matmul, linear,
+                        quantize_groups_int4, quantize_int4, quantize_int8, quantize_rows_int8)
 from model import Fox, FoxConfig
 
 STDLIB = sorted(Path(os.__file__).parent.glob("*.py"))
@@ -64,6 +64,28 @@ def test_quantize_int8_replaces_every_matrix_and_keeps_the_norms(trained):
     assert len(matrices) == 4 * trained.config.num_layers + 1  # 4 per block + the tied embedding / LM head
     assert not any(p.dim() > 1 for p in int8.parameters())  # only norm gains stay floating point
     assert int8.num_params() == trained.num_params()
+
+
+def test_int8_matmul_moves_each_product_no_more_than_its_rows_rounding_allows():
+    """A prompt's rows are quantised like the weights (one scale per row): each activation moves by at most half
+    its row's step, so output n moves by at most step / 2 * sum |W[n]|."""
+    torch.manual_seed(0)
+    weight, x = torch.randn(48, 64), torch.randn(2, 7, 64) * torch.logspace(-2, 2, 7)[:, None]
+    quantized, scale = quantize_rows_int8(weight)
+    exact = x @ (quantized.float() * scale[:, None]).T
+    approx = int8_matmul(x, quantized, scale)
+    step = x.abs().amax(dim=-1, keepdim=True) / 127
+    assert approx.shape == exact.shape and approx.dtype == x.dtype
+    assert ((approx - exact).abs() <= step / 2 * (quantized.float() * scale[:, None]).abs().sum(-1) * 1.001).all()
+    assert not torch.equal(approx, exact)  # it does round the activations
+
+
+@pytest.mark.skipif(not CPU_INT8_DOT, reason="this CPU has no int8 dot-product instructions")
+def test_several_rows_take_the_int8_matmul_and_one_row_does_not():
+    quantized, scale = quantize_rows_int8(torch.randn(48, 64))
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(linear(x, quantized, scale), int8_matmul(x, quantized, scale))
+    torch.testing.assert_close(linear(x[:1], quantized, scale), x[:1] @ (quantized.float() * scale[:, None]).T)
 
 
 def test_quantize_groups_int4_moves_no_weight_more_than_half_a_step_of_its_group():
