@@ -13,7 +13,7 @@ from typing import Callable, TypeVar
 import torch
 
 from fox1.files import InputError
-from fox1.speed import cpu_flags
+from fox1.speed import CPU_FLAGS
 
 Result = TypeVar("Result")
 GB = 1e9
@@ -73,7 +73,7 @@ def cpu_description() -> str:
     if Path("/proc/cpuinfo").is_file():
         names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
         model = names[0].strip() if names else model
-    flags = [flag for flag in SPEED_FLAGS if flag in cpu_flags()]
+    flags = [flag for flag in SPEED_FLAGS if flag in CPU_FLAGS]
     return (f"{model}; {' '.join(flags) or 'no AVX2/AVX512 flags'}; torch kernels "
             f"{torch.backends.cpu.get_cpu_capability()}; {torch.get_num_threads()} threads")
 

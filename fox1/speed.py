@@ -56,8 +56,9 @@ def cpu_flags() -> set[str]:
 
 
 # Read once: `linear` asks inside compiled graphs, which cannot trace reading a file.
-CPU_BF16 = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
-CPU_INT8_DOT = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+CPU_FLAGS = cpu_flags()
+CPU_BF16 = bool({"avx512_bf16", "amx_bf16"} & CPU_FLAGS)
+CPU_INT8_DOT = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & CPU_FLAGS)
 
 
 def native_bf16(device: torch.device) -> bool:
