@@ -151,9 +151,13 @@ def prefill_of(call_name: str) -> str:
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes a decode step streams: every parameter and buffer but the KV cache and the RoPE tables."""
+    """Bytes a decode step streams: every parameter and buffer but the KV cache and the RoPE tables, and but what
+    an int4 layer keeps beside its CPU kernel's copy (packed weights and scales, which only the embedding's one-row
+    lookups read)."""
+    beside_kernel = {id(t) for m in model.modules() if hasattr(m, "kernel_weight")
+                     for t in (getattr(m, "weight", None), m.scale) if t is not None}
     tensors = [*model.parameters(), *(b for n, b in model.named_buffers() if "kv_cache" not in n and "rope" not in n)]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(t.numel() * t.element_size() for t in tensors if id(t) not in beside_kernel)
 
 
 # --------------------------------------------------------------------------------------------------

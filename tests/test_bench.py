@@ -78,3 +78,23 @@ def test_llama_cpp_rows_sit_beside_fox1s_compiled_rows():
     for kind in ("f32", "Q8_0", "Q4_0"):  # bf16 has no fox1 row here (--no-bf16)
         assert f"decode vs llama.cpp {kind}" in table and f"prefill vs llama.cpp {kind}" in table
     assert "eager" not in table.split("fox1/ref")[1]  # --no-eager
+
+
+def test_weight_bytes_counts_what_a_decode_step_reads():
+    """fp32: every parameter. int8: the int8 rows and their scales. int4 on a CPU: the kernel's copy only, not the
+    packed table and scales kept beside it for the embedding's lookups."""
+    from bench import weight_bytes
+    from fox1.speed import quantize_int4, quantize_int8
+    from model import Fox, FoxConfig
+
+    def model() -> Fox:
+        return Fox(FoxConfig.from_preset("tiny", num_layers=2, vocab_size=512)).eval()
+
+    fp32 = model()
+    norms = sum(p.numel() * 4 for n, p in fp32.named_parameters() if "norm" in n)
+    matrices = sum(p.numel() for n, p in fp32.named_parameters() if "norm" not in n)
+    rows = sum(p.size(0) for n, p in fp32.named_parameters() if "norm" not in n)
+    assert weight_bytes(fp32) == 4 * matrices + norms
+    assert weight_bytes(quantize_int8(model())) == matrices + 4 * rows + norms
+    groups = matrices // 32
+    assert weight_bytes(quantize_int4(model())) == matrices // 2 + 2 * 2 * groups + norms  # bf16 scale and zero
