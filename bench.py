@@ -55,7 +55,7 @@ from fox1.gguf import write_gguf
 from fox1.hf_reference import hf_generation, hf_loss, hf_tokenizer_speed, timed_tokenizer
 from fox1.machine import GB, Machine, interleaved_seconds, read_bandwidth, synchronize, timed
 from fox1.report import Report, median, ratio, undisturbed, versus
-from fox1.speed import column_major, quantize_int4, quantize_int8, streams_column_major
+from fox1.speed import QuantizedLinear, column_major, quantize_int4, quantize_int8, streams_column_major
 from model import Fox, FoxConfig, chunked_cross_entropy
 from tokenizer import DEFAULT_PATTERN, FIRST_MERGE_ID, SPECIAL_TOKENS, Tokenizer
 
@@ -151,13 +151,11 @@ def prefill_of(call_name: str) -> str:
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes a decode step streams: every parameter and buffer but the KV cache and the RoPE tables, and but what
-    an int4 layer keeps beside its CPU kernel's copy (packed weights and scales, which only the embedding's one-row
-    lookups read)."""
-    beside_kernel = {id(t) for m in model.modules() if hasattr(m, "kernel_weight")
-                     for t in (getattr(m, "weight", None), m.scale) if t is not None}
-    tensors = [*model.parameters(), *(b for n, b in model.named_buffers() if "kv_cache" not in n and "rope" not in n)]
-    return sum(t.numel() * t.element_size() for t in tensors if id(t) not in beside_kernel)
+    """Bytes a decode step streams: every parameter and each quantised matrix's `streamed_buffers` (the model's
+    other buffers are the KV cache and the RoPE tables, not weights)."""
+    quantized = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    tensors = [*model.parameters(), *(b for m in quantized for b in m.streamed_buffers())]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -134,6 +134,10 @@ class QuantizedLinear(nn.Module):
     def num_weights(self) -> int:
         return self.weight.numel()
 
+    def streamed_buffers(self) -> list[torch.Tensor]:
+        """The buffers a one-row decode step reads whole (bench.py's bandwidth bound)."""
+        return [self.weight, self.scale]
+
 
 class Int8Linear(QuantizedLinear):
     """int8 with per-row scales: decoding streams a quarter of fp32's bytes."""
@@ -198,6 +202,13 @@ class Int4Linear(QuantizedLinear):
 
     def num_weights(self) -> int:
         return self.scale.numel() * INT4_GROUP
+
+    def streamed_buffers(self) -> list[torch.Tensor]:
+        """The kernel's copy where there is one; the packed table and scales beside it serve only the embedding's
+        one-row lookups."""
+        if hasattr(self, "kernel_weight"):
+            return [self.kernel_weight, self.kernel_scales]
+        return super().streamed_buffers()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "kernel_weight"):
