@@ -3,10 +3,12 @@
 Decoding one token multiplies a single row by every weight matrix: a pure stream of the weights, bound by memory
 bandwidth. On a CPU the library matmul (MKL / oneDNN) is not at its best there, so:
   * `linear`: under torch.compile, a one-row product is written as multiply-and-sum, which inductor turns into its
-    own dot-product loops that stream the weights faster (and convert int8 weights to floats in registers);
+    own dot-product loops that stream the weights faster (int8 ones converted in registers where fox1's
+    int8 kernel is not loaded);
   * `column_major`: for eager fp32 decoding, weights stored column by column stream faster through MKL;
-  * `quantize_int8`: weight-only int8 with per-row scales (gpt-fast style), a quarter of fp32's bytes; a prompt's
-    rows are quantised too and meet them in an int8 matmul (`int8_matmul`) where the CPU has int8 dot products;
+  * `quantize_int8`: int8 weights with per-row scales (gpt-fast style), a quarter of fp32's bytes; where the CPU has
+    int8 dot products the activations' rows are rounded to int8 too and meet them in int8: a prompt's rows in
+    `int8_matmul`, a decoded token's row in fox1's AVX512-VNNI kernel (fox1/cpu_kernels.cpp), bit for bit alike;
   * `quantize_int4`: weight-only int4 in groups of 32 weights with a scale each, two weights a byte (an eighth of
     fp32's bytes, plus the scales), multiplied by PyTorch's CPU int4 kernel;
   * `CPU_DECODE_INDUCTOR`: inductor settings for the compiled one-row decode step;
@@ -23,13 +25,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fox1 import cpu_kernels
+
 
 def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight.T, as F.linear; but a single row on CPU under torch.compile is multiplied and summed in fp32
     (x made fp32 once, so bf16 weights do not reconvert it per row), which inductor streams faster than MKL
     (eagerly that expression would build the whole (out, in) product, so it is used only when compiling).
-    scale (out,): weight holds int8 rows whose real values are weight * scale (`quantize_int8`); several rows (a
-    prompt) on a CPU with int8 dot-product instructions are then quantised too (`int8_matmul`)."""
+    scale (out,): weight holds int8 rows whose real values are weight * scale (`quantize_int8`); on a CPU with
+    int8 dot-product instructions x's rows are then quantised too and meet the weights in int8: one row in fox1's
+    AVX512-VNNI kernel (fox1/cpu_kernels.cpp) where it is loaded, several rows (a prompt) in `int8_matmul`."""
+    if scale is not None and x.numel() == x.size(-1) and x.device.type == "cpu" and cpu_kernels.INT8_ROW:
+        return torch.ops.fox1.int8_row_linear(x.float(), weight, scale.float()).to(x.dtype)
     if x.device.type == "cpu" and torch.compiler.is_compiling() and x.numel() == x.size(-1):
         y = (x.float().unsqueeze(-2) * weight.float()).sum(-1)
         return (y if scale is None else y * scale).to(x.dtype)
@@ -143,6 +150,11 @@ class Int8Linear(QuantizedLinear):
     """int8 with per-row scales: decoding streams a quarter of fp32's bytes."""
 
     quantize = staticmethod(quantize_rows_int8)
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__(weight)
+        if weight.device.type == "cpu":
+            cpu_kernels.load(CPU_FLAGS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.scale)

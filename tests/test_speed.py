@@ -81,11 +81,10 @@ def test_int8_matmul_moves_each_product_no_more_than_its_rows_rounding_allows():
 
 
 @pytest.mark.skipif(not CPU_INT8_DOT, reason="this CPU has no int8 dot-product instructions")
-def test_several_rows_take_the_int8_matmul_and_one_row_does_not():
+def test_several_rows_take_the_int8_matmul():
     quantized, scale = quantize_rows_int8(torch.randn(48, 64))
     x = torch.randn(3, 64)
     torch.testing.assert_close(linear(x, quantized, scale), int8_matmul(x, quantized, scale))
-    torch.testing.assert_close(linear(x[:1], quantized, scale), x[:1] @ (quantized.float() * scale[:, None]).T)
 
 
 def test_quantize_groups_int4_moves_no_weight_more_than_half_a_step_of_its_group():

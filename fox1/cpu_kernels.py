@@ -1,0 +1,73 @@
+"""Builds and loads fox1's hand-written CPU kernel (fox1/cpu_kernels.cpp): one row times an int8 matrix with
+AVX512-VNNI, the int8 decode step's matmul (`fox1.speed.linear`).
+
+The kernel is compiled once per source, torch version and CPU with the system's C++ compiler (the one torch.compile
+uses on a CPU; ~10 s), into ~/.cache/fox1 (or $XDG_CACHE_HOME/fox1), and loaded as the operator
+`torch.ops.fox1.int8_row_linear`. Where it cannot be (no AVX512-VNNI, no compiler), `load` says why once and
+decoding keeps the compiled loop.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.utils.cpp_extension
+
+from fox1.files import atomic_path
+
+SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+NEEDS = {"avx512f", "avx512bw", "avx512_vnni"}  # the instructions the kernel is compiled for
+FLAGS = ["-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-w"]
+
+INT8_ROW = False  # whether torch.ops.fox1.int8_row_linear is loaded; read by fox1.speed.linear
+_tried = False
+
+
+def load(cpu_flags: set[str]) -> bool:
+    """Load the kernel if this CPU runs it, building it first if no cached build exists; True if loaded."""
+    global INT8_ROW, _tried
+    if _tried or not NEEDS <= cpu_flags:
+        return INT8_ROW
+    _tried = True
+    try:
+        torch.ops.load_library(str(_built()))
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"fox1: int8 CPU kernel not available ({_reason(e)}); int8 decoding takes the slower path",
+              file=sys.stderr)
+        return False
+    torch.library.register_fake("fox1::int8_row_linear")(_output_shape)
+    INT8_ROW = True
+    return True
+
+
+def _output_shape(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """What torch.compile needs to trace the operator: its output's shape and dtype."""
+    return x.new_empty(*x.shape[:-1], weight.size(0))
+
+
+def _built() -> Path:
+    """The shared library for this source, torch and compiler flags; compiled now (atomically) if not cached."""
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + torch.__version__.encode() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    library = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fox1" / f"cpu_kernels-{key}.so"
+    if library.exists():
+        return library
+    torch_lib = Path(torch.__file__).parent / "lib"
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+    includes = [f"-I{path}" for path in torch.utils.cpp_extension.include_paths()]
+    print("fox1: building the int8 CPU kernel (once, ~10 s)", file=sys.stderr)
+    with atomic_path(library) as partial:
+        subprocess.run([os.environ.get("CXX", "c++"), *FLAGS, abi, *includes, str(SOURCE), f"-L{torch_lib}",
+                        "-lc10", "-ltorch_cpu", "-o", str(partial)], check=True, capture_output=True, text=True)
+    return library
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, subprocess.CalledProcessError):
+        lines = (error.stderr or "").strip().splitlines()
+        return f"the C++ compiler failed: {lines[-1] if lines else f'exit {error.returncode}'}"
+    return str(error)
