@@ -1,10 +1,10 @@
 """Builds and loads fox1's hand-written CPU kernel (fox1/cpu_kernels.cpp): one row times an int8 matrix with
-AVX512-VNNI, the int8 decode step's matmul (`fox1.speed.linear`).
+AVX512-VNNI, the int8 matmul of a decode step (`fox1.speed.linear`).
 
-The kernel is compiled once per source, torch version and CPU with the system's C++ compiler (the one torch.compile
-uses on a CPU; ~10 s), into ~/.cache/fox1 (or $XDG_CACHE_HOME/fox1), and loaded as the operator
-`torch.ops.fox1.int8_row_linear`. Where it cannot be (no AVX512-VNNI, no compiler), `load` says why once and
-decoding keeps the compiled loop.
+The kernel is compiled once per source, torch version and flags with the system's C++ compiler (the one
+torch.compile uses on a CPU; ~10 s), into ~/.cache/fox1 (or $XDG_CACHE_HOME/fox1), and loaded as the operator
+`torch.ops.fox1.int8_row_linear`. Where it cannot be (no AVX512-VNNI, no compiler), `load` says why once and int8
+decoding keeps the slower path.
 """
 from __future__ import annotations
 

@@ -34,12 +34,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = N
     (eagerly that expression would build the whole (out, in) product, so it is used only when compiling).
     scale (out,): weight holds int8 rows whose real values are weight * scale (`quantize_int8`); on a CPU with
     int8 dot-product instructions x's rows are then quantised too and meet the weights in int8: one row in fox1's
-    AVX512-VNNI kernel (fox1/cpu_kernels.cpp) where it is loaded, several rows (a prompt) in `int8_matmul`."""
-    if scale is not None and x.numel() == x.size(-1) and x.device.type == "cpu" and cpu_kernels.INT8_ROW:
-        return torch.ops.fox1.int8_row_linear(x.float(), weight, scale.float()).to(x.dtype)
-    if x.device.type == "cpu" and torch.compiler.is_compiling() and x.numel() == x.size(-1):
-        y = (x.float().unsqueeze(-2) * weight.float()).sum(-1)
-        return (y if scale is None else y * scale).to(x.dtype)
+    AVX512-VNNI kernel (fox1/cpu_kernels.cpp, compiled or not) where it is loaded, several rows (a prompt) in
+    `int8_matmul`, bit for bit alike."""
+    if x.device.type == "cpu" and x.numel() == x.size(-1):
+        if scale is not None and cpu_kernels.INT8_ROW:
+            return torch.ops.fox1.int8_row_linear(x.float(), weight, scale.float()).to(x.dtype)
+        if torch.compiler.is_compiling():
+            y = (x.float().unsqueeze(-2) * weight.float()).sum(-1)
+            return (y if scale is None else y * scale).to(x.dtype)
     if scale is not None and x.numel() > x.size(-1) and x.device.type == "cpu" and CPU_INT8_DOT:
         return int8_matmul(x, weight, scale)
     y = F.linear(x, weight.to(x.dtype))  # int8 -> float: a full copy of the weights, eagerly
