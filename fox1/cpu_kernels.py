@@ -53,7 +53,7 @@ def _built() -> Path:
     """The shared library for this source, torch and compiler flags; compiled now (atomically) if not cached."""
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + torch.__version__.encode() + " ".join(FLAGS).encode()).hexdigest()[:16]
-    library = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fox1" / f"cpu_kernels-{key}.so"
+    library = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fox1" / f"cpu_kernels-{key}.so"
     if library.exists():
         return library
     torch_lib = Path(torch.__file__).parent / "lib"
