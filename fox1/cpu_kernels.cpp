@@ -1,7 +1,8 @@
 // fox1's hand-written CPU kernel: one row times an int8 matrix, in int8, with AVX512-VNNI.
 //
 // Decoding one token multiplies a single row x by every int8 weight matrix. Converting each weight to a float
-// (what a compiled loop does) costs more instructions per weight than the memory takes to deliver it; here x is
+// (what a compiled loop does) costs instructions per weight that, at large shapes, outlast the memory delivering
+// the weights; here x is
 // rounded to int8 once (one scale for the row, as `fox1.speed.int8_matmul` rounds a prompt's rows), and
 // `vpdpbusd` multiplies 64 int8 pairs and adds them into 16 int32 sums in one instruction, as llama.cpp's Q8_0
 // kernel does. Built and loaded by fox1/cpu_kernels.py; registered as the operator `fox1::int8_row_linear`.
@@ -47,8 +48,15 @@ at::Tensor int8_row_linear(const at::Tensor& x, const at::Tensor& weight, const 
   const at::Tensor row = x.contiguous();
   const float* xs = row.data_ptr<float>();
 
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes.back() = N;
   float largest = 0.f;
-  for (int64_t k = 0; k < K; ++k) largest = std::max(largest, std::fabs(xs[k]));
+  bool finite = true;
+  for (int64_t k = 0; k < K; ++k) {
+    largest = std::max(largest, std::fabs(xs[k]));
+    finite = finite && std::isfinite(xs[k]);
+  }
+  if (!finite) return at::full(sizes, NAN, x.options());  // as int8_matmul: a broken row must not look like numbers
   const float step = std::max(largest, FLT_MIN) / 127.f;
   std::vector<uint8_t> magnitude(K);
   std::vector<__mmask64> negative((K + kLanes - 1) / kLanes, 0);
@@ -58,8 +66,6 @@ at::Tensor int8_row_linear(const at::Tensor& x, const at::Tensor& weight, const 
     if (q < 0) negative[k / kLanes] |= __mmask64(1) << (k % kLanes);
   }
 
-  std::vector<int64_t> sizes = x.sizes().vec();
-  sizes.back() = N;
   at::Tensor y = at::empty(sizes, x.options());
   float* ys = y.data_ptr<float>();
   const int8_t* ws = weight.data_ptr<int8_t>();

@@ -49,6 +49,17 @@ def test_a_zero_row_gives_zeros_and_the_error_stays_within_the_rounding():
 
 
 @needs_kernel
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_row_with_nan_or_inf_gives_nan_not_numbers(bad):
+    """A model gone wrong must stay visibly wrong (sample.py stops on non-finite logits), as int8_matmul's is."""
+    quantized, scale = quantize_rows_int8(torch.randn(16, 64))
+    x = torch.randn(64)
+    x[7] = bad
+    assert torch.ops.fox1.int8_row_linear(x, quantized, scale).isnan().all()
+    assert not int8_matmul(x[None], quantized, scale).isfinite().all()
+
+
+@needs_kernel
 def test_a_second_process_loads_the_cached_build():
     done = subprocess.run([sys.executable, "-c", "from fox1 import cpu_kernels, speed; "
                            "print(cpu_kernels.load(speed.CPU_FLAGS))"], capture_output=True, text=True, check=True)
