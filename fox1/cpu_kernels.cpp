@@ -69,7 +69,8 @@ at::Tensor int8_row_linear(const at::Tensor& x, const at::Tensor& weight, const 
   at::Tensor y = at::empty(sizes, x.options());
   float* ys = y.data_ptr<float>();
   const int8_t* ws = weight.data_ptr<int8_t>();
-  const float* ss = scale.contiguous().data_ptr<float>();
+  const at::Tensor scales = scale.contiguous();  // held: a temporary's pointer would dangle
+  const float* ss = scales.data_ptr<float>();
   at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n)
       ys[n] = static_cast<float>(dot_row(magnitude.data(), negative.data(), ws + n * K, K)) * step * ss[n];

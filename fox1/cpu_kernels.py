@@ -4,7 +4,8 @@ AVX512-VNNI, the int8 matmul of a decode step (`fox1.speed.linear`).
 The kernel is compiled once per source, torch version and flags with the system's C++ compiler (the one
 torch.compile uses on a CPU; ~10 s), into ~/.cache/fox1 (or $XDG_CACHE_HOME/fox1), and loaded as the operator
 `torch.ops.fox1.int8_row_linear`. Where it cannot be (no AVX512-VNNI, no compiler), `load` says why once and int8
-decoding keeps the slower path.
+decoding keeps the slower path. Fox-1 is a small model "for cloud and edge": on an edge CPU, int8 weights and this
+kernel are what make its decoding fast (NOTES.md compares it with llama.cpp's Q8_0).
 """
 from __future__ import annotations
 

@@ -25,6 +25,8 @@ def test_one_row_equals_the_prompt_path_bit_for_bit(rows, columns):
     y = torch.ops.fox1.int8_row_linear(x, quantized, scale)
     assert y.shape == (1, 1, rows)
     assert torch.equal(y, int8_matmul(x, quantized, scale))
+    strided = torch.stack((scale, -scale), dim=1)[:, 0]  # a view with stride 2: the kernel makes it contiguous
+    assert torch.equal(torch.ops.fox1.int8_row_linear(x, quantized, strided), y)
 
 
 @needs_kernel
