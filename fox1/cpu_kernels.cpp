@@ -1,11 +1,11 @@
-// fox1's hand-written CPU kernel: one row times an int8 matrix, in int8, with AVX512-VNNI.
+// fox1's hand-written CPU kernels: one row times an int8 or an int4 matrix, in int8, with AVX512-VNNI.
 //
-// Decoding one token multiplies a single row x by every int8 weight matrix. Converting each weight to a float
-// (what a compiled loop does) costs instructions per weight that, at large shapes, outlast the memory delivering
-// the weights; here x is
-// rounded to int8 once (one scale for the row, as `fox1.speed.int8_matmul` rounds a prompt's rows), and
-// `vpdpbusd` multiplies 64 int8 pairs and adds them into 16 int32 sums in one instruction, as llama.cpp's Q8_0
-// kernel does. Built and loaded by fox1/cpu_kernels.py; registered as the operator `fox1::int8_row_linear`.
+// Decoding one token multiplies a single row x by every weight matrix. Converting each weight to a float (what a
+// compiled loop does) costs instructions per weight that, at large shapes, outlast the memory delivering the
+// weights; here x is rounded to int8 once (one scale for the row, as `fox1.speed.int8_matmul` rounds a prompt's
+// rows), and `vpdpbusd` multiplies 64 int8 pairs and adds them into 16 int32 sums in one instruction, as
+// llama.cpp's Q8_0 and Q4_0 kernels do. Built and loaded by fox1/cpu_kernels.py; registered as the operators
+// `fox1::int8_row_linear` and `fox1::int4_row_linear`.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -20,66 +20,173 @@ namespace {
 
 constexpr int64_t kLanes = 64;  // int8 values in one 512-bit register
 
-// vpdpbusd multiplies unsigned by signed bytes, so x enters as |x| and its signs move onto the weights:
-// |x_k| * (sign(x_k) * w_k) = x_k * w_k. No weight is -128 (quantize_rows_int8 clamps to +-127), so negating one is exact.
-inline __m512i dot_add(__m512i sum, __m512i magnitude, __mmask64 negative, __m512i weights) {
-  return _mm512_dpbusd_epi32(sum, magnitude, _mm512_mask_sub_epi8(weights, negative, _mm512_setzero_si512(), weights));
-}
+// x rounded to int8 with one scale, max|x| / 127, round half to even (as torch.round).
+struct RoundedRow {
+  float step = 0.f;
+  bool finite = true;
+  std::vector<int8_t> q;
 
-// The int32 dot product of the int8 row (magnitudes, sign masks) with one weight row w, read start to end: the
-// hardware prefetcher follows one row at a time (interleaving four rows read DRAM at half the speed).
-inline int32_t dot_row(const uint8_t* magnitude, const __mmask64* negative, const int8_t* w, int64_t K) {
+  RoundedRow(const float* xs, int64_t K) : q(K) {
+    float largest = 0.f;
+    for (int64_t k = 0; k < K; ++k) {
+      largest = std::max(largest, std::fabs(xs[k]));
+      finite = finite && std::isfinite(xs[k]);
+    }
+    step = std::max(largest, FLT_MIN) / 127.f;
+    for (int64_t k = 0; k < K; ++k) q[k] = static_cast<int8_t>(std::nearbyint(xs[k] / step));
+  }
+};
+
+// The int8 kernel's form of the row. vpdpbusd multiplies unsigned by signed bytes, so the row is kept as |q| and,
+// per 64 values, a mask of the negative ones, whose signs move onto the weights: |q_k| * (sign(q_k) * w_k) = q_k * w_k.
+struct SignSplitRow {
+  std::vector<uint8_t> magnitude;
+  std::vector<__mmask64> negative;
+
+  explicit SignSplitRow(const std::vector<int8_t>& q)
+      : magnitude((q.size() + kLanes - 1) / kLanes * kLanes, 0), negative((q.size() + kLanes - 1) / kLanes, 0) {
+    for (size_t k = 0; k < q.size(); ++k) {
+      magnitude[k] = static_cast<uint8_t>(std::abs(q[k]));
+      if (q[k] < 0) negative[k / kLanes] |= __mmask64(1) << (k % kLanes);
+    }
+  }
+};
+
+// The int32 dot product of the row with one int8 weight row w, read start to end: the hardware prefetcher follows
+// one row at a time (interleaving four rows read DRAM at half the speed). No weight is -128 (quantize_rows_int8
+// clamps to +-127), so negating one is exact.
+inline int32_t int8_dot(const SignSplitRow& x, const int8_t* w, int64_t K) {
   __m512i sum = _mm512_setzero_si512();
   for (int64_t k = 0; k < K; k += kLanes) {
     const __mmask64 valid = K - k >= kLanes ? ~__mmask64(0) : (__mmask64(1) << (K - k)) - 1;
-    sum = dot_add(sum, _mm512_maskz_loadu_epi8(valid, magnitude + k), negative[k / kLanes],
-                  _mm512_maskz_loadu_epi8(valid, w + k));
+    const __m512i weights = _mm512_maskz_loadu_epi8(valid, w + k);
+    const __m512i signed_weights =
+        _mm512_mask_sub_epi8(weights, x.negative[k / kLanes], _mm512_setzero_si512(), weights);
+    sum = _mm512_dpbusd_epi32(sum, _mm512_loadu_si512(x.magnitude.data() + k), signed_weights);
   }
   return _mm512_reduce_add_epi32(sum);
 }
 
-// y = x @ (weight * scale[:, None]).T for one fp32 row x (any leading shape of one row), int8 weight (N, K),
-// fp32 scale (N,); x is rounded to int8 with one scale, max|x| / 127.
+// int4 weights arrive 128 to 64 bytes (column 2j in the low half of byte j, stored as w + 8): the low halves are the
+// block's 64 even columns, the high halves its 64 odd ones. The row is laid out to match (per 128 columns: evens,
+// then odds), so the stored nibbles w + 8 (unsigned) multiply q (signed) as they are, and each of the 16 int32 sums
+// starts at -8 * (its four q's of each half), which takes the 8s back out. Sum s covers columns of group s / 4 of the
+// block, in both halves, so one scale vector serves the whole block.
+constexpr int64_t kBlock = 128;
+
+struct Int4Row {
+  std::vector<int8_t> values;
+  std::vector<int32_t> start;
+
+  explicit Int4Row(const std::vector<int8_t>& q)
+      : values((q.size() + kBlock - 1) / kBlock * kBlock, 0), start((q.size() + kBlock - 1) / kBlock * 16, 0) {
+    for (size_t k = 0; k < q.size(); ++k) {
+      const size_t block = k / kBlock, j = k % kBlock, slot = j % 2 * kLanes + j / 2;
+      values[block * kBlock + slot] = q[k];
+      start[block * 16 + slot % kLanes / 4] -= 8 * q[k];
+    }
+  }
+};
+
+// The scales of four groups of 32, fp32 or bf16 (fp32's upper half), absent ones 0.
+inline __m128 four_scales(const float* s, __mmask8 present) { return _mm_maskz_loadu_ps(present, s); }
+inline __m128 four_scales(const at::BFloat16* s, __mmask8 present) {
+  return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(_mm_maskz_loadu_epi16(present, s)), 16));
+}
+
+// One block of `columns` (128, or fewer at a row's end) of the row times int4 weights, added into sum.
+template <typename Scale>
+inline __m512 int4_block(__m512 sum, const Int4Row& x, const uint8_t* packed, const Scale* scale, int64_t k,
+                         int64_t columns) {
+  const __m512i low_half = _mm512_set1_epi8(0x0F);
+  const __m512i group_of_sum = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  const __mmask64 present = columns == kBlock ? ~__mmask64(0) : (__mmask64(1) << (columns / 2)) - 1;
+  const __m512i bytes = _mm512_maskz_loadu_epi8(present, packed + k / 2);
+  const int8_t* values = x.values.data() + k;
+  __m512i products = _mm512_loadu_si512(x.start.data() + k / kBlock * 16);
+  products = _mm512_dpbusd_epi32(products, _mm512_and_si512(bytes, low_half), _mm512_loadu_si512(values));
+  products = _mm512_dpbusd_epi32(products, _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low_half),
+                                 _mm512_loadu_si512(values + kLanes));
+  const __m128 scales = four_scales(scale + k / 32, static_cast<__mmask8>((1 << (columns / 32)) - 1));
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(products),
+                         _mm512_permutexvar_ps(group_of_sum, _mm512_castps128_ps512(scales)), sum);
+}
+
+// The dot product of the row with one int4 weight row: packed (K / 2 bytes), one scale per 32 columns. Two sums
+// take alternate blocks, so one block's multiply-add need not wait for the last's.
+template <typename Scale>
+inline float int4_dot(const Int4Row& x, const uint8_t* packed, const Scale* scale, int64_t K) {
+  __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 2 * kBlock <= K; k += 2 * kBlock) {
+    even = int4_block(even, x, packed, scale, k, kBlock);
+    odd = int4_block(odd, x, packed, scale, k + kBlock, kBlock);
+  }
+  for (; k < K; k += kBlock) even = int4_block(even, x, packed, scale, k, std::min(kBlock, K - k));
+  return _mm512_reduce_add_ps(_mm512_add_ps(even, odd));
+}
+
+// One row x (any leading shape) times N weight rows, y[n] = dot(n), threads splitting the rows.
+template <typename Dot>
+at::Tensor row_times_rows(const at::Tensor& x, int64_t N, const RoundedRow& row, Dot dot) {
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes.back() = N;
+  if (!row.finite) return at::full(sizes, NAN, x.options());  // as int8_matmul: a broken row must not look like numbers
+  at::Tensor y = at::empty(sizes, x.options());
+  float* ys = y.data_ptr<float>();
+  at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) ys[n] = dot(n);
+  });
+  return y;
+}
+
+// y = x @ (weight * scale[:, None]).T for one fp32 row x, int8 weight (N, K), fp32 scale (N,).
 at::Tensor int8_row_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && weight.scalar_type() == at::kChar && scale.scalar_type() == at::kFloat,
               "int8_row_linear: fp32 x, int8 weight, fp32 scale");
   const int64_t N = weight.size(0), K = weight.size(1);
   TORCH_CHECK(x.numel() == K && weight.is_contiguous() && scale.numel() == N, "int8_row_linear: shapes");
-  const at::Tensor row = x.contiguous();
-  const float* xs = row.data_ptr<float>();
-
-  std::vector<int64_t> sizes = x.sizes().vec();
-  sizes.back() = N;
-  float largest = 0.f;
-  bool finite = true;
-  for (int64_t k = 0; k < K; ++k) {
-    largest = std::max(largest, std::fabs(xs[k]));
-    finite = finite && std::isfinite(xs[k]);
-  }
-  if (!finite) return at::full(sizes, NAN, x.options());  // as int8_matmul: a broken row must not look like numbers
-  const float step = std::max(largest, FLT_MIN) / 127.f;
-  std::vector<uint8_t> magnitude(K);
-  std::vector<__mmask64> negative((K + kLanes - 1) / kLanes, 0);
-  for (int64_t k = 0; k < K; ++k) {
-    const float q = std::nearbyint(xs[k] / step);  // round half to even, as torch.round
-    magnitude[k] = static_cast<uint8_t>(std::fabs(q));
-    if (q < 0) negative[k / kLanes] |= __mmask64(1) << (k % kLanes);
-  }
-
-  at::Tensor y = at::empty(sizes, x.options());
-  float* ys = y.data_ptr<float>();
-  const int8_t* ws = weight.data_ptr<int8_t>();
-  const at::Tensor scales = scale.contiguous();  // held: a temporary's pointer would dangle
-  const float* ss = scales.data_ptr<float>();
-  at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n)
-      ys[n] = static_cast<float>(dot_row(magnitude.data(), negative.data(), ws + n * K, K)) * step * ss[n];
+  const at::Tensor xs = x.contiguous(), scales = scale.contiguous();  // held: a temporary's pointer would dangle
+  const RoundedRow row(xs.data_ptr<float>(), K);
+  const SignSplitRow split(row.q);
+  const int8_t* w = weight.data_ptr<int8_t>();
+  const float* s = scales.data_ptr<float>();
+  return row_times_rows(x, N, row, [&](int64_t n) {  // scaled in int8_matmul's order, so the two agree bit for bit
+    return static_cast<float>(int8_dot(split, w + n * K, K)) * row.step * s[n];
   });
-  return y;
+}
+
+// y = x @ W.T for one fp32 row x, rounded to int8 as above, and int4 weights W (`fox1.speed.quantize_groups_int4`):
+// packed uint8 (N, K / 2), scale (N, K / 32) in fp32 or bf16. Like llama.cpp's Q4_0 x Q8_0 products, with one
+// scale for the whole row instead of one per 32.
+at::Tensor int4_row_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && packed.scalar_type() == at::kByte &&
+              (scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kBFloat16),
+              "int4_row_linear: fp32 x, uint8 packed weights, fp32 or bf16 scales");
+  const int64_t N = packed.size(0), K = packed.size(1) * 2;
+  TORCH_CHECK(x.numel() == K && K % 32 == 0 && packed.is_contiguous() && scale.is_contiguous() &&
+              scale.size(0) == N && scale.size(1) == K / 32, "int4_row_linear: shapes");
+  const at::Tensor xs = x.contiguous();
+  const RoundedRow row(xs.data_ptr<float>(), K);
+  const Int4Row laid_out(row.q);
+  const uint8_t* w = packed.data_ptr<uint8_t>();
+  const auto times_rows = [&](const auto* s) {  // s: fp32 or bf16 scales
+    return row_times_rows(x, N, row, [&](int64_t n) {
+      return int4_dot(laid_out, w + n * K / 2, s + n * K / 32, K) * row.step;
+    });
+  };
+  return scale.scalar_type() == at::kFloat ? times_rows(scale.data_ptr<float>())
+                                           : times_rows(scale.data_ptr<at::BFloat16>());
 }
 
 }  // namespace
 
-TORCH_LIBRARY(fox1, m) { m.def("int8_row_linear(Tensor x, Tensor weight, Tensor scale) -> Tensor"); }
+TORCH_LIBRARY(fox1, m) {
+  m.def("int8_row_linear(Tensor x, Tensor weight, Tensor scale) -> Tensor");
+  m.def("int4_row_linear(Tensor x, Tensor packed, Tensor scale) -> Tensor");
+}
 
-TORCH_LIBRARY_IMPL(fox1, CPU, m) { m.impl("int8_row_linear", int8_row_linear); }
+TORCH_LIBRARY_IMPL(fox1, CPU, m) {
+  m.impl("int8_row_linear", int8_row_linear);
+  m.impl("int4_row_linear", int4_row_linear);
+}

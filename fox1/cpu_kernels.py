@@ -1,11 +1,12 @@
-"""Builds and loads fox1's hand-written CPU kernel (fox1/cpu_kernels.cpp): one row times an int8 matrix with
-AVX512-VNNI, the int8 matmul of a decode step (`fox1.speed.linear`).
+"""Builds and loads fox1's hand-written CPU kernels (fox1/cpu_kernels.cpp): one row times an int8 or an int4 matrix
+with AVX512-VNNI, the quantised matmuls of a decode step (`fox1.speed.linear`, `fox1.speed.Int4Linear`).
 
-The kernel is compiled once per source, torch version and flags with the system's C++ compiler (the one
-torch.compile uses on a CPU; ~10 s), into ~/.cache/fox1 (or $XDG_CACHE_HOME/fox1), and loaded as the operator
-`torch.ops.fox1.int8_row_linear`. Where it cannot be (no AVX512-VNNI, no compiler), `load` says why once and int8
-decoding keeps the slower path. Fox-1 is a small model "for cloud and edge": on an edge CPU, int8 weights and this
-kernel are what make its decoding fast (NOTES.md compares it with llama.cpp's Q8_0).
+The kernels are compiled once per source, torch version and flags with the system's C++ compiler (the one
+torch.compile uses on a CPU; ~10 s), into ~/.cache/fox1 (or $XDG_CACHE_HOME/fox1), and loaded as the operators
+`torch.ops.fox1.int8_row_linear` and `torch.ops.fox1.int4_row_linear`. Where they cannot be (no AVX512-VNNI, no
+compiler), `load` says why once and quantised decoding keeps the slower paths. Fox-1 is a small model "for cloud and
+edge": on an edge CPU, int8 / int4 weights and these kernels are what make its decoding fast (NOTES.md compares them
+with llama.cpp's Q8_0 and Q4_0).
 """
 from __future__ import annotations
 
@@ -21,32 +22,34 @@ import torch.utils.cpp_extension
 from fox1.files import atomic_path
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-NEEDS = {"avx512f", "avx512bw", "avx512_vnni"}  # the instructions the kernel is compiled for
-FLAGS = ["-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-w"]
+NEEDS = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}  # the instructions the kernel is compiled for
+FLAGS = ["-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni",
+         "-w"]
 
-INT8_ROW = False  # whether torch.ops.fox1.int8_row_linear is loaded; read by fox1.speed.linear
+LOADED = False  # whether the torch.ops.fox1 kernels are loaded; read by fox1.speed
 _tried = False
 
 
 def load(cpu_flags: set[str]) -> bool:
-    """Load the kernel if this CPU runs it, building it first if no cached build exists; True if loaded."""
-    global INT8_ROW, _tried
+    """Load the kernels if this CPU runs them, building them first if no cached build exists; True if loaded."""
+    global LOADED, _tried
     if _tried or not NEEDS <= cpu_flags:
-        return INT8_ROW
+        return LOADED
     _tried = True
     try:
         torch.ops.load_library(str(_built()))
     except (OSError, subprocess.CalledProcessError) as e:
-        print(f"fox1: int8 CPU kernel not available ({_reason(e)}); int8 decoding takes the slower path",
+        print(f"fox1: CPU kernels not available ({_reason(e)}); quantised decoding takes the slower paths",
               file=sys.stderr)
         return False
-    torch.library.register_fake("fox1::int8_row_linear")(_output_shape)
-    INT8_ROW = True
+    for name in ("fox1::int8_row_linear", "fox1::int4_row_linear"):
+        torch.library.register_fake(name)(_output_shape)
+    LOADED = True
     return True
 
 
 def _output_shape(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """What torch.compile needs to trace the operator: its output's shape and dtype."""
+    """What torch.compile needs to trace an operator: its output's shape and dtype (a row per weight row)."""
     return x.new_empty(*x.shape[:-1], weight.size(0))
 
 
@@ -60,7 +63,7 @@ def _built() -> Path:
     torch_lib = Path(torch.__file__).parent / "lib"
     abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
     includes = [f"-I{path}" for path in torch.utils.cpp_extension.include_paths()]
-    print("fox1: building the int8 CPU kernel (once, ~10 s)", file=sys.stderr)
+    print("fox1: building the CPU kernels (once, ~10 s)", file=sys.stderr)
     with atomic_path(library) as partial:
         subprocess.run([os.environ.get("CXX", "c++"), *FLAGS, abi, *includes, str(SOURCE), f"-L{torch_lib}",
                         "-lc10", "-ltorch_cpu", "-o", str(partial)], check=True, capture_output=True, text=True)

@@ -9,8 +9,9 @@ bandwidth. On a CPU the library matmul (MKL / oneDNN) is not at its best there, 
   * `quantize_int8`: int8 weights with per-row scales (gpt-fast style), a quarter of fp32's bytes; where the CPU has
     int8 dot products the activations' rows are rounded to int8 too and meet them in int8: a prompt's rows in
     `int8_matmul`, a decoded token's row in fox1's AVX512-VNNI kernel (fox1/cpu_kernels.cpp), bit for bit alike;
-  * `quantize_int4`: weight-only int4 in groups of 32 weights with a scale each, two weights a byte (an eighth of
-    fp32's bytes, plus the scales), multiplied by PyTorch's CPU int4 kernel;
+  * `quantize_int4`: int4 weights in groups of 32 with a scale each, two weights a byte (an eighth of fp32's bytes,
+    plus the scales); a decoded token's row meets them in fox1's int4 kernel, a prompt's rows a bf16 copy made for
+    the call (PyTorch's CPU int4 kernel where fox1's cannot run);
   * `CPU_DECODE_INDUCTOR`: inductor settings for the compiled one-row decode step;
   * `native_bf16` / `default_dtype`: bf16 only where the hardware runs it natively;
   * `cache_dtype`: the KV cache stays fp32 on a CPU, for its attention kernel.
@@ -37,7 +38,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = N
     AVX512-VNNI kernel (fox1/cpu_kernels.cpp, compiled or not) where it is loaded, several rows (a prompt) in
     `int8_matmul`, bit for bit alike."""
     if x.device.type == "cpu" and x.numel() == x.size(-1):
-        if scale is not None and cpu_kernels.INT8_ROW:
+        if scale is not None and cpu_kernels.LOADED:
             return torch.ops.fox1.int8_row_linear(x.float(), weight, scale.float()).to(x.dtype)
         if torch.compiler.is_compiling():
             y = (x.float().unsqueeze(-2) * weight.float()).sum(-1)
@@ -196,15 +197,18 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtyp
 
 
 class Int4Linear(QuantizedLinear):
-    """int4 in groups of INT4_GROUP weights (`quantize_groups_int4`), two to a byte. On a CPU the weights are kept
-    in the layout of PyTorch's int4 kernel (`_weight_int4pack_mm_for_cpu`, bf16 rows), whose loop reads them far
-    faster than inductor's own over unpacked nibbles."""
+    """int4 in groups of INT4_GROUP weights (`quantize_groups_int4`), two to a byte. On a CPU with fox1's kernels a
+    decoded row is rounded to int8 and meets the packed weights in `int4_row_linear` (as llama.cpp's Q4_0 does), and a
+    prompt's rows multiply the weights dequantised for the call, in bf16 where the CPU has it (a few percent of a
+    prompt's time, fused into one pass when compiled). On other CPUs the weights are kept only in the layout of
+    PyTorch's int4 kernel (`_weight_int4pack_mm_for_cpu`, bf16 rows), whose loop reads them far faster than
+    inductor's own over unpacked nibbles."""
 
     quantize = staticmethod(quantize_groups_int4)
 
     def __init__(self, weight: torch.Tensor):
         super().__init__(weight)
-        if weight.device.type == "cpu":
+        if weight.device.type == "cpu" and not cpu_kernels.load(CPU_FLAGS):
             nibbles = torch.stack(((self.weight & 15), (self.weight >> 4)), dim=-1).view(weight.size(0), -1)
             self.register_buffer("kernel_weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
                 nibbles.to(torch.int32), 1))
@@ -218,8 +222,8 @@ class Int4Linear(QuantizedLinear):
         return self.scale.numel() * INT4_GROUP
 
     def streamed_buffers(self) -> list[torch.Tensor]:
-        """The kernel's copy where there is one; the packed table and scales beside it serve only the embedding's
-        one-row lookups."""
+        """PyTorch's kernel's copy where there is one; the packed table and scales beside it then serve only the
+        embedding's one-row lookups."""
         if hasattr(self, "kernel_weight"):
             return [self.kernel_weight, self.kernel_scales]
         return super().streamed_buffers()
@@ -229,7 +233,10 @@ class Int4Linear(QuantizedLinear):
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, x.size(-1)).to(torch.bfloat16),
                                                            self.kernel_weight, INT4_GROUP, self.kernel_scales)
             return y.reshape(*x.shape[:-1], -1).to(x.dtype)
-        return F.linear(x, dequantize_int4(self.weight, self.scale, x.dtype))  # no int4 kernel here
+        if x.device.type == "cpu" and cpu_kernels.LOADED and x.numel() == x.size(-1):
+            return torch.ops.fox1.int4_row_linear(x.float(), self.weight, self.scale).to(x.dtype)
+        dtype = torch.bfloat16 if x.device.type == "cpu" and CPU_BF16 else x.dtype
+        return F.linear(x.to(dtype), dequantize_int4(self.weight, self.scale, dtype)).to(x.dtype)
 
 
 class Int4Embedding(Int4Linear):

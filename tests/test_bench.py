@@ -81,9 +81,11 @@ def test_llama_cpp_rows_sit_beside_fox1s_compiled_rows():
 
 
 def test_weight_bytes_counts_what_a_decode_step_reads():
-    """fp32: every parameter. int8: the int8 rows and their scales. int4 on a CPU: the kernel's copy only, not the
-    packed table and scales kept beside it for the embedding's lookups."""
+    """fp32: every parameter. int8: the int8 rows and their scales. int4: the packed weights and their scales (fox1's
+    int4 kernel reads them as they are); on a CPU without it PyTorch's kernel's copy only, not the packed table and
+    scales kept beside it for the embedding's lookups."""
     from bench import weight_bytes
+    from fox1 import cpu_kernels
     from fox1.speed import quantize_int4, quantize_int8
     from model import Fox, FoxConfig
 
@@ -97,4 +99,6 @@ def test_weight_bytes_counts_what_a_decode_step_reads():
     assert weight_bytes(fp32) == 4 * matrices + norms
     assert weight_bytes(quantize_int8(model())) == matrices + 4 * rows + norms
     groups = matrices // 32
-    assert weight_bytes(quantize_int4(model())) == matrices // 2 + 2 * 2 * groups + norms  # bf16 scale and zero
+    int4 = quantize_int4(model())  # loads fox1's kernels where the CPU runs them
+    scales = 4 * groups if cpu_kernels.LOADED else 2 * 2 * groups  # fp32 scales, or bf16 scale and zero
+    assert weight_bytes(int4) == matrices // 2 + scales + norms

@@ -1,5 +1,6 @@
-"""Tests for fox1/cpu_kernels.cpp (the one-row int8 kernel) and its loader fox1/cpu_kernels.py: the kernel against
-`int8_matmul`, which rounds a prompt's rows the same way, and what happens where it cannot be built."""
+"""Tests for fox1/cpu_kernels.cpp (the one-row int8 and int4 kernels) and its loader fox1/cpu_kernels.py: the int8
+kernel against `int8_matmul`, which rounds a prompt's rows the same way, the int4 one against the dequantised
+weights, and what happens where they cannot be built."""
 import os
 import subprocess
 import sys
@@ -8,10 +9,11 @@ import pytest
 import torch
 
 from fox1 import cpu_kernels
-from fox1.speed import CPU_FLAGS, int8_matmul, linear, quantize_rows_int8
+from fox1.speed import (CPU_FLAGS, Int4Linear, dequantize_int4, int8_matmul, linear, quantize_groups_int4,
+                        quantize_rows_int8)
 
 loaded = cpu_kernels.load(CPU_FLAGS)
-needs_kernel = pytest.mark.skipif(not loaded, reason="the int8 kernel needs AVX512-VNNI and a C++ compiler")
+needs_kernel = pytest.mark.skipif(not loaded, reason="the kernels need AVX512-VNNI and a C++ compiler")
 
 
 @needs_kernel
@@ -61,6 +63,47 @@ def test_a_row_with_nan_or_inf_gives_nan_not_numbers(bad):
     assert not int8_matmul(x[None], quantized, scale).isfinite().all()
 
 
+def rounded_to_int8(x: torch.Tensor) -> torch.Tensor:
+    """x as the kernels see it: rounded to int8 steps of max|x| / 127 (`quantize_rows_int8` on the row)."""
+    quantized, scale = quantize_rows_int8(x.reshape(1, -1))
+    return (quantized.float() * scale[:, None]).view_as(x)
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows, columns", [(48, 64), (50, 96), (3, 1024), (640, 2048), (7, 32), (5, 416)])
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16])
+def test_int4_row_equals_the_rounded_row_times_the_dequantised_weights(rows, columns, scale_dtype):
+    """Exact up to fp32 summation order: int4 x int8 products sum exactly in int32 within each group of 32, then
+    each group's scale. Columns not a multiple of 128 (a block of 128 holds four groups) take the masked tail."""
+    torch.manual_seed(columns)
+    packed, scale = quantize_groups_int4(torch.randn(rows, columns))
+    scale = scale.to(scale_dtype)
+    x = torch.randn(1, 1, columns) * 3
+    y = torch.ops.fox1.int4_row_linear(x, packed, scale)
+    assert y.shape == (1, 1, rows) and y.dtype == torch.float32
+    exact = rounded_to_int8(x).double() @ dequantize_int4(packed, scale, torch.float32).double().T
+    assert torch.allclose(y.double(), exact, rtol=1e-5, atol=1e-4 * exact.abs().max().item())
+
+
+@needs_kernel
+def test_int4_layers_send_one_row_to_the_kernel_and_a_prompt_to_dequantised_weights():
+    layer = Int4Linear(torch.randn(96, 128))
+    assert not hasattr(layer, "kernel_weight")  # no second copy in PyTorch's int4 layout where fox1's kernel runs
+    x = torch.randn(1, 128)
+    assert torch.equal(layer(x), torch.ops.fox1.int4_row_linear(x, layer.weight, layer.scale))
+    prompt = torch.randn(5, 128)  # rows multiplied in bf16 where the CPU has it, else in their own dtype
+    weights = dequantize_int4(layer.weight, layer.scale, torch.float32)
+    assert torch.allclose(layer(prompt), prompt @ weights.T, rtol=0.02, atol=0.05 * weights.abs().max().item())
+
+
+@needs_kernel
+def test_int4_kernel_gives_nan_for_a_row_with_inf():
+    packed, scale = quantize_groups_int4(torch.randn(16, 64))
+    x = torch.randn(64)
+    x[3] = float("inf")
+    assert torch.ops.fox1.int4_row_linear(x, packed, scale).isnan().all()
+
+
 @needs_kernel
 def test_a_second_process_loads_the_cached_build():
     done = subprocess.run([sys.executable, "-c", "from fox1 import cpu_kernels, speed; "
@@ -68,19 +111,21 @@ def test_a_second_process_loads_the_cached_build():
     assert done.stdout.strip() == "True" and "building" not in done.stderr
 
 
-def test_without_a_compiler_one_line_says_so_and_int8_still_works(tmp_path):
-    """A CPU with the instructions but no working compiler: no traceback, one line, the compiled-loop path."""
-    script = ("import torch; from fox1 import cpu_kernels; from fox1.speed import Int8Linear, CPU_FLAGS; "
-              "cpu_kernels.NEEDS = set(); layer = Int8Linear(torch.randn(8, 64)); "
-              "print(cpu_kernels.INT8_ROW, layer(torch.randn(1, 64)).shape)")
+def test_without_a_compiler_one_line_says_so_and_quantised_layers_still_work(tmp_path):
+    """A CPU with the instructions but no working compiler: no traceback, one line, the slower paths (int4 in
+    PyTorch's int4 kernel's layout)."""
+    script = ("import torch; from fox1 import cpu_kernels; from fox1.speed import Int4Linear, Int8Linear; "
+              "cpu_kernels.NEEDS = set(); int8, int4 = Int8Linear(torch.randn(8, 64)), Int4Linear(torch.randn(16, 64)); "
+              "print(cpu_kernels.LOADED, hasattr(int4, 'kernel_weight'), int8(torch.randn(1, 64)).shape, "
+              "int4(torch.randn(1, 64)).shape)")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "CXX": "false"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
-    assert done.stdout.split() == ["False", "torch.Size([1,", "8])"]
-    assert "fox1: int8 CPU kernel not available (the C++ compiler failed" in done.stderr
+    assert done.stdout.split() == ["False", "True", "torch.Size([1,", "8])", "torch.Size([1,", "16])"]
+    assert "fox1: CPU kernels not available (the C++ compiler failed" in done.stderr
     assert "Traceback" not in done.stderr and not list(tmp_path.rglob("*.so*"))  # nothing half-written is left
 
 
-def test_int8_layers_on_a_cpu_without_the_instructions_do_not_build(monkeypatch):
+def test_a_cpu_without_the_instructions_does_not_build(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "_tried", False)
-    monkeypatch.setattr(cpu_kernels, "INT8_ROW", False)
+    monkeypatch.setattr(cpu_kernels, "LOADED", False)
     assert cpu_kernels.load({"avx2"}) is False and not cpu_kernels._tried
