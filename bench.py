@@ -271,8 +271,8 @@ def decode_step_profile(model: Fox, steps: int = 8) -> dict[str, float]:
             _, seconds = timed(lambda: [sample.decode_one_token(model, token, input_pos)
                                                for _ in range(steps)], device)
     totals = {event.key: event.cpu_time_total / 1e6 / steps for event in prof.key_averages()}
-    matmul = totals.get("aten::linear", 0.0)
-    attention = totals.get("aten::scaled_dot_product_attention", 0.0)
+    matmul = sum(totals.get(op, 0.0) for op in ("aten::linear", "fox1::int8_row_linear", "fox1::int4_row_linear"))
+    attention = sum(totals.get(op, 0.0) for op in ("aten::scaled_dot_product_attention", "fox1::one_query_attention"))
     return {"step": seconds / steps, "matmul": matmul, "attention": attention,
             "other": seconds / steps - matmul - attention}
 

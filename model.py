@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from fox1 import hf_llama
 from fox1.hf_llama import CheckpointError
-from fox1.speed import cache_dtype, linear, quantized_weights
+from fox1.speed import attention, cache_dtype, linear, load_cpu_kernels, quantized_weights
 
 IGNORE_INDEX = -100  # targets with this value do not count in the loss (e.g. across document borders)
 
@@ -74,7 +74,8 @@ class Linear(nn.Linear):
 
 
 class Attention(nn.Module):
-    """Causal grouped-query self-attention with RoPE, through PyTorch's fused SDPA kernels.
+    """Causal grouped-query self-attention with RoPE, through PyTorch's fused SDPA kernels (a CPU's decode step
+    through fox1's own, `fox1.speed.attention`).
 
     q, k and v come out of one matrix, `qkv_proj` (Hugging Face's q_proj, k_proj and v_proj stacked by
     rows, as in gpt-fast): one matmul reads x once and is one kernel instead of three, which is what a
@@ -100,15 +101,15 @@ class Attention(nn.Module):
         if self.kv_cache is not None and input_pos is not None:
             k, v = self.kv_cache.update(input_pos, k, v)
         # mask=None means plain causal attention over this call's own tokens (the fastest kernel path).
-        y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+        y = attention(q.to(k.dtype), k, v, mask)
         return self.o_proj(y.to(x.dtype).transpose(1, 2).reshape(B, T, -1))  # the cache may be wider (cache_dtype)
 
 
 class KVCache(nn.Module):
     """Static key/value cache of one layer: (batch, kv_heads, max_len, head_dim), written in place.
 
-    Fixed shapes mean a compiled decode step never recompiles; attention reads the whole buffer and
-    a mask hides the slots not written yet."""
+    Fixed shapes mean a compiled decode step never recompiles; a mask hides the slots not written yet
+    (SDPA reads the whole buffer; on a CPU fox1's decode kernel skips them, fox1.speed.attention)."""
 
     def __init__(self, batch_size: int, max_len: int, num_kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str | None = None):
@@ -331,6 +332,7 @@ class Fox(nn.Module):
         max_len = max_len or self.config.context_len
         device = self.norm.weight.device
         dtype = dtype or cache_dtype(self.norm.weight.dtype, device)  # norms keep the compute dtype, also in int8
+        load_cpu_kernels(device)  # a CPU's decode-step attention (fox1.speed.attention)
         c = self.config
         for layer in self.layers:
             layer.self_attn.kv_cache = KVCache(batch_size, max_len, c.num_kv_heads, c.head_dim, dtype, device)

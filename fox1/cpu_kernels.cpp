@@ -179,14 +179,134 @@ at::Tensor int4_row_linear(const at::Tensor& x, const at::Tensor& packed, const 
                                            : times_rows(scale.data_ptr<at::BFloat16>());
 }
 
+// e^x for x <= 0, to about fp32's precision: 2^n * e^r with n = round(x / ln 2), |r| <= ln(2) / 2, e^r by its
+// Taylor series to r^6 (the first term left out is below 1.2e-7), 2^n by vscalefps; below -100, 0 or nearly.
+inline __m512 exp_nonpositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-100.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);  // ln 2 in two parts, so r stays exact
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+  __m512 series = _mm512_set1_ps(1.f / 720);
+  for (const float c : {1.f / 120, 1.f / 24, 1.f / 6, 1.f / 2, 1.f, 1.f})
+    series = _mm512_fmadd_ps(series, r, _mm512_set1_ps(c));
+  return _mm512_scalef_ps(series, n);
+}
+
+// The lanes of a head's 16 dimensions starting at chunk * 16 that exist (all 16 but at the end of a head).
+inline __mmask16 dimensions(int64_t chunk, int64_t D) {
+  const int64_t left = std::clamp<int64_t>(D - chunk * 16, 0, 16);
+  return static_cast<__mmask16>((1u << left) - 1);
+}
+
+// Lane i of the result: the sum of the 16 lanes of v[i] (a transpose-and-add tree, not 16 separate reductions).
+inline __m512 sum_each(const __m512* v) {
+  __m512 quads[4];  // quads[n], 128-bit lane l: lane l's partial sums of v[4n .. 4n+3]
+  for (int n = 0; n < 4; ++n) {
+    __m512 pairs[2];
+    for (int m = 0; m < 2; ++m) {
+      const __m512 a = v[4 * n + 2 * m], b = v[4 * n + 2 * m + 1];
+      pairs[m] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    }
+    quads[n] = _mm512_add_ps(_mm512_shuffle_ps(pairs[0], pairs[1], 0x44), _mm512_shuffle_ps(pairs[0], pairs[1], 0xEE));
+  }
+  const __m512 low = _mm512_add_ps(_mm512_shuffle_f32x4(quads[0], quads[1], 0x88),
+                                   _mm512_shuffle_f32x4(quads[0], quads[1], 0xDD));
+  const __m512 high = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2], quads[3], 0x88),
+                                    _mm512_shuffle_f32x4(quads[2], quads[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(low, high, 0x88), _mm512_shuffle_f32x4(low, high, 0xDD));
+}
+
+// scores[j] = (query . key row keys[j]) * scale for j < seen, 16 keys at a time.
+inline void score(const float* query, const float* key, const int64_t* keys, int64_t seen, int64_t D, float scale,
+                  float* scores) {
+  for (int64_t j0 = 0; j0 < seen; j0 += 16) {
+    __m512 dots[16];
+    for (int64_t j = 0; j < 16; ++j) {
+      dots[j] = _mm512_setzero_ps();
+      for (int64_t c = 0; j0 + j < seen && c * 16 < D; ++c)
+        dots[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(dimensions(c, D), query + c * 16),
+                                  _mm512_maskz_loadu_ps(dimensions(c, D), key + keys[j0 + j] * D + c * 16), dots[j]);
+    }
+    const __mmask16 real = static_cast<__mmask16>((1u << std::min<int64_t>(seen - j0, 16)) - 1);
+    _mm512_mask_storeu_ps(scores + j0, real, _mm512_mul_ps(sum_each(dots), _mm512_set1_ps(scale)));
+  }
+}
+
+// The softmax of scores[0 .. seen) in place: each less the largest (so every exponent is <= 0), e^, normalised.
+inline void softmax(float* scores, int64_t seen) {
+  const auto real = [seen](int64_t j) { return static_cast<__mmask16>((1u << std::min<int64_t>(seen - j, 16)) - 1); };
+  __m512 largest = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < seen; j += 16)
+    largest = _mm512_mask_max_ps(largest, real(j), largest, _mm512_loadu_ps(scores + j));
+  const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(largest));
+  __m512 total = _mm512_setzero_ps();
+  for (int64_t j = 0; j < seen; j += 16) {
+    const __m512 e = _mm512_maskz_mov_ps(real(j), exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(scores + j), shift)));
+    _mm512_mask_storeu_ps(scores + j, real(j), e);
+    total = _mm512_add_ps(total, e);
+  }
+  const __m512 normaliser = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(total));
+  for (int64_t j = 0; j < seen; j += 16)
+    _mm512_mask_storeu_ps(scores + j, real(j), _mm512_mul_ps(_mm512_loadu_ps(scores + j), normaliser));
+}
+
+// out = sum over j of weights[j] * value row keys[j], 64 dimensions (four 16-wide sums) at a time.
+inline void weighted_sum(const float* weights, const float* value, const int64_t* keys, int64_t seen, int64_t D,
+                         float* out) {
+  for (int64_t c0 = 0; c0 * 16 < D; c0 += 4) {
+    __m512 sums[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t j = 0; j < seen; ++j) {
+      const __m512 weight = _mm512_set1_ps(weights[j]);
+      const float* row = value + keys[j] * D + c0 * 16;
+      for (int64_t c = 0; c < 4; ++c)
+        sums[c] = _mm512_fmadd_ps(weight, _mm512_maskz_loadu_ps(dimensions(c0 + c, D), row + c * 16), sums[c]);
+    }
+    for (int64_t c = 0; c < 4; ++c) _mm512_mask_storeu_ps(out + (c0 + c) * 16, dimensions(c0 + c, D), sums[c]);
+  }
+}
+
+// Attention of one query row per head over a KV cache (a decode step): q (B, H, 1, D), k and v (B, Hkv, L, D), all
+// fp32 (`fox1.speed.cache_dtype`), mask (L,) bool, the same for every row and head; query head h reads key/value
+// head h / (H / Hkv). Keys the mask hides are skipped, not scored, so a long static cache costs only what is
+// written. PyTorch's CPU SDPA computes the same in fp32 over every slot, with more fixed cost a call (NOTES.md).
+at::Tensor one_query_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask) {
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat &&
+              mask.scalar_type() == at::kBool, "one_query_attention: fp32 q, k, v and a bool mask");
+  TORCH_CHECK(q.dim() == 4 && q.size(2) == 1 && k.dim() == 4 && k.sizes() == v.sizes() && k.size(0) == q.size(0) &&
+              k.size(3) == q.size(3) && q.size(1) % k.size(1) == 0 && mask.numel() == k.size(2),
+              "one_query_attention: shapes");
+  const int64_t H = q.size(1), D = q.size(3), Hkv = k.size(1), L = k.size(2);
+  const at::Tensor qs = q.contiguous(), ks = k.contiguous(), vs = v.contiguous(), ms = mask.contiguous();
+  std::vector<int64_t> keys;
+  for (int64_t j = 0; j < L; ++j)
+    if (ms.data_ptr<bool>()[j]) keys.push_back(j);
+  at::Tensor y = at::empty_like(qs);
+  if (keys.empty()) return y.fill_(NAN);  // a query that may see nothing has no answer
+  const int64_t seen = static_cast<int64_t>(keys.size());
+  at::parallel_for(0, q.size(0) * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> weights(seen);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t head = (i / H) * Hkv + i % H / (H / Hkv);  // (row, key/value head)
+      score(qs.data_ptr<float>() + i * D, ks.data_ptr<float>() + head * L * D, keys.data(), seen, D,
+            1.f / std::sqrt(static_cast<float>(D)), weights.data());
+      softmax(weights.data(), seen);
+      weighted_sum(weights.data(), vs.data_ptr<float>() + head * L * D, keys.data(), seen, D,
+                   y.data_ptr<float>() + i * D);
+    }
+  });
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(fox1, m) {
   m.def("int8_row_linear(Tensor x, Tensor weight, Tensor scale) -> Tensor");
   m.def("int4_row_linear(Tensor x, Tensor packed, Tensor scale) -> Tensor");
+  m.def("one_query_attention(Tensor q, Tensor k, Tensor v, Tensor mask) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fox1, CPU, m) {
   m.impl("int8_row_linear", int8_row_linear);
   m.impl("int4_row_linear", int4_row_linear);
+  m.impl("one_query_attention", one_query_attention);
 }

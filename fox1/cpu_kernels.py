@@ -1,10 +1,11 @@
 """Builds and loads fox1's hand-written CPU kernels (fox1/cpu_kernels.cpp): one row times an int8 or an int4 matrix
-with AVX512-VNNI, the quantised matmuls of a decode step (`fox1.speed.linear`, `fox1.speed.Int4Linear`).
+with AVX512-VNNI, the quantised matmuls of a decode step (`fox1.speed.linear`, `fox1.speed.Int4Linear`), and its
+attention of one query row over the KV cache (`fox1.speed.attention`).
 
 The kernels are compiled once per source, torch version and flags with the system's C++ compiler (the one
 torch.compile uses on a CPU; ~10 s), into ~/.cache/fox1 (or $XDG_CACHE_HOME/fox1), and loaded as the operators
-`torch.ops.fox1.int8_row_linear` and `torch.ops.fox1.int4_row_linear`. Where they cannot be (no AVX512-VNNI, no
-compiler), `load` says why once and quantised decoding keeps the slower paths. Fox-1 is a small model "for cloud and
+`torch.ops.fox1.int8_row_linear`, `int4_row_linear` and `one_query_attention`. Where they cannot be (no AVX512-VNNI,
+no compiler), `load` says why once and decoding keeps the slower paths. Fox-1 is a small model "for cloud and
 edge": on an edge CPU, int8 / int4 weights and these kernels are what make its decoding fast (NOTES.md compares them
 with llama.cpp's Q8_0 and Q4_0).
 """
@@ -22,7 +23,7 @@ import torch.utils.cpp_extension
 from fox1.files import atomic_path
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-NEEDS = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}  # the instructions the kernel is compiled for
+NEEDS = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}  # the instructions the kernels are compiled for
 FLAGS = ["-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni",
          "-w"]
 
@@ -39,17 +40,18 @@ def load(cpu_flags: set[str]) -> bool:
     try:
         torch.ops.load_library(str(_built()))
     except (OSError, subprocess.CalledProcessError) as e:
-        print(f"fox1: CPU kernels not available ({_reason(e)}); quantised decoding takes the slower paths",
+        print(f"fox1: CPU kernels not available ({_reason(e)}); decoding takes the slower paths",
               file=sys.stderr)
         return False
-    for name in ("fox1::int8_row_linear", "fox1::int4_row_linear"):
-        torch.library.register_fake(name)(_output_shape)
+    # What torch.compile needs to trace each operator: its output's shape and dtype.
+    torch.library.register_fake("fox1::int8_row_linear")(_one_per_weight_row)
+    torch.library.register_fake("fox1::int4_row_linear")(_one_per_weight_row)
+    torch.library.register_fake("fox1::one_query_attention")(lambda q, k, v, mask: torch.empty_like(q))
     LOADED = True
     return True
 
 
-def _output_shape(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """What torch.compile needs to trace an operator: its output's shape and dtype (a row per weight row)."""
+def _one_per_weight_row(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], weight.size(0))
 
 

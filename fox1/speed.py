@@ -1,4 +1,5 @@
-"""CPU speed paths for inference: the one-row matmul loop, column-major weights, int8 weights, the dtype choice.
+"""CPU speed paths for inference: the one-row matmul loop, column-major weights, int8 and int4 weights, decode
+attention, the dtype choice.
 
 Decoding one token multiplies a single row by every weight matrix: a pure stream of the weights, bound by memory
 bandwidth. On a CPU the library matmul (MKL / oneDNN) is not at its best there, so:
@@ -12,6 +13,8 @@ bandwidth. On a CPU the library matmul (MKL / oneDNN) is not at its best there, 
   * `quantize_int4`: int4 weights in groups of 32 with a scale each, two weights a byte (an eighth of fp32's bytes,
     plus the scales); a decoded token's row meets them in fox1's int4 kernel, a prompt's rows a bf16 copy made for
     the call (PyTorch's CPU int4 kernel where fox1's cannot run);
+  * `attention`: a decode step's attention (one query row over the KV cache) in fox1's kernel, which reads only the
+    cache's written slots (a chat's cache is the whole context long);
   * `CPU_DECODE_INDUCTOR`: inductor settings for the compiled one-row decode step;
   * `native_bf16` / `default_dtype`: bf16 only where the hardware runs it natively;
   * `cache_dtype`: the KV cache stays fp32 on a CPU, for its attention kernel.
@@ -47,6 +50,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = N
         return int8_matmul(x, weight, scale)
     y = F.linear(x, weight.to(x.dtype))  # int8 -> float: a full copy of the weights, eagerly
     return y if scale is None else y * scale
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """F.scaled_dot_product_attention with GQA (causal where mask is None); but a decode step on a CPU, one query
+    row per head against an fp32 KV cache under a mask shared by every row, goes to fox1's kernel
+    (fox1/cpu_kernels.cpp, loaded by `load_cpu_kernels`), which skips the cache's unwritten slots and costs a
+    fraction of SDPA's fixed cost per call (NOTES.md)."""
+    if (q.size(2) == 1 and q.device.type == "cpu" and cpu_kernels.LOADED and q.dtype == torch.float32
+            and mask is not None and mask.numel() == k.size(2) and not q.requires_grad):
+        return torch.ops.fox1.one_query_attention(q, k, v, mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+
+
+def load_cpu_kernels(device: torch.device) -> bool:
+    """Load fox1's CPU kernels (building them once) where `device` is a CPU that runs them; True if loaded.
+    Called before anything is compiled: building cannot happen inside a traced graph."""
+    return torch.device(device).type == "cpu" and cpu_kernels.load(CPU_FLAGS)
 
 
 # Inductor's fusion for a one-row decode step on a CPU. By default it inlines the RMSNorm (and the residual add and
@@ -156,8 +176,7 @@ class Int8Linear(QuantizedLinear):
 
     def __init__(self, weight: torch.Tensor):
         super().__init__(weight)
-        if weight.device.type == "cpu":
-            cpu_kernels.load(CPU_FLAGS)
+        load_cpu_kernels(weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.scale)
@@ -208,7 +227,7 @@ class Int4Linear(QuantizedLinear):
 
     def __init__(self, weight: torch.Tensor):
         super().__init__(weight)
-        if weight.device.type == "cpu" and not cpu_kernels.load(CPU_FLAGS):
+        if weight.device.type == "cpu" and not load_cpu_kernels(weight.device):
             nibbles = torch.stack(((self.weight & 15), (self.weight >> 4)), dim=-1).view(weight.size(0), -1)
             self.register_buffer("kernel_weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
                 nibbles.to(torch.int32), 1))

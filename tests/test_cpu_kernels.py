@@ -129,3 +129,32 @@ def test_a_cpu_without_the_instructions_does_not_build(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "_tried", False)
     monkeypatch.setattr(cpu_kernels, "LOADED", False)
     assert cpu_kernels.load({"avx2"}) is False and not cpu_kernels._tried
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch, heads, kv_heads, length, head_dim, written", [(1, 8, 2, 192, 64, 130),
+                                                                               (2, 4, 4, 40, 24, 40),
+                                                                               (1, 16, 4, 300, 128, 1)])
+def test_one_query_attention_equals_sdpa_over_the_written_keys(batch, heads, kv_heads, length, head_dim, written):
+    """A decode step's attention: one query row per head, GQA, a static cache of which the mask shows the first
+    `written` slots (head_dim not a multiple of 16 takes the masked tail); the slots past them hold garbage."""
+    torch.manual_seed(length)
+    q = torch.randn(batch, heads, 1, head_dim) * 2
+    k, v = torch.randn(2, batch, kv_heads, length, head_dim)
+    mask = torch.arange(length)[None, :] < written
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    y = torch.ops.fox1.one_query_attention(q, k, v, mask)
+    assert y.shape == expected.shape and torch.allclose(y, expected, rtol=1e-5, atol=1e-5)
+    k[:, :, written:], v[:, :, written:] = float("nan"), float("nan")  # keys the mask hides are never read
+    assert torch.equal(torch.ops.fox1.one_query_attention(q, k, v, mask), y)
+
+
+@needs_kernel
+def test_attention_sends_a_cpu_decode_step_to_the_kernel_and_everything_else_to_sdpa():
+    from fox1.speed import attention
+    q, k, v = torch.randn(1, 4, 1, 32), torch.randn(1, 2, 10, 32), torch.randn(1, 2, 10, 32)
+    mask = torch.arange(10)[None, :] <= 6
+    assert torch.equal(attention(q, k, v, mask), torch.ops.fox1.one_query_attention(q, k, v, mask))
+    prompt = torch.randn(1, 4, 3, 32)  # several query rows (a prompt): SDPA
+    sdpa = torch.nn.functional.scaled_dot_product_attention(prompt, k, v, attn_mask=mask, enable_gqa=True)
+    assert torch.equal(attention(prompt, k, v, mask), sdpa)
