@@ -1,11 +1,12 @@
-// fox1's hand-written CPU kernels: one row times an int8 or an int4 matrix, in int8, with AVX512-VNNI.
+// fox1's hand-written CPU kernels for a decode step: one row times an int8 or an int4 matrix, in int8, with
+// AVX512-VNNI; and attention of one query row over the KV cache (`one_query_attention`, at the end).
 //
 // Decoding one token multiplies a single row x by every weight matrix. Converting each weight to a float (what a
 // compiled loop does) costs instructions per weight that, at large shapes, outlast the memory delivering the
 // weights; here x is rounded to int8 once (one scale for the row, as `fox1.speed.int8_matmul` rounds a prompt's
 // rows), and `vpdpbusd` multiplies 64 int8 pairs and adds them into 16 int32 sums in one instruction, as
 // llama.cpp's Q8_0 and Q4_0 kernels do. Built and loaded by fox1/cpu_kernels.py; registered as the operators
-// `fox1::int8_row_linear` and `fox1::int4_row_linear`.
+// `fox1::int8_row_linear`, `fox1::int4_row_linear` and `fox1::one_query_attention`.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
