@@ -74,8 +74,7 @@ class Linear(nn.Linear):
 
 
 class Attention(nn.Module):
-    """Causal grouped-query self-attention with RoPE, through PyTorch's fused SDPA kernels (a CPU's decode step
-    through fox1's own, `fox1.speed.attention`).
+    """Causal grouped-query self-attention with RoPE, through SDPA (a CPU's decode step: `fox1.speed.attention`).
 
     q, k and v come out of one matrix, `qkv_proj` (Hugging Face's q_proj, k_proj and v_proj stacked by
     rows, as in gpt-fast): one matmul reads x once and is one kernel instead of three, which is what a

@@ -21,6 +21,13 @@ namespace {
 
 constexpr int64_t kLanes = 64;  // int8 values in one 512-bit register
 
+// A mask of the first n lanes of a register (all of them from n = the mask's width on, none below 1).
+template <typename Mask>
+inline Mask first_lanes(int64_t n) {
+  const int64_t width = 8 * sizeof(Mask);
+  return n >= width ? static_cast<Mask>(~Mask(0)) : n <= 0 ? Mask(0) : static_cast<Mask>((Mask(1) << n) - 1);
+}
+
 // x rounded to int8 with one scale, max|x| / 127, round half to even (as torch.round).
 struct RoundedRow {
   float step = 0.f;
@@ -59,8 +66,7 @@ struct SignSplitRow {
 inline int32_t int8_dot(const SignSplitRow& x, const int8_t* w, int64_t K) {
   __m512i sum = _mm512_setzero_si512();
   for (int64_t k = 0; k < K; k += kLanes) {
-    const __mmask64 valid = K - k >= kLanes ? ~__mmask64(0) : (__mmask64(1) << (K - k)) - 1;
-    const __m512i weights = _mm512_maskz_loadu_epi8(valid, w + k);
+    const __m512i weights = _mm512_maskz_loadu_epi8(first_lanes<__mmask64>(K - k), w + k);
     const __m512i signed_weights =
         _mm512_mask_sub_epi8(weights, x.negative[k / kLanes], _mm512_setzero_si512(), weights);
     sum = _mm512_dpbusd_epi32(sum, _mm512_loadu_si512(x.magnitude.data() + k), signed_weights);
@@ -101,14 +107,13 @@ inline __m512 int4_block(__m512 sum, const Int4Row& x, const uint8_t* packed, co
                          int64_t columns) {
   const __m512i low_half = _mm512_set1_epi8(0x0F);
   const __m512i group_of_sum = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-  const __mmask64 present = columns == kBlock ? ~__mmask64(0) : (__mmask64(1) << (columns / 2)) - 1;
-  const __m512i bytes = _mm512_maskz_loadu_epi8(present, packed + k / 2);
+  const __m512i bytes = _mm512_maskz_loadu_epi8(first_lanes<__mmask64>(columns / 2), packed + k / 2);
   const int8_t* values = x.values.data() + k;
   __m512i products = _mm512_loadu_si512(x.start.data() + k / kBlock * 16);
   products = _mm512_dpbusd_epi32(products, _mm512_and_si512(bytes, low_half), _mm512_loadu_si512(values));
   products = _mm512_dpbusd_epi32(products, _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low_half),
                                  _mm512_loadu_si512(values + kLanes));
-  const __m128 scales = four_scales(scale + k / 32, static_cast<__mmask8>((1 << (columns / 32)) - 1));
+  const __m128 scales = four_scales(scale + k / 32, first_lanes<__mmask8>(columns / 32));
   return _mm512_fmadd_ps(_mm512_cvtepi32_ps(products),
                          _mm512_permutexvar_ps(group_of_sum, _mm512_castps128_ps512(scales)), sum);
 }
@@ -194,10 +199,7 @@ inline __m512 exp_nonpositive(__m512 x) {
 }
 
 // The lanes of a head's 16 dimensions starting at chunk * 16 that exist (all 16 but at the end of a head).
-inline __mmask16 dimensions(int64_t chunk, int64_t D) {
-  const int64_t left = std::clamp<int64_t>(D - chunk * 16, 0, 16);
-  return static_cast<__mmask16>((1u << left) - 1);
-}
+inline __mmask16 dimensions(int64_t chunk, int64_t D) { return first_lanes<__mmask16>(D - chunk * 16); }
 
 // Lane i of the result: the sum of the 16 lanes of v[i] (a transpose-and-add tree, not 16 separate reductions).
 inline __m512 sum_each(const __m512* v) {
@@ -228,14 +230,14 @@ inline void score(const float* query, const float* key, const int64_t* keys, int
         dots[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(dimensions(c, D), query + c * 16),
                                   _mm512_maskz_loadu_ps(dimensions(c, D), key + keys[j0 + j] * D + c * 16), dots[j]);
     }
-    const __mmask16 real = static_cast<__mmask16>((1u << std::min<int64_t>(seen - j0, 16)) - 1);
-    _mm512_mask_storeu_ps(scores + j0, real, _mm512_mul_ps(sum_each(dots), _mm512_set1_ps(scale)));
+    const __m512 scaled = _mm512_mul_ps(sum_each(dots), _mm512_set1_ps(scale));
+    _mm512_mask_storeu_ps(scores + j0, first_lanes<__mmask16>(seen - j0), scaled);
   }
 }
 
 // The softmax of scores[0 .. seen) in place: each less the largest (so every exponent is <= 0), e^, normalised.
 inline void softmax(float* scores, int64_t seen) {
-  const auto real = [seen](int64_t j) { return static_cast<__mmask16>((1u << std::min<int64_t>(seen - j, 16)) - 1); };
+  const auto real = [seen](int64_t j) { return first_lanes<__mmask16>(seen - j); };
   __m512 largest = _mm512_set1_ps(-INFINITY);
   for (int64_t j = 0; j < seen; j += 16)
     largest = _mm512_mask_max_ps(largest, real(j), largest, _mm512_loadu_ps(scores + j));

@@ -58,7 +58,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     (fox1/cpu_kernels.cpp, loaded by `load_cpu_kernels`), which skips the cache's unwritten slots and costs a
     fraction of SDPA's fixed cost per call (NOTES.md)."""
     if (q.size(2) == 1 and q.device.type == "cpu" and cpu_kernels.LOADED and q.dtype == torch.float32
-            and mask is not None and mask.numel() == k.size(2) and not q.requires_grad):
+            and mask is not None and mask.dtype == torch.bool and mask.numel() == k.size(2) and not q.requires_grad):
         return torch.ops.fox1.one_query_attention(q, k, v, mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
 
@@ -160,6 +160,7 @@ class QuantizedLinear(nn.Module):
         quantized, scale = type(self).quantize(weight)
         self.register_buffer("weight", quantized)
         self.register_buffer("scale", scale)
+        load_cpu_kernels(weight.device)  # fox1's one-row kernels, before anything is compiled
 
     def num_weights(self) -> int:
         return self.weight.numel()
@@ -173,10 +174,6 @@ class Int8Linear(QuantizedLinear):
     """int8 with per-row scales: decoding streams a quarter of fp32's bytes."""
 
     quantize = staticmethod(quantize_rows_int8)
-
-    def __init__(self, weight: torch.Tensor):
-        super().__init__(weight)
-        load_cpu_kernels(weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.scale)
@@ -227,7 +224,7 @@ class Int4Linear(QuantizedLinear):
 
     def __init__(self, weight: torch.Tensor):
         super().__init__(weight)
-        if weight.device.type == "cpu" and not load_cpu_kernels(weight.device):
+        if weight.device.type == "cpu" and not cpu_kernels.LOADED:
             nibbles = torch.stack(((self.weight & 15), (self.weight >> 4)), dim=-1).view(weight.size(0), -1)
             self.register_buffer("kernel_weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
                 nibbles.to(torch.int32), 1))
