@@ -2,16 +2,15 @@
 table is walked with values it must refuse (argparse's exit status 2 and one error line naming the flag)."""
 import pytest
 
-from cli import bench as bench_cli, data as data_cli, sample as sample_cli
+from cli import bench as bench_cli, data as data_cli, eval as eval_cli, sample as sample_cli
 from cli import tokenizer as tokenizer_cli, train as train_cli
-import eval as evaluation
 import study
 
 # (module, how to parse argv, argv that every call starts with, FLAG_RULES; per-flag argv where it differs)
 COMMANDS = {
     "train": (train_cli.parse_args, [], train_cli.FLAG_RULES, {}),
     "sample": (sample_cli.parse_args, [], sample_cli.FLAG_RULES, {}),
-    "eval": (evaluation.parse_args, ["--data", "x"], evaluation.FLAG_RULES, {}),
+    "eval": (eval_cli.parse_args, ["--data", "x"], eval_cli.FLAG_RULES, {}),
     "bench": (bench_cli.parse_args, [], bench_cli.FLAG_RULES, {}),
     "study": (study.parse_args, ["gqa"], study.FLAG_RULES, {}),
     "data": (data_cli.parse_args, ["prepare", "--input", "x", "--tokenizer", "t", "--out", "o"], data_cli.FLAG_RULES,

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import eval as ev
+from cli import eval as eval_cli
 from fox1.files import InputError
 from model import IGNORE_INDEX, Fox, FoxConfig
 
@@ -407,7 +408,7 @@ def check_harness_output(directory: Path, summary: dict) -> None:
 def test_malformed_files_give_one_line_errors(export, tmp_path, capsys, content, message):
     path = tmp_path / "lambada_openai_test.jsonl"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    assert ev.main(["--ckpt", str(export), "--data", str(tmp_path), "--tasks", "lambada"]) == 1
+    assert eval_cli.main(["--ckpt", str(export), "--data", str(tmp_path), "--tasks", "lambada"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1] and "Traceback" not in "".join(err)
 
@@ -421,16 +422,16 @@ def test_malformed_files_give_one_line_errors(export, tmp_path, capsys, content,
     (["--tasks", "lambada", "--shots", "lambada=x"], "--shots: 'lambada=x' is not N or task=N"),
 ])
 def test_bad_arguments_give_one_line_errors(export, tmp_path, capsys, args, message):
-    assert ev.main(["--ckpt", str(export), "--data", str(tmp_path), *args]) == 1
+    assert eval_cli.main(["--ckpt", str(export), "--data", str(tmp_path), *args]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) <= 2 and err[-1].startswith("error: ") and message in err[-1]
 
 
 def test_old_task_names_still_work_and_a_source_is_required(export, tmp_path, capsys):
-    assert ev.parse_shots("lambada=3", ["lambada_openai"]) == {"lambada_openai": 3}
-    args = ev.parse_args(["--data", str(tmp_path), "--tasks", "lambada,lambada_openai,arc_easy"])
-    assert ev.check_arguments(args) == ["lambada_openai", "arc_easy"]
-    assert ev.main(["--ckpt", str(export), "--tasks", "hellaswag"]) == 1
+    assert eval_cli.parse_shots("lambada=3", ["lambada_openai"]) == {"lambada_openai": 3}
+    args = eval_cli.parse_args(["--data", str(tmp_path), "--tasks", "lambada,lambada_openai,arc_easy"])
+    assert eval_cli.check_arguments(args) == ["lambada_openai", "arc_easy"]
+    assert eval_cli.main(["--ckpt", str(export), "--tasks", "hellaswag"]) == 1
     assert "--data DIR or --hf" in capsys.readouterr().err
 
 
@@ -539,7 +540,7 @@ def test_a_missing_optional_package_is_named_in_one_line(export, tmp_path, capsy
     (tmp_path / "lambada_openai_test.parquet").write_bytes(b"")
     monkeypatch.setitem(sys.modules, package, None)  # as if it were not installed: importing it fails
     args = [str(tmp_path) if arg == "PARQUET" else arg for arg in args]
-    assert ev.main(["--ckpt", str(export), *args]) == 1
+    assert eval_cli.main(["--ckpt", str(export), *args]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1] and "Traceback" not in "".join(err)
 
