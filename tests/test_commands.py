@@ -2,9 +2,8 @@
 table is walked with values it must refuse (argparse's exit status 2 and one error line naming the flag)."""
 import pytest
 
-from cli import bench as bench_cli, data as data_cli, eval as eval_cli, sample as sample_cli
+from cli import bench as bench_cli, data as data_cli, eval as eval_cli, sample as sample_cli, study as study_cli
 from cli import tokenizer as tokenizer_cli, train as train_cli
-import study
 
 # (module, how to parse argv, argv that every call starts with, FLAG_RULES; per-flag argv where it differs)
 COMMANDS = {
@@ -12,7 +11,7 @@ COMMANDS = {
     "sample": (sample_cli.parse_args, [], sample_cli.FLAG_RULES, {}),
     "eval": (eval_cli.parse_args, ["--data", "x"], eval_cli.FLAG_RULES, {}),
     "bench": (bench_cli.parse_args, [], bench_cli.FLAG_RULES, {}),
-    "study": (study.parse_args, ["gqa"], study.FLAG_RULES, {}),
+    "study": (study_cli.parse_args, ["gqa"], study_cli.FLAG_RULES, {}),
     "data": (data_cli.parse_args, ["prepare", "--input", "x", "--tokenizer", "t", "--out", "o"], data_cli.FLAG_RULES,
              {"context_len": ["stats", "--data", "d"], "total_tokens": ["stats", "--data", "d"]}),
     "tokenizer": (tokenizer_cli.main, ["train", "--input", "x", "--out", "o"], tokenizer_cli.FLAG_RULES, {}),

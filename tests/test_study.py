@@ -18,6 +18,7 @@ import torch
 
 import data
 import study
+from cli import study as study_cli
 from model import IGNORE_INDEX, Fox, FoxConfig
 from tokenizer import Tokenizer
 
@@ -189,11 +190,11 @@ def test_quick_curriculum_end_to_end(tmp_path):
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     afile = tmp_path / "file"
     afile.write_text("x")
-    assert study.main(["gqa", "--out", str(afile)]) == 1
+    assert study_cli.main(["gqa", "--out", str(afile)]) == 1
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1 and "is a file" in error
     with pytest.raises(SystemExit) as exit_info:
-        study.parse_args(["vocab", "--seeds", "0"])
+        study_cli.parse_args(["vocab", "--seeds", "0"])
     assert exit_info.value.code == 2 and "--seeds" in capsys.readouterr().err
 
 
