@@ -1,6 +1,7 @@
 """fox1/gguf.py: a fox1 export as the GGUF file llama.cpp reads. The file is parsed back here (header, metadata,
 tensor table, data); with the `gguf` package installed also by llama.cpp's own reader; and where a llama.cpp build
-is named by FOX1_LLAMA_CPP, llama-tokenize must give fox1's ids for standard-library source."""
+is named by FOX1_LLAMA_CPP, llama-tokenize must give fox1's ids for standard-library source, with fox1's own
+tokenizer and with SentencePiece-style ones as the released Fox-1 has."""
 import json
 import os
 import struct
@@ -13,7 +14,8 @@ from fox1 import gguf, llama_cpp
 from fox1.files import InputError
 from model import Fox, FoxConfig
 from texts import stdlib_text
-from tokenizer import DEFAULT_PATTERN, Tokenizer
+from tokenizer import DEFAULT_PATTERN, Tokenizer, load_tokenizer
+from tokenizer_files import hf_sentencepiece, sentencepiece_spec, write_json
 
 CONFIG = FoxConfig(vocab_size=400, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
                    intermediate_size=128, context_len=128)
@@ -129,7 +131,7 @@ def test_tokenizers_llama_cpp_cannot_split_alike_are_refused_in_one_line(export,
     folder, _, _ = export
     spec = json.loads((folder / "tokenizer.json").read_text())
     for name, change in [("split", lambda s: s["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"\w+")),
-                         ("spm", lambda s: s["model"].update(byte_fallback=True))]:
+                         ("no split", lambda s: s.update(pre_tokenizer=None))]:
         copy = tmp_path / name
         copy.mkdir()
         for file in folder.iterdir():
@@ -151,6 +153,70 @@ def test_llama_cpp_tokenizes_as_fox1(export, tmp_path):
     (tmp_path / "text.txt").write_text(text, encoding="utf-8")
     assert llama_cpp.tokenize(Path(os.environ["FOX1_LLAMA_CPP"]), tmp_path / "m.gguf",
                               tmp_path / "text.txt") == tokenizer.encode(text)
+
+
+def sentencepiece_export(folder: Path, spec: dict) -> Path:
+    """A tiny model with a SentencePiece-style tokenizer, as fox1 exports one loaded from a Fox-1 folder."""
+    tokenizer = load_tokenizer(write_json(folder / "source" / "tokenizer.json", spec))
+    torch.manual_seed(0)
+    Fox(FoxConfig(**CONFIG.__dict__ | {"vocab_size": tokenizer.vocab_size})).save_pretrained(
+        folder, token_ids={"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}, stop_ids=[2])
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+TINY_PIECES = ["▁", "a", "b", "c", "▁a", "ab", "bc", "▁ab", "abc"]
+TINY_MERGES = ["▁ a", "a b", "b c", "▁a b", "ab c", "a bc"]  # "abc" twice: it scores by the first
+
+
+def fox1_layout(spec: dict) -> dict:
+    """Fox-1's (Gemma's) variant: spaces become "▁" with none prepended."""
+    return spec | {"normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+                   "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious",
+                                     "invert": False}}
+
+
+def test_a_sentencepiece_tokenizer_scores_each_token_by_its_first_merge(tmp_path):
+    for name, spec, prefix in [("llama2", sentencepiece_spec(TINY_PIECES, TINY_MERGES), True),
+                               ("fox1", fox1_layout(sentencepiece_spec(TINY_PIECES, TINY_MERGES)), False)]:
+        folder = sentencepiece_export(tmp_path / name, spec)
+        gguf.write_gguf(folder, tmp_path / f"{name}.gguf")
+        metadata, _ = read_gguf(tmp_path / f"{name}.gguf")
+        assert (metadata["tokenizer.ggml.model"], metadata["tokenizer.ggml.pre"]) == ("llama", "default")
+        assert metadata["tokenizer.ggml.add_space_prefix"] is prefix
+        tokens, types = metadata["tokenizer.ggml.tokens"], metadata["tokenizer.ggml.token_type"]
+        scores = dict(zip(tokens, metadata["tokenizer.ggml.scores"]))
+        assert [scores[t] for t in ["▁a", "ab", "bc", "▁ab", "abc", "a", "▁"]] == [0, -1, -2, -3, -4, -6, -6]
+        assert types[:4] == [2, 3, 3, 6] and tokens[3] == "<0x00>" and types[259:262] == [1, 1, 1]
+        assert "tokenizer.ggml.merges" not in metadata
+
+
+def test_sentencepiece_steps_llama_cpp_lacks_are_refused_in_one_line(tmp_path):
+    spec = sentencepiece_spec(TINY_PIECES, TINY_MERGES)
+    cases = [("nfkc", spec | {"normalizer": {"type": "NFKC"}})]
+    for scheme in ("first", "always"):
+        metaspace = {"type": "Metaspace", "replacement": "▁", "split": False, "prepend_scheme": scheme}
+        cases.append((scheme, spec | {"normalizer": None, "pre_tokenizer": metaspace}))
+    for name, changed in cases:
+        folder = sentencepiece_export(tmp_path / name, changed)
+        with pytest.raises(InputError) as refused:
+            gguf.write_gguf(folder, tmp_path / f"{name}.gguf")
+        assert "\n" not in str(refused.value) and "tokenizer.json" in str(refused.value)
+        assert not (tmp_path / f"{name}.gguf").exists()
+
+
+@pytest.mark.skipif(not os.environ.get("FOX1_LLAMA_CPP"), reason="FOX1_LLAMA_CPP names no llama.cpp build")
+@pytest.mark.parametrize("style", ["gemma", "llama2"])
+def test_llama_cpp_tokenizes_as_fox1_with_a_sentencepiece_tokenizer(tmp_path, style):
+    tokenizers = pytest.importorskip("tokenizers")
+    spec = hf_sentencepiece(tokenizers, stdlib_text(300_000), style)
+    folder = sentencepiece_export(tmp_path / "export", spec)
+    gguf.write_gguf(folder, tmp_path / "m.gguf")
+    text = ("".join(stdlib_text(600_000))[200_000:] + " 3.14159 ünïcödé 我想在apple工作 \t\n\n  x  \r\n===== "
+            "<s>x</s><end_of_turn>  after")
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    assert llama_cpp.tokenize(Path(os.environ["FOX1_LLAMA_CPP"]), tmp_path / "m.gguf", tmp_path / "text.txt") == \
+        load_tokenizer(folder).encode(text, allow_special=True)  # llama-tokenize reads special tokens
 
 
 def test_a_folder_without_llama_cpps_tools_is_named_in_one_line(tmp_path):
