@@ -219,19 +219,28 @@ inline __m512 sum_each(const __m512* v) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(low, high, 0x88), _mm512_shuffle_f32x4(low, high, 0xDD));
 }
 
-// scores[j] = (query . key row keys[j]) * scale for j < seen, 16 keys at a time.
-inline void score(const float* query, const float* key, const int64_t* keys, int64_t seen, int64_t D, float scale,
-                  float* scores) {
+// scores[g * seen + j] = (query g . key row keys[j]) * scale, for the G query heads that share these keys (GQA),
+// 16 keys at a time: each 16 dimensions of a query meet the same 16 dimensions of all 16 keys, so the 16 sums stay
+// in registers, and the 16 key rows stay in the L1 cache while every query of the group reads them. Past the last
+// key, the last key is read again and its score not stored.
+inline void score(const float* queries, int64_t G, const float* key, const int64_t* keys, int64_t seen, int64_t D,
+                  float scale, float* scores) {
   for (int64_t j0 = 0; j0 < seen; j0 += 16) {
-    __m512 dots[16];
-    for (int64_t j = 0; j < 16; ++j) {
-      dots[j] = _mm512_setzero_ps();
-      for (int64_t c = 0; j0 + j < seen && c * 16 < D; ++c)
-        dots[j] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(dimensions(c, D), query + c * 16),
-                                  _mm512_maskz_loadu_ps(dimensions(c, D), key + keys[j0 + j] * D + c * 16), dots[j]);
+    const float* rows[16];
+    for (int64_t j = 0; j < 16; ++j) rows[j] = key + keys[std::min(j0 + j, seen - 1)] * D;
+    for (int64_t g = 0; g < G; ++g) {
+      __m512 dots[16];
+      for (int64_t j = 0; j < 16; ++j) dots[j] = _mm512_setzero_ps();
+      for (int64_t c = 0; c * 16 < D; ++c) {
+        const __mmask16 lanes = dimensions(c, D);
+        const __m512 query_part = _mm512_maskz_loadu_ps(lanes, queries + g * D + c * 16);
+#pragma GCC unroll 16
+        for (int64_t j = 0; j < 16; ++j)
+          dots[j] = _mm512_fmadd_ps(query_part, _mm512_maskz_loadu_ps(lanes, rows[j] + c * 16), dots[j]);
+      }
+      const __m512 scaled = _mm512_mul_ps(sum_each(dots), _mm512_set1_ps(scale));
+      _mm512_mask_storeu_ps(scores + g * seen + j0, first_lanes<__mmask16>(seen - j0), scaled);
     }
-    const __m512 scaled = _mm512_mul_ps(sum_each(dots), _mm512_set1_ps(scale));
-    _mm512_mask_storeu_ps(scores + j0, first_lanes<__mmask16>(seen - j0), scaled);
   }
 }
 
@@ -253,18 +262,27 @@ inline void softmax(float* scores, int64_t seen) {
     _mm512_mask_storeu_ps(scores + j, real(j), _mm512_mul_ps(_mm512_loadu_ps(scores + j), normaliser));
 }
 
-// out = sum over j of weights[j] * value row keys[j], 64 dimensions (four 16-wide sums) at a time.
-inline void weighted_sum(const float* weights, const float* value, const int64_t* keys, int64_t seen, int64_t D,
-                         float* out) {
+// out[g] = sum over j of weights[g * seen + j] * value row keys[j], for the G query heads of a group: 64
+// dimensions (four 16-wide sums) and 16 keys at a time, every query of the group reading those 16 value rows while
+// they are in the L1 cache.
+inline void weighted_sum(const float* weights, int64_t G, const float* value, const int64_t* keys, int64_t seen,
+                         int64_t D, float* out) {
   for (int64_t c0 = 0; c0 * 16 < D; c0 += 4) {
-    __m512 sums[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int64_t j = 0; j < seen; ++j) {
-      const __m512 weight = _mm512_set1_ps(weights[j]);
-      const float* row = value + keys[j] * D + c0 * 16;
-      for (int64_t c = 0; c < 4; ++c)
-        sums[c] = _mm512_fmadd_ps(weight, _mm512_maskz_loadu_ps(dimensions(c0 + c, D), row + c * 16), sums[c]);
+    for (int64_t j0 = 0; j0 < seen; j0 += 16) {
+      for (int64_t g = 0; g < G; ++g) {
+        __m512 sums[4];
+        float* part = out + g * D + c0 * 16;  // its 64 dimensions, summed over the keys before j0
+        for (int64_t c = 0; c < 4; ++c)
+          sums[c] = j0 == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(dimensions(c0 + c, D), part + c * 16);
+        for (int64_t j = j0; j < std::min(j0 + 16, seen); ++j) {
+          const __m512 weight = _mm512_set1_ps(weights[g * seen + j]);
+          const float* row = value + keys[j] * D + c0 * 16;
+          for (int64_t c = 0; c < 4; ++c)
+            sums[c] = _mm512_fmadd_ps(weight, _mm512_maskz_loadu_ps(dimensions(c0 + c, D), row + c * 16), sums[c]);
+        }
+        for (int64_t c = 0; c < 4; ++c) _mm512_mask_storeu_ps(part + c * 16, dimensions(c0 + c, D), sums[c]);
+      }
     }
-    for (int64_t c = 0; c < 4; ++c) _mm512_mask_storeu_ps(out + (c0 + c) * 16, dimensions(c0 + c, D), sums[c]);
   }
 }
 
@@ -280,21 +298,22 @@ at::Tensor one_query_attention(const at::Tensor& q, const at::Tensor& k, const a
               "one_query_attention: shapes");
   const int64_t H = q.size(1), D = q.size(3), Hkv = k.size(1), L = k.size(2);
   const at::Tensor qs = q.contiguous(), ks = k.contiguous(), vs = v.contiguous(), ms = mask.contiguous();
+  const bool* visible = ms.data_ptr<bool>();
   std::vector<int64_t> keys;
   for (int64_t j = 0; j < L; ++j)
-    if (ms.data_ptr<bool>()[j]) keys.push_back(j);
+    if (visible[j]) keys.push_back(j);
   at::Tensor y = at::empty_like(qs);
   if (keys.empty()) return y.fill_(NAN);  // a query that may see nothing has no answer
   const int64_t seen = static_cast<int64_t>(keys.size());
-  at::parallel_for(0, q.size(0) * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> weights(seen);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t head = (i / H) * Hkv + i % H / (H / Hkv);  // (row, key/value head)
-      score(qs.data_ptr<float>() + i * D, ks.data_ptr<float>() + head * L * D, keys.data(), seen, D,
+  const int64_t G = H / Hkv;  // query heads per key/value head, handled together
+  at::parallel_for(0, q.size(0) * Hkv, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> weights(G * seen);
+    for (int64_t i = begin; i < end; ++i) {  // i: (row, key/value head); its queries are heads i * G .. i * G + G - 1
+      score(qs.data_ptr<float>() + i * G * D, G, ks.data_ptr<float>() + i * L * D, keys.data(), seen, D,
             1.f / std::sqrt(static_cast<float>(D)), weights.data());
-      softmax(weights.data(), seen);
-      weighted_sum(weights.data(), vs.data_ptr<float>() + head * L * D, keys.data(), seen, D,
-                   y.data_ptr<float>() + i * D);
+      for (int64_t g = 0; g < G; ++g) softmax(weights.data() + g * seen, seen);
+      weighted_sum(weights.data(), G, vs.data_ptr<float>() + i * L * D, keys.data(), seen, D,
+                   y.data_ptr<float>() + i * G * D);
     }
   });
   return y;

@@ -134,7 +134,8 @@ def test_a_cpu_without_the_instructions_does_not_build(monkeypatch):
 @needs_kernel
 @pytest.mark.parametrize("batch, heads, kv_heads, length, head_dim, written", [(1, 8, 2, 192, 64, 130),
                                                                                (2, 4, 4, 40, 24, 40),
-                                                                               (1, 16, 4, 300, 128, 1)])
+                                                                               (1, 16, 4, 300, 128, 1),
+                                                                               (2, 6, 2, 70, 32, 37)])
 def test_one_query_attention_equals_sdpa_over_the_written_keys(batch, heads, kv_heads, length, head_dim, written):
     """A decode step's attention: one query row per head, GQA, a static cache of which the mask shows the first
     `written` slots (head_dim not a multiple of 16 takes the masked tail); the slots past them hold garbage."""
