@@ -138,12 +138,15 @@ def sentencepiece_layout(path: Path, spec: dict, merges: list[str], tokens: list
     each token here scores minus the rank of the first merge that makes it, which keeps Hugging Face's order.
     (llama.cpp's converter, given tokenizer.json alone, scores every token -1000, so it merges from the left, and
     prepends a space unless tokenizer_config.json says not to: other ids.)"""
-    normalizers = _steps(spec.get("normalizer"), "normalizers")
+    normalizer = spec.get("normalizer") or {}
+    normalizers = normalizer.get("normalizers", [normalizer] if normalizer else [])  # a Sequence's steps, or itself
     pre = spec.get("pre_tokenizer") or {}
-    metaspace = pre.get("type") == "Metaspace" and not pre.get("split", True)
-    space_split = pre.get("type") == "Split" and pre.get("pattern") == {"String": " "}
-    known = ({"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"})
-    if not (not pre or metaspace or space_split) or any(step not in known for step in normalizers):
+    metaspace = pre.get("type") == "Metaspace" and pre.get("replacement") == "▁" and not pre.get("split", True)
+    space_split = pre.get("type") == "Split" and pre.get("pattern") == {"String": " "}  # a no-op once spaces are "▁"
+    prepend = {"type": "Prepend", "prepend": "▁"}
+    spaces = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+    if (not (not pre or metaspace or space_split) or any(step not in (prepend, spaces) for step in normalizers)
+            or not (metaspace or spaces in normalizers)):
         raise InputError(f"{path}: a normalizer or pre_tokenizer that llama.cpp's SentencePiece tokenizer lacks")
     scheme = pre.get("prepend_scheme", "always" if pre.get("add_prefix_space", True) else "never")
     if metaspace and scheme != "never":  # it skips text after a special token ("first") or starting with a space
@@ -159,16 +162,9 @@ def sentencepiece_layout(path: Path, spec: dict, merges: list[str], tokens: list
             types[token_id] = TOKEN_UNKNOWN
     scores = [-float(first_rank.get(token, len(merges))) if kind == TOKEN_NORMAL else 0.0
               for token, kind in zip(tokens, types)]
-    prefix = any(step["type"] == "Prepend" for step in normalizers)
+    prefix = prepend in normalizers
     return {"tokenizer.ggml.model": ("str", "llama"), "tokenizer.ggml.pre": ("str", "default"),
             "tokenizer.ggml.scores": ("array", ("f32", scores)), "tokenizer.ggml.add_space_prefix": ("bool", prefix)}
-
-
-def _steps(spec: dict | None, key: str) -> list[dict]:
-    """A tokenizer.json normalizer (or pre-tokenizer) as its list of steps: a Sequence's, one, or none."""
-    if not spec:
-        return []
-    return spec[key] if spec.get("type") == "Sequence" else [spec]
 
 
 def special_ids(folder: Path) -> dict[str, int]:

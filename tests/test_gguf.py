@@ -193,7 +193,8 @@ def test_a_sentencepiece_tokenizer_scores_each_token_by_its_first_merge(tmp_path
 
 def test_sentencepiece_steps_llama_cpp_lacks_are_refused_in_one_line(tmp_path):
     spec = sentencepiece_spec(TINY_PIECES, TINY_MERGES)
-    cases = [("nfkc", spec | {"normalizer": {"type": "NFKC"}})]
+    cases = [("nfkc", spec | {"normalizer": {"type": "NFKC"}}),
+             ("raw spaces", spec | {"normalizer": {"type": "Prepend", "prepend": "▁"}})]  # spaces never become "▁"
     for scheme in ("first", "always"):
         metaspace = {"type": "Metaspace", "replacement": "▁", "split": False, "prepend_scheme": scheme}
         cases.append((scheme, spec | {"normalizer": None, "pre_tokenizer": metaspace}))
