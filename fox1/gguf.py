@@ -110,15 +110,15 @@ def tokenizer_metadata(folder: Path, vocab_size: int) -> dict[str, tuple[str, ob
     for token_id, token in added.items():
         types[token_id] = TOKEN_CONTROL if token.get("special") else TOKEN_USER_DEFINED
     merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model.get("merges", [])]
-    layout = sentencepiece_layout if model.get("byte_fallback") else byte_level_layout
-    keys = layout(path, spec, merges, tokens, types)
+    keys = (sentencepiece_layout(path, spec, merges, tokens, types) if model.get("byte_fallback")
+            else byte_level_layout(path, spec, merges))
     ids = special_ids(folder)
     return {"tokenizer.ggml.tokens": ("array", ("str", tokens)), "tokenizer.ggml.token_type": ("array", ("i32", types)),
             **keys, "tokenizer.ggml.add_bos_token": ("bool", True), "tokenizer.ggml.add_eos_token": ("bool", False),
             **{f"tokenizer.ggml.{key}": ("u32", value) for key, value in ids.items()}}
 
 
-def byte_level_layout(path: Path, spec: dict, merges: list[str], tokens: list[str], types: list[int]) -> dict:
+def byte_level_layout(path: Path, spec: dict, merges: list[str]) -> dict:
     """fox1's own tokenizer: byte-level BPE after a split pattern. llama.cpp merges by the same ranks, after the
     pre-tokenizer that splits as our pattern does (LLAMA_CPP_SPLITS)."""
     try:
@@ -133,7 +133,8 @@ def byte_level_layout(path: Path, spec: dict, merges: list[str], tokens: list[st
 
 
 def sentencepiece_layout(path: Path, spec: dict, merges: list[str], tokens: list[str], types: list[int]) -> dict:
-    """The released Fox-1's tokenizer: SentencePiece converted to BPE, spaces as "▁", byte fallback. llama.cpp
+    """The released Fox-1's tokenizer: SentencePiece converted to BPE, spaces as "▁", byte fallback (its byte and
+    unknown tokens are typed as such in `types`, in place). llama.cpp
     tokenizes it as SentencePiece does, merging first the adjacent pair that joins into the token of highest score;
     each token here scores minus the rank of the first merge that makes it, which keeps Hugging Face's order.
     (llama.cpp's converter, given tokenizer.json alone, scores every token -1000, so it merges from the left, and

@@ -15,7 +15,7 @@ from fox1.files import InputError
 from model import Fox, FoxConfig
 from texts import stdlib_text
 from tokenizer import DEFAULT_PATTERN, Tokenizer, load_tokenizer
-from tokenizer_files import hf_sentencepiece, sentencepiece_spec, write_json
+from tokenizer_files import fox1_layout, hf_sentencepiece, sentencepiece_spec, write_json
 
 CONFIG = FoxConfig(vocab_size=400, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
                    intermediate_size=128, context_len=128)
@@ -167,13 +167,6 @@ def sentencepiece_export(folder: Path, spec: dict) -> Path:
 
 TINY_PIECES = ["▁", "a", "b", "c", "▁a", "ab", "bc", "▁ab", "abc"]
 TINY_MERGES = ["▁ a", "a b", "b c", "▁a b", "ab c", "a bc"]  # "abc" twice: it scores by the first
-
-
-def fox1_layout(spec: dict) -> dict:
-    """Fox-1's (Gemma's) variant: spaces become "▁" with none prepended."""
-    return spec | {"normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
-                   "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious",
-                                     "invert": False}}
 
 
 def test_a_sentencepiece_tokenizer_scores_each_token_by_its_first_merge(tmp_path):

@@ -53,9 +53,15 @@ def hf_sentencepiece(tokenizers, documents: list[str], style: str) -> dict:
     if style == "metaspace":  # transformers' LlamaConverter with legacy=False
         spec["normalizer"] = None
         spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False}
-    elif style == "gemma":  # no prefix space, no Strip; a Split on " " that finds none left
-        spec["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
-        spec["pre_tokenizer"] = {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious",
-                                 "invert": False}
-        spec["decoder"]["decoders"] = spec["decoder"]["decoders"][:3]
+    elif style == "gemma":
+        spec = fox1_layout(spec)
     return spec
+
+
+def fox1_layout(spec: dict) -> dict:
+    """The released Fox-1's (Gemma's) variant of a SentencePiece-style spec: spaces become "▁" with none
+    prepended, no Strip on decoding; a Split on " " that finds none left."""
+    decoder = {"type": "Sequence", "decoders": spec["decoder"]["decoders"][:3]}
+    return spec | {"normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+                   "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious",
+                                     "invert": False}, "decoder": decoder}
