@@ -1,16 +1,16 @@
 """GGUF, llama.cpp's model file, written from a fox1 export, so the engine an edge user runs reads our models.
 
-llama.cpp's own converter (convert_hf_to_gguf.py) gets both of fox1's tokenizers wrong. A byte-level BPE trained
-here it refuses: it recognises one by hashing the ids it gives a fixed probe text and looking the hash up in a table
-of known models, and a new vocabulary has new ids ("BPE pre-tokenizer was not recognized"), however its
-tokenizer.json is written. The released Fox-1's SentencePiece-style tokenizer it converts into a file that
-tokenizes differently (every token scored alike; see `sentencepiece_layout`). Both are tokenizers llama.cpp runs,
-though: fox1's split rule is its "qwen2" pre-tokenizer (the contractions and newline runs are spelled differently;
-they match the same text), and SentencePiece merging, given the right scores, is Hugging Face's BPE. So this module
-writes the file itself, with the tensors laid out as the converter lays out a Llama: its tensor names, the q / k
-rows permuted from Hugging Face's rotate-half RoPE order to llama.cpp's adjacent pairs, norms in f32, and no output
-matrix (llama.cpp reuses the embedding, as Fox-1 ties them). Q8_0 / Q4_0 files are then llama.cpp's own
-`llama-quantize` of the f32 one.
+llama.cpp's own converter (convert_hf_to_gguf.py) refuses a byte-level BPE trained here: it recognises one by
+hashing the ids it gives a fixed probe text and looking the hash up in a table of known models, and a new vocabulary
+has new ids ("BPE pre-tokenizer was not recognized"), however its tokenizer.json is written. A downloaded Fox-1
+folder it converts into a file that tokenizes differently (no tokenizer.model there, so every token is scored
+alike; a fox1 export of that tokenizer carries one: fox1/sentencepiece_model.py). Both are tokenizers llama.cpp
+runs, though: fox1's split rule is its "qwen2" pre-tokenizer (the contractions and newline runs are spelled
+differently; they match the same text), and SentencePiece merging, given the right scores, is Hugging Face's BPE.
+So this module writes the file itself, with the tensors laid out as the converter lays out a Llama: its tensor
+names, the q / k rows permuted from Hugging Face's rotate-half RoPE order to llama.cpp's adjacent pairs, norms in
+f32, and no output matrix (llama.cpp reuses the embedding, as Fox-1 ties them). Q8_0 / Q4_0 files are then
+llama.cpp's own `llama-quantize` of the f32 one.
 
     python -m fox1.gguf out/export out/fox1-f32.gguf                  # --dtype bf16 / f16 for a smaller file
     python -m fox1.gguf path/to/Fox-1-1.6B fox-1-1.6b-bf16.gguf --dtype bf16     # the released model
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import struct
 import sys
 from functools import partial
@@ -32,14 +31,13 @@ import torch
 from fox1.files import InputError, write_atomic
 from fox1.hf_llama import CheckpointError, checkpoint_tokens, read_config, read_tensor, safetensors_files
 from fox1.hf_tokenizer import read_tokenizer_json
+from fox1.sentencepiece_model import sentencepiece_scores, token_table
 
 ALIGNMENT = 32  # GGUF's default: every tensor starts at a multiple of it
 VALUE_TYPES = {"u32": 4, "i32": 5, "f32": 6, "bool": 7, "str": 8, "array": 9}
 STRUCT_FORMATS = {"u32": "<I", "i32": "<i", "f32": "<f", "bool": "<?"}
 TENSOR_TYPES = {"f32": (0, torch.float32), "f16": (1, torch.float16), "bf16": (30, torch.bfloat16)}
 FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32}  # general.file_type: "all F32", "mostly F16", "mostly BF16"
-TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
-BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")  # SentencePiece's byte-fallback tokens
 
 # The split patterns each llama.cpp pre-tokenizer implements, by the name a GGUF file gives it. tests/test_gguf.py
 # checks that fox1's DEFAULT_PATTERN is listed, and llama-tokenize checks the ids (NOTES.md).
@@ -98,27 +96,16 @@ def tokenizer_metadata(folder: Path, vocab_size: int) -> dict[str, tuple[str, ob
     and how llama.cpp is to tokenize them (one of the two BPE layouts below)."""
     path = folder / "tokenizer.json"
     spec, _ = read_tokenizer_json(path)
-    model = spec.get("model") or {}
-    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
-        raise InputError(f"{path}: model.type is not BPE; llama.cpp runs fox1's BPE tokenizers only")
-    added = {token["id"]: token for token in spec.get("added_tokens", [])}
-    by_id = {token_id: text for text, token_id in model["vocab"].items()} | {i: t["content"] for i, t in added.items()}
-    if max(by_id) >= vocab_size:
-        raise InputError(f"{path}: token id {max(by_id)} is outside the model's vocabulary of {vocab_size}")
-    tokens = [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)]
-    types = [TOKEN_NORMAL if i in by_id else TOKEN_UNUSED for i in range(vocab_size)]
-    for token_id, token in added.items():
-        types[token_id] = TOKEN_CONTROL if token.get("special") else TOKEN_USER_DEFINED
-    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model.get("merges", [])]
-    keys = (sentencepiece_layout(path, spec, merges, tokens, types) if model.get("byte_fallback")
-            else byte_level_layout(path, spec, merges))
+    tokens, types = token_table(path, spec, vocab_size)
+    keys = (sentencepiece_layout(path, spec, tokens, types) if spec["model"].get("byte_fallback")
+            else byte_level_layout(path, spec))
     ids = special_ids(folder)
     return {"tokenizer.ggml.tokens": ("array", ("str", tokens)), "tokenizer.ggml.token_type": ("array", ("i32", types)),
             **keys, "tokenizer.ggml.add_bos_token": ("bool", True), "tokenizer.ggml.add_eos_token": ("bool", False),
             **{f"tokenizer.ggml.{key}": ("u32", value) for key, value in ids.items()}}
 
 
-def byte_level_layout(path: Path, spec: dict, merges: list[str]) -> dict:
+def byte_level_layout(path: Path, spec: dict) -> dict:
     """fox1's own tokenizer: byte-level BPE after a split pattern. llama.cpp merges by the same ranks, after the
     pre-tokenizer that splits as our pattern does (LLAMA_CPP_SPLITS)."""
     try:
@@ -128,42 +115,15 @@ def byte_level_layout(path: Path, spec: dict, merges: list[str]) -> dict:
     pre = next((name for name, patterns in LLAMA_CPP_SPLITS.items() if pattern in patterns), None)
     if pre is None:
         raise InputError(f"{path}: llama.cpp has no pre-tokenizer with this split pattern, so its ids would differ")
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in spec["model"].get("merges", [])]
     return {"tokenizer.ggml.model": ("str", "gpt2"), "tokenizer.ggml.pre": ("str", pre),
             "tokenizer.ggml.merges": ("array", ("str", merges))}
 
 
-def sentencepiece_layout(path: Path, spec: dict, merges: list[str], tokens: list[str], types: list[int]) -> dict:
-    """The released Fox-1's tokenizer: SentencePiece converted to BPE, spaces as "▁", byte fallback (its byte and
-    unknown tokens are typed as such in `types`, in place). llama.cpp
-    tokenizes it as SentencePiece does, merging first the adjacent pair that joins into the token of highest score;
-    each token here scores minus the rank of the first merge that makes it, which keeps Hugging Face's order.
-    (llama.cpp's converter, given tokenizer.json alone, scores every token -1000, so it merges from the left, and
-    prepends a space unless tokenizer_config.json says not to: other ids.)"""
-    normalizer = spec.get("normalizer") or {}
-    normalizers = normalizer.get("normalizers", [normalizer] if normalizer else [])  # a Sequence's steps, or itself
-    pre = spec.get("pre_tokenizer") or {}
-    metaspace = pre.get("type") == "Metaspace" and pre.get("replacement") == "▁" and not pre.get("split", True)
-    space_split = pre.get("type") == "Split" and pre.get("pattern") == {"String": " "}  # a no-op once spaces are "▁"
-    prepend = {"type": "Prepend", "prepend": "▁"}
-    spaces = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
-    if (not (not pre or metaspace or space_split) or any(step not in (prepend, spaces) for step in normalizers)
-            or not (metaspace or spaces in normalizers)):
-        raise InputError(f"{path}: a normalizer or pre_tokenizer that llama.cpp's SentencePiece tokenizer lacks")
-    scheme = pre.get("prepend_scheme", "always" if pre.get("add_prefix_space", True) else "never")
-    if metaspace and scheme != "never":  # it skips text after a special token ("first") or starting with a space
-        raise InputError(f"{path}: Metaspace prepend_scheme {scheme!r} adds '▁' to fewer texts than llama.cpp would")
-    first_rank: dict[str, int] = {}
-    for rank, merge in enumerate(merges):
-        first_rank.setdefault(merge.replace(" ", "", 1), rank)
-    unknown = spec["model"].get("unk_token")
-    for token_id, token in enumerate(tokens):
-        if types[token_id] == TOKEN_NORMAL and BYTE_TOKEN.fullmatch(token):
-            types[token_id] = TOKEN_BYTE
-        elif token == unknown:
-            types[token_id] = TOKEN_UNKNOWN
-    scores = [-float(first_rank.get(token, len(merges))) if kind == TOKEN_NORMAL else 0.0
-              for token, kind in zip(tokens, types)]
-    prefix = prepend in normalizers
+def sentencepiece_layout(path: Path, spec: dict, tokens: list[str], types: list[int]) -> dict:
+    """The released Fox-1's tokenizer: SentencePiece converted to BPE, spaces as "▁", byte fallback. llama.cpp
+    tokenizes it as SentencePiece does, by token scores (fox1/sentencepiece_model.py)."""
+    scores, prefix = sentencepiece_scores(path, spec, tokens, types)
     return {"tokenizer.ggml.model": ("str", "llama"), "tokenizer.ggml.pre": ("str", "default"),
             "tokenizer.ggml.scores": ("array", ("f32", scores)), "tokenizer.ggml.add_space_prefix": ("bool", prefix)}
 

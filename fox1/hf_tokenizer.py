@@ -20,6 +20,7 @@ import numpy as np
 import regex
 
 from fox1.files import InputError, write_atomic
+from fox1.sentencepiece_model import tokenizer_model
 
 # A tokenizer.json stores a byte-level vocabulary as text: GPT-2 maps each byte to a printable character, the 188
 # printable Latin-1 bytes to themselves and the other 68 (controls, space, ...) to U+0100 onwards ("Ġ" is the space).
@@ -192,7 +193,8 @@ class HFTokenizer:
 
     def save_pretrained(self, directory: str | Path, chat_template: str | None = None) -> None:
         """Copy the tokenizer.json this was read from (byte for byte: same fingerprint) and write
-        tokenizer_config.json (bos/eos/pad, chat_template) and special_tokens_map.json next to it."""
+        tokenizer_config.json (bos/eos/pad, chat_template) and special_tokens_map.json next to it, and for a
+        SentencePiece-style tokenizer a tokenizer.model."""
         try:
             data = Path(self.path).read_bytes()
         except (OSError, TypeError) as error:  # TypeError: built from a spec, not read from a file
@@ -201,7 +203,18 @@ class HFTokenizer:
             raise InputError(f"{self.path}: changed since it was loaded; load it again")
         names = {f"{name}_token": self._token_of[token_id] for name, token_id in
                  (("bos", self.bos_id), ("eos", self.eos_id), ("pad", self.pad_id)) if token_id is not None}
-        save_hf_tokenizer(directory, data, names, chat_template)
+        save_hf_tokenizer(directory, data, names, chat_template, self._sentencepiece_model(data, names))
+
+    def _sentencepiece_model(self, data: bytes, names: dict) -> tuple[bytes, bool] | None:
+        """(tokenizer.model, whether a space is prepended) for a SentencePiece-style tokenizer that SentencePiece
+        can express, else None: llama.cpp's converter takes the scores from it (fox1/sentencepiece_model.py)."""
+        if self.byte_level or not self.byte_fallback:
+            return None
+        spec = json.loads(data)
+        try:
+            return tokenizer_model(self.path, spec, names)
+        except InputError:  # a step SentencePiece lacks: the export holds tokenizer.json alone
+            return None
 
     def _special_id(self, name: str | None, conventional: tuple[str, ...]) -> int | None:
         for candidate in (name,) if name is not None else conventional:
@@ -666,13 +679,22 @@ def _metaspace_decode(replacement: str, scheme: str, tokens: list[str]) -> list[
 
 
 
-def save_hf_tokenizer(directory: str | Path, tokenizer_json: str | bytes, names: dict, chat_template: str | None):
-    """tokenizer.json, tokenizer_config.json and special_tokens_map.json, as transformers' AutoTokenizer reads them."""
+def save_hf_tokenizer(directory: str | Path, tokenizer_json: str | bytes, names: dict, chat_template: str | None,
+                      sentencepiece: tuple[bytes, bool] | None = None):
+    """tokenizer.json, tokenizer_config.json and special_tokens_map.json, as transformers' AutoTokenizer reads them;
+    `sentencepiece` (tokenizer.model, whether a space is prepended) for llama.cpp's converter, which reads both. A
+    tokenizer.model left from an earlier export is removed: the converter would take it over tokenizer.json."""
     config = {"tokenizer_class": "PreTrainedTokenizerFast", **names, "clean_up_tokenization_spaces": False}
     if chat_template is not None:
         config["chat_template"] = chat_template
+    if sentencepiece is not None:
+        config["add_prefix_space"] = sentencepiece[1]  # the converter's source for llama.cpp's add_space_prefix
     directory = Path(directory)
     try:
+        if sentencepiece is not None:
+            write_atomic(directory / "tokenizer.model", sentencepiece[0])
+        else:
+            (directory / "tokenizer.model").unlink(missing_ok=True)
         write_atomic(directory / "tokenizer.json", tokenizer_json)
         write_atomic(directory / "tokenizer_config.json", json.dumps(config, ensure_ascii=False, indent=2))
         write_atomic(directory / "special_tokens_map.json", json.dumps(names, ensure_ascii=False, indent=2))

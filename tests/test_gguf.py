@@ -1,10 +1,14 @@
 """fox1/gguf.py: a fox1 export as the GGUF file llama.cpp reads. The file is parsed back here (header, metadata,
 tensor table, data); with the `gguf` package installed also by llama.cpp's own reader; and where a llama.cpp build
 is named by FOX1_LLAMA_CPP, llama-tokenize must give fox1's ids for standard-library source, with fox1's own
-tokenizer and with SentencePiece-style ones as the released Fox-1 has."""
+tokenizer and with SentencePiece-style ones as the released Fox-1 has. An export of a SentencePiece-style tokenizer
+carries a tokenizer.model: parsed back here, encoded by `sentencepiece` when installed, and converted by llama.cpp's
+own converter under FOX1_LLAMA_CPP."""
 import json
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -211,6 +215,100 @@ def test_llama_cpp_tokenizes_as_fox1_with_a_sentencepiece_tokenizer(tmp_path, st
     (tmp_path / "text.txt").write_text(text, encoding="utf-8")
     assert llama_cpp.tokenize(Path(os.environ["FOX1_LLAMA_CPP"]), tmp_path / "m.gguf", tmp_path / "text.txt") == \
         load_tokenizer(folder).encode(text, allow_special=True)  # llama-tokenize reads special tokens
+
+
+def read_message(data: bytes) -> dict[int, list]:
+    """{field number: its values} of one protocol buffer message: varints as signed 64-bit ints, 4-byte fields as
+    floats, length-delimited ones as bytes (a minimal reader for SentencePiece's tokenizer.model)."""
+    fields: dict[int, list] = {}
+    at = 0
+
+    def varint() -> int:
+        nonlocal at
+        value = shift = 0
+        while True:
+            byte = data[at]
+            at += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+
+    while at < len(data):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value = varint()
+            value -= (1 << 64) if value >= 1 << 63 else 0
+        elif wire == 5:
+            value, at = struct.unpack_from("<f", data, at)[0], at + 4
+        else:
+            assert wire == 2
+            size = varint()
+            value, at = data[at:at + size], at + size
+        fields.setdefault(number, []).append(value)
+    return fields
+
+
+def test_an_export_carries_its_sentencepiece_scores_in_tokenizer_model(tmp_path):
+    for name, spec, prefix in [("llama2", sentencepiece_spec(TINY_PIECES, TINY_MERGES), True),
+                               ("fox1", fox1_layout(sentencepiece_spec(TINY_PIECES, TINY_MERGES)), False)]:
+        folder = sentencepiece_export(tmp_path / name, spec)
+        model = read_message((folder / "tokenizer.model").read_bytes())
+        pieces = [read_message(piece) for piece in model[1]]
+        gguf.write_gguf(folder, tmp_path / f"{name}.gguf")
+        metadata, _ = read_gguf(tmp_path / f"{name}.gguf")  # the GGUF writer's tokens, scores and types
+        assert [piece[1][0].decode() for piece in pieces] == metadata["tokenizer.ggml.tokens"]
+        assert [piece.get(2, [0.0])[0] for piece in pieces] == metadata["tokenizer.ggml.scores"]
+        assert [piece.get(3, [1])[0] for piece in pieces] == metadata["tokenizer.ggml.token_type"]
+        trainer, normalizer = read_message(model[2][0]), read_message(model[3][0])
+        assert trainer[3] == [2] and trainer[4] == [len(pieces)] and trainer[35] == [1]  # BPE, byte fallback
+        assert (trainer[40], trainer[45], trainer[41], trainer[46]) == ([0], [b"<unk>"], [1], [b"<s>"])
+        assert trainer[43] == [-1]  # no pad token
+        assert normalizer == {1: [b"identity"], 3: [int(prefix)], 4: [0], 5: [1]}
+        assert json.loads((folder / "tokenizer_config.json").read_text())["add_prefix_space"] is prefix
+
+
+def test_tokenizers_sentencepiece_cannot_express_get_no_tokenizer_model(export, tmp_path):
+    folder = sentencepiece_export(tmp_path / "nfkc", sentencepiece_spec(TINY_PIECES, TINY_MERGES) |
+                                  {"normalizer": {"type": "NFKC"}})
+    assert not (folder / "tokenizer.model").exists()
+    _, _, byte_level = export  # fox1's own tokenizer, written over an export that had a tokenizer.model
+    folder = sentencepiece_export(tmp_path / "reused", sentencepiece_spec(TINY_PIECES, TINY_MERGES))
+    byte_level.save_pretrained(folder)
+    assert not (folder / "tokenizer.model").exists()
+    assert "add_prefix_space" not in json.loads((folder / "tokenizer_config.json").read_text())
+
+
+@pytest.mark.parametrize("style", ["gemma", "llama2"])
+def test_sentencepiece_reads_the_exported_tokenizer_model_and_encodes_as_fox1(tmp_path, style):
+    tokenizers = pytest.importorskip("tokenizers")
+    sentencepiece = pytest.importorskip("sentencepiece")
+    folder = sentencepiece_export(tmp_path, hf_sentencepiece(tokenizers, stdlib_text(300_000), style))
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    text = "".join(stdlib_text(400_000))[200_000:] + " 3.14159 ünïcödé 我想在apple工作 \t\n\n  x  \r\n===== after"
+    assert processor.encode(text) == load_tokenizer(folder).encode(text)
+
+
+@pytest.mark.skipif(not os.environ.get("FOX1_LLAMA_CPP"), reason="FOX1_LLAMA_CPP names no llama.cpp build")
+@pytest.mark.parametrize("style", ["gemma", "llama2"])
+def test_llama_cpps_converter_takes_a_sentencepiece_export_as_it_is(tmp_path, style):
+    """convert_hf_to_gguf.py (in the llama.cpp source folder above the build, run with its gguf-py) reads the
+    export's tokenizer.model, unpatched, and llama-tokenize then gives fox1's ids."""
+    tokenizers = pytest.importorskip("tokenizers")
+    pytest.importorskip("sentencepiece")  # the converter reads tokenizer.model with it
+    build = Path(os.environ["FOX1_LLAMA_CPP"])
+    source = build.resolve().parent
+    if not (source / "convert_hf_to_gguf.py").is_file():
+        pytest.skip(f"no convert_hf_to_gguf.py above {build}")
+    folder = sentencepiece_export(tmp_path / "export", hf_sentencepiece(tokenizers, stdlib_text(300_000), style))
+    path = os.pathsep.join([str(source / "gguf-py"), *sys.path])
+    subprocess.run([sys.executable, source / "convert_hf_to_gguf.py", folder, "--outfile", tmp_path / "m.gguf",
+                    "--outtype", "f32"], check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=path))
+    text = "".join(stdlib_text(600_000))[200_000:] + " ünïcödé 我想在apple工作 \t\n\n  x  \r\n<s>x</s><end_of_turn>  after"
+    (tmp_path / "text.txt").write_bytes(text.encode("utf-8"))
+    assert llama_cpp.tokenize(build, tmp_path / "m.gguf", tmp_path / "text.txt") == \
+        load_tokenizer(folder).encode(text, allow_special=True)
 
 
 def test_a_folder_without_llama_cpps_tools_is_named_in_one_line(tmp_path):
