@@ -51,9 +51,8 @@ batched up to 1,024 padded tokens (how much faster: NOTES.md).
 
 Data, from --data DIR (JSONL or Parquet; Parquet needs pyarrow) or --hf (the Hugging Face Hub through
 `datasets`, each task's dataset as the harness loads it, `Task.hub`). Under DIR a task's split is
-DIR/<name>_<split>.jsonl or .parquet, DIR/<name>/<split>.jsonl, DIR/<name>.jsonl, or a Hub dataset
-repository downloaded as the Hub serves it into DIR/<name>/ (e.g. arc_easy/ARC-Easy/test-00000-of-00001.parquet,
-hellaswag/data/validation-00000-of-00001.parquet, lambada_openai/data/lambada_test.jsonl). Records have
+DIR/<name>_<split>.jsonl or .parquet, or a Hub dataset repository downloaded as the Hub serves it into
+DIR/<name>/ (the layouts looked for: fox1/benchmark_files.py). Records have
 the Hub's fields (hellaswag ctx_a/ctx_b or ctx, endings, label; ai2_arc question, choices{text,label},
 answerKey; piqa goal/sol1/sol2/label; winogrande sentence/option1/option2/answer; cais/mmlu
 question/subject/choices/answer; lambada text; gsm8k question/answer) or, for the multiple-choice tasks,
@@ -86,8 +85,8 @@ from tqdm import tqdm
 
 from model import LOSS_CHUNK_ELEMENTS, Fox
 from sample import generate
-from fox1.documents import parquet_rows
-from fox1.files import read_text, write_atomic
+from fox1.benchmark_files import file_records, find_split_files, hub_records, split_file_names
+from fox1.files import write_atomic
 from tokenizer import Tokenizer
 
 DEFAULT_CKPT = "out/export"
@@ -608,81 +607,10 @@ TASKS: dict[str, Task] = {task.name: task for task in [
          ("exact_match", "exact_match_flexible"), shots=5, version=3.0),
 ]}
 ALIASES = {"lambada": "lambada_openai"}  # eval.py's earlier name
-SPLIT_NAMES = {"validation": ("validation", "val"), "test": ("test",), "train": ("train",), "dev": ("dev",)}
-EXTENSIONS = (".jsonl", ".parquet")
 
 
 def task_named(name: str) -> Task | None:
     return TASKS.get(ALIASES.get(name, name))
-
-
-def file_names(task: Task, split: str, plain: bool) -> list[str]:
-    """<name>_<split>.jsonl, <name>/<split>.jsonl and, with plain (the scored split), <name>.jsonl; each
-    also as .parquet."""
-    return [name for stem in task.files for extension in EXTENSIONS for name in
-            [f"{stem}_{s}{extension}" for s in SPLIT_NAMES[split]] + [f"{stem}/{s}{extension}" for s in SPLIT_NAMES[split]]
-            + ([f"{stem}{extension}"] if plain else [])]
-
-
-def is_split_file(path: Path, split: str) -> bool:
-    """How the Hub names a split's files: <split>-00000-of-00001.parquet, <split>.jsonl, lambada_<split>.jsonl,
-    or any file in a <split>/ folder (its Parquet conversion: <config>/<split>/0000.parquet)."""
-    stem = path.name[:-len(path.suffix)]
-    return stem == split or stem.startswith(f"{split}-") or stem.endswith(f"_{split}") or path.parent.name == split
-
-
-def hub_files(directory: Path, task: Task, split: str) -> list[Path]:
-    """The split's files in a Hub dataset repository downloaded into DIR/<name>/ (or DIR/<dataset>/, e.g.
-    ai2_arc/), read from the task's config folder when it has one (ARC-Easy/, winogrande_xl/, main/, all/):
-    every shard, in order. Files of one split in two folders are refused rather than mixed."""
-    repository, config = task.hub
-    for stem in (*task.files, repository.split("/")[-1]):
-        root = directory / stem / config if config and (directory / stem / config).is_dir() else directory / stem
-        files = sorted(p for p in root.rglob("*") if p.suffix in EXTENSIONS and p.is_file()) if root.is_dir() else []
-        for name, extension in ((name, extension) for name in SPLIT_NAMES[split] for extension in EXTENSIONS):
-            found = [p for p in files if p.suffix == extension and is_split_file(p, name)]
-            if len({p.parent for p in found}) > 1:
-                raise EvalError(f"{root}: {task.name} {split} files in several folders "
-                                f"({', '.join(sorted({str(p.parent) for p in found}))}); give --data one of them")
-            if found:
-                return found
-    return []
-
-
-def find_files(directory: Path, task: Task, split: str, plain: bool) -> list[Path]:
-    """The split's file(s) under --data: one of `file_names`, else a Hub download (`hub_files`); [] if none."""
-    named = next((directory / name for name in file_names(task, split, plain) if (directory / name).is_file()), None)
-    return [named] if named else hub_files(directory, task, split)
-
-
-def first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
-def jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
-    """(where, record) for each non-blank line of a JSONL file."""
-    for number, line in enumerate(read_text(path).splitlines(), start=1):
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EvalError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            yield f"{path}:{number}", record
-
-
-def hub_records(task: Task, split: str) -> Iterator[tuple[str, object]]:
-    """(where, record) for each row of the task's Hub dataset split, through `datasets` (which caches it)."""
-    try:
-        import datasets
-    except ImportError:
-        raise EvalError("--hf needs the datasets package (pip install datasets)") from None
-    repository, config = task.hub
-    name = f"{repository}{f' ({config})' if config else ''} {split}"
-    try:
-        rows = datasets.load_dataset(repository, config, split=split)
-    except Exception as e:  # no network, no such split, a changed repository: datasets raises many kinds
-        raise EvalError(f"--hf: cannot load {name} ({type(e).__name__}: {first_line(e)[:200]})") from None
-    yield from ((f"{name}, row {number}", row) for number, row in enumerate(rows, start=1))
 
 
 def read_items(records: Iterator[tuple[str, object]], task: Task, name: str) -> list[dict]:
@@ -706,10 +634,7 @@ def read_items(records: Iterator[tuple[str, object]], task: Task, name: str) -> 
 
 def read_files(paths: Sequence[Path], task: Task) -> list[dict]:
     """The items of a split's file(s), JSONL or Parquet by extension."""
-    def records(path: Path) -> Iterator[tuple[str, object]]:
-        return parquet_rows(path) if path.suffix == ".parquet" else jsonl_records(path)
-
-    return read_items((record for path in paths for record in records(path)), task, str(paths[0]))
+    return read_items(file_records(paths), task, str(paths[0]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -869,13 +794,13 @@ def load_split(task: Task, split: str, data: Path | None, plain: bool) -> tuple[
     """(items, where they come from) of a split: files under `data`, or the Hub (--hf) when data is None;
     None when `data` has no file for it."""
     if data is None:
-        return read_items(hub_records(task, split), task, f"--hf {task.hub[0]}"), f"{task.hub[0]} {split}"
-    paths = find_files(data, task, split, plain)
+        return read_items(hub_records(task.hub, split), task, f"--hf {task.hub[0]}"), f"{task.hub[0]} {split}"
+    paths = find_split_files(data, task.name, task.files, task.hub, split, plain)
     return (read_files(paths, task), str(paths[0])) if paths else None
 
 
 def missing_file(data: Path, task: Task) -> EvalError:
-    names = [name for name in file_names(task, task.split, True) if name.endswith(".jsonl")]
+    names = [name for name in split_file_names(task.files, task.split, True) if name.endswith(".jsonl")]
     return EvalError(f"{data}: no {task.name} file (looked for {', '.join(names)}, each also .parquet, and a Hub "
                      f"download in {task.files[0]}/)")
 

@@ -505,7 +505,7 @@ def test_hf_loads_a_dataset_through_datasets(tmp_path, monkeypatch):
     task = dataclasses.replace(ev.TASKS["arc_easy"], hub=(str(tmp_path / "repo"), None))
     items, name = ev.load_split(task, "test", None, plain=True)
     assert [item["doc"] for item in items] == records and name.endswith("repo test")
-    with pytest.raises(ev.EvalError, match=r"--hf: cannot load .*repo train"):
+    with pytest.raises(InputError, match=r"--hf: cannot load .*repo train"):
         ev.load_split(task, "train", None, plain=False)
 
 
@@ -528,7 +528,7 @@ def test_a_split_in_two_folders_is_refused_not_mixed(tmp_path):
     for folder in ("winogrande_xs", "winogrande_debiased"):  # no winogrande_xl/ folder to prefer
         (tmp_path / "winogrande" / folder).mkdir(parents=True)
         write_jsonl(tmp_path / "winogrande" / folder / "validation.jsonl", task_records("winogrande", 3, rng))
-    with pytest.raises(ev.EvalError, match="winogrande validation files in several folders"):
+    with pytest.raises(InputError, match="winogrande validation files in several folders"):
         ev.load_split(ev.TASKS["winogrande"], "validation", tmp_path, plain=True)
 
 
