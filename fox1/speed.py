@@ -11,8 +11,9 @@ bandwidth. On a CPU the library matmul (MKL / oneDNN) is not at its best there, 
     int8 dot products the activations' rows are rounded to int8 too and meet them in int8: a prompt's rows in
     `int8_matmul`, a decoded token's row in fox1's AVX512-VNNI kernel (fox1/cpu_kernels.cpp), bit for bit alike;
   * `quantize_int4`: int4 weights in groups of 32 with a scale each, two weights a byte (an eighth of fp32's bytes,
-    plus the scales); a decoded token's row meets them in fox1's int4 kernel, a prompt's rows a bf16 copy made for
-    the call (PyTorch's CPU int4 kernel where fox1's cannot run);
+    plus the scales); a decoded token's row meets them in fox1's int4 kernel, a prompt's rows an int8 copy made for
+    the call (`int8_matmul`; bf16 where the CPU lacks int8 dot products; PyTorch's CPU int4 kernel where fox1's
+    cannot run);
   * `attention`: a decode step's attention (one query row over the KV cache) in fox1's kernel, which reads only the
     cache's written slots (a chat's cache is the whole context long);
   * `CPU_DECODE_INDUCTOR`: inductor settings for the compiled one-row decode step;
@@ -207,16 +208,31 @@ def quantize_groups_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple
 def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The (out, in) weights in `dtype` of `quantize_groups_int4`'s output (embedding rows; devices without an int4
     kernel)."""
-    rows = packed.size(0)
-    q = torch.stack(((packed & 15), (packed >> 4)), dim=-1).view(rows, scale.size(1), -1).to(torch.float32) - 8
-    return (q * scale.float()[..., None]).view(rows, -1).to(dtype)
+    return (_int4_groups(packed, scale) * scale.float()[..., None]).view(packed.size(0), -1).to(dtype)
+
+
+def requantize_int4_rows(packed: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quantize_groups_int4`'s output as int8 rows with one scale each, for `int8_matmul`. A row's scale is 8/127
+    of its largest group scale, so that group's -8..7 become -127..111; every weight then moves by at most half a
+    step of the row, a thirty-second of its largest group's int4 step."""
+    groups = scale.float()
+    row_scale = (groups.amax(dim=1) * 8 / 127).clamp_min(torch.finfo(torch.float32).tiny)  # an all-zero row: 0
+    q = _int4_groups(packed, scale) * (groups / row_scale[:, None])[..., None]
+    return q.round().clamp(-127, 127).to(torch.int8).view(packed.size(0), -1), row_scale
+
+
+def _int4_groups(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The stored values -8..7 as floats, (out, groups, group): the two halves of each byte, even column first."""
+    nibbles = torch.stack(((packed & 15), (packed >> 4)), dim=-1)
+    return nibbles.view(packed.size(0), scale.size(1), -1).to(torch.float32) - 8
 
 
 class Int4Linear(QuantizedLinear):
     """int4 in groups of INT4_GROUP weights (`quantize_groups_int4`), two to a byte. On a CPU with fox1's kernels a
-    decoded row is rounded to int8 and meets the packed weights in `int4_row_linear` (as llama.cpp's Q4_0 does), and a
-    prompt's rows multiply the weights dequantised for the call, in bf16 where the CPU has it (a few percent of a
-    prompt's time, fused into one pass when compiled). On other CPUs the weights are kept only in the layout of
+    decoded row is rounded to int8 and meets the packed weights in `int4_row_linear` (as llama.cpp's Q4_0 does). A
+    prompt's rows meet the weights made int8 rows for the call (`requantize_int4_rows`) in `int8_matmul` where the CPU
+    has int8 dot products, else the weights dequantised for the call, in bf16 where the CPU has it (one fused pass
+    per matrix when compiled). On other CPUs the weights are kept only in the layout of
     PyTorch's int4 kernel (`_weight_int4pack_mm_for_cpu`, bf16 rows), whose loop reads them far faster than
     inductor's own over unpacked nibbles."""
 
@@ -251,6 +267,8 @@ class Int4Linear(QuantizedLinear):
             return y.reshape(*x.shape[:-1], -1).to(x.dtype)
         if x.device.type == "cpu" and cpu_kernels.LOADED and x.numel() == x.size(-1):
             return torch.ops.fox1.int4_row_linear(x.float(), self.weight, self.scale).to(x.dtype)
+        if x.device.type == "cpu" and CPU_INT8_DOT:
+            return int8_matmul(x, *requantize_int4_rows(self.weight, self.scale))
         dtype = torch.bfloat16 if x.device.type == "cpu" and CPU_BF16 else x.dtype
         return F.linear(x.to(dtype), dequantize_int4(self.weight, self.scale, dtype)).to(x.dtype)
 

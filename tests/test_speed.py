@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from cli import sample as sample_cli
 import sample
 from fox1.speed import (CPU_INT8_DOT, Int4Linear, Int8Linear, dequantize_int4, int8_matmul, linear,
-                        quantize_groups_int4, quantize_int4, quantize_int8, quantize_rows_int8)
+                        quantize_groups_int4, quantize_int4, quantize_int8, quantize_rows_int8,
+                        requantize_int4_rows)
 from model import Fox, FoxConfig
 
 STDLIB = sorted(Path(os.__file__).parent.glob("*.py"))
@@ -100,6 +101,19 @@ def test_quantize_groups_int4_moves_no_weight_more_than_half_a_step_of_its_group
     assert (dequantize_int4(packed, scale, torch.float32)[2, :32] == 0).all()
     with pytest.raises(ValueError, match="multiple of 32"):
         quantize_groups_int4(torch.randn(4, 40))
+
+
+def test_int4_groups_requantised_as_int8_rows_move_no_weight_more_than_half_a_row_step():
+    torch.manual_seed(0)
+    weight = torch.randn(16, 96) * torch.logspace(-2, 1, 96)  # each row's three groups of very different sizes
+    weight[3] = 0.0
+    packed, scale = quantize_groups_int4(weight)
+    rows, row_scale = requantize_int4_rows(packed, scale)
+    assert rows.dtype == torch.int8 and rows.shape == weight.shape and row_scale.shape == (16,)
+    error = (rows.float() * row_scale[:, None] - dequantize_int4(packed, scale, torch.float32)).abs()
+    assert (error <= row_scale[:, None] / 2 * (1 + 1e-5)).all()
+    # each row's largest group keeps its 15 steps, 127 / 8 apart (the quantiser writes -7..7; -8 would be -127)
+    assert (rows[3] == 0).all() and (rows[torch.arange(16) != 3].abs().amax(dim=1) == 111).all()
 
 
 def test_quantize_int4_replaces_every_matrix(trained):
