@@ -1,12 +1,13 @@
 // fox1's hand-written CPU kernels for a decode step: one row times an int8 or an int4 matrix, in int8, with
-// AVX512-VNNI; and attention of one query row over the KV cache (`one_query_attention`, at the end).
+// AVX512-VNNI; and attention of one query row over the KV cache (`one_query_attention`, at the end). One more serves
+// a prompt: int4 weights made int8 rows (`int4_as_int8_rows`).
 //
 // Decoding one token multiplies a single row x by every weight matrix. Converting each weight to a float (what a
 // compiled loop does) costs instructions per weight that, at large shapes, outlast the memory delivering the
 // weights; here x is rounded to int8 once (one scale for the row, as `fox1.speed.int8_matmul` rounds a prompt's
 // rows), and `vpdpbusd` multiplies 64 int8 pairs and adds them into 16 int32 sums in one instruction, as
 // llama.cpp's Q8_0 and Q4_0 kernels do. Built and loaded by fox1/cpu_kernels.py; registered as the operators
-// `fox1::int8_row_linear`, `fox1::int4_row_linear` and `fox1::one_query_attention`.
+// `fox1::int8_row_linear`, `fox1::int4_row_linear`, `fox1::int4_as_int8_rows` and `fox1::one_query_attention`.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -185,6 +186,54 @@ at::Tensor int4_row_linear(const at::Tensor& x, const at::Tensor& packed, const 
                                            : times_rows(scale.data_ptr<at::BFloat16>());
 }
 
+// A prompt's int4 weights as int8 rows for `fox1.speed.int8_matmul` (`fox1.speed.requantize_int4_rows`, whose
+// arithmetic this repeats bit for bit): row scale = 8/127 of the row's largest group scale, and each stored value v
+// (-8..7) of group g becomes round(v * (s_g / row scale)). A group has only 16 values, so they are worked out once
+// (16 lanes) and looked up for its 32 nibbles with vpshufb, instead of multiplying and rounding every weight.
+template <typename Scale>
+void int4_rows_as_int8(const uint8_t* packed, const Scale* scale, int64_t N, int64_t K, int8_t* rows,
+                       float* row_scales) {
+  const __m512 values = _mm512_set_ps(7, 6, 5, 4, 3, 2, 1, 0, -1, -2, -3, -4, -5, -6, -7, -8);
+  const __m128i low_half = _mm_set1_epi8(0x0F);
+  const int64_t G = K / 32;
+  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      float largest = 0.f;
+      for (int64_t g = 0; g < G; ++g) largest = std::max(largest, static_cast<float>(scale[n * G + g]));
+      const float row_scale = std::max(largest * 8.f / 127.f, FLT_MIN);
+      row_scales[n] = row_scale;
+      for (int64_t g = 0; g < G; ++g) {
+        const __m512 scaled = _mm512_mul_ps(values, _mm512_set1_ps(static_cast<float>(scale[n * G + g]) / row_scale));
+        __m512i q = _mm512_cvt_roundps_epi32(scaled, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q = _mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+        const __m128i table = _mm512_cvtepi32_epi8(q);
+        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + n * K / 2 + g * 16));
+        const __m128i even = _mm_shuffle_epi8(table, _mm_and_si128(bytes, low_half));  // low nibbles: even columns
+        const __m128i odd = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(bytes, 4), low_half));
+        int8_t* out = rows + n * K + g * 32;
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_unpacklo_epi8(even, odd));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16), _mm_unpackhi_epi8(even, odd));
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> int4_as_int8_rows(const at::Tensor& packed, const at::Tensor& scale) {
+  TORCH_CHECK(packed.scalar_type() == at::kByte && (scale.scalar_type() == at::kFloat ||
+              scale.scalar_type() == at::kBFloat16), "int4_as_int8_rows: uint8 packed weights, fp32 or bf16 scales");
+  const int64_t N = packed.size(0), K = packed.size(1) * 2;
+  TORCH_CHECK(K % 32 == 0 && packed.is_contiguous() && scale.is_contiguous() && scale.size(0) == N &&
+              scale.size(1) == K / 32, "int4_as_int8_rows: shapes");
+  at::Tensor rows = at::empty({N, K}, packed.options().dtype(at::kChar));
+  at::Tensor row_scales = at::empty({N}, scale.options().dtype(at::kFloat));
+  const uint8_t* w = packed.data_ptr<uint8_t>();
+  if (scale.scalar_type() == at::kFloat)
+    int4_rows_as_int8(w, scale.data_ptr<float>(), N, K, rows.data_ptr<int8_t>(), row_scales.data_ptr<float>());
+  else
+    int4_rows_as_int8(w, scale.data_ptr<at::BFloat16>(), N, K, rows.data_ptr<int8_t>(), row_scales.data_ptr<float>());
+  return {rows, row_scales};
+}
+
 // e^x for x <= 0, to about fp32's precision: 2^n * e^r with n = round(x / ln 2), |r| <= ln(2) / 2, e^r by its
 // Taylor series to r^6 (the first term left out is below 1.2e-7), 2^n by vscalefps; below -100, 0 or nearly.
 inline __m512 exp_nonpositive(__m512 x) {
@@ -324,11 +373,13 @@ at::Tensor one_query_attention(const at::Tensor& q, const at::Tensor& k, const a
 TORCH_LIBRARY(fox1, m) {
   m.def("int8_row_linear(Tensor x, Tensor weight, Tensor scale) -> Tensor");
   m.def("int4_row_linear(Tensor x, Tensor packed, Tensor scale) -> Tensor");
+  m.def("int4_as_int8_rows(Tensor packed, Tensor scale) -> (Tensor, Tensor)");
   m.def("one_query_attention(Tensor q, Tensor k, Tensor v, Tensor mask) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fox1, CPU, m) {
   m.impl("int8_row_linear", int8_row_linear);
   m.impl("int4_row_linear", int4_row_linear);
+  m.impl("int4_as_int8_rows", int4_as_int8_rows);
   m.impl("one_query_attention", one_query_attention);
 }

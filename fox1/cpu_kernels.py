@@ -4,7 +4,8 @@ attention of one query row over the KV cache (`fox1.speed.attention`).
 
 The kernels are compiled once per source, torch version and flags with the system's C++ compiler (the one
 torch.compile uses on a CPU; ~10 s), into ~/.cache/fox1 (or $XDG_CACHE_HOME/fox1), and loaded as the operators
-`torch.ops.fox1.int8_row_linear`, `int4_row_linear` and `one_query_attention`. Where they cannot be (no AVX512-VNNI,
+`torch.ops.fox1.int8_row_linear`, `int4_row_linear`, `int4_as_int8_rows` (a prompt's int4 weights as int8 rows) and
+`one_query_attention`. Where they cannot be (no AVX512-VNNI,
 no compiler), `load` says why once and decoding keeps the slower paths. Fox-1 is a small model "for cloud and
 edge": on an edge CPU, int8 / int4 weights and these kernels are what make its decoding fast (NOTES.md compares them
 with llama.cpp's Q8_0 and Q4_0).
@@ -46,6 +47,7 @@ def load(cpu_flags: set[str]) -> bool:
     # What torch.compile needs to trace each operator: its output's shape and dtype.
     torch.library.register_fake("fox1::int8_row_linear")(_one_per_weight_row)
     torch.library.register_fake("fox1::int4_row_linear")(_one_per_weight_row)
+    torch.library.register_fake("fox1::int4_as_int8_rows")(_int8_rows)
     torch.library.register_fake("fox1::one_query_attention")(lambda q, k, v, mask: torch.empty_like(q))
     LOADED = True
     return True
@@ -53,6 +55,11 @@ def load(cpu_flags: set[str]) -> bool:
 
 def _one_per_weight_row(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], weight.size(0))
+
+
+def _int8_rows(packed: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = packed.new_empty(packed.size(0), packed.size(1) * 2, dtype=torch.int8)
+    return rows, scale.new_empty(packed.size(0), dtype=torch.float32)
 
 
 def _built() -> Path:

@@ -1,6 +1,7 @@
 """Tests for fox1/cpu_kernels.cpp (the one-row int8 and int4 kernels) and its loader fox1/cpu_kernels.py: the int8
 kernel against `int8_matmul`, which rounds a prompt's rows the same way, the int4 one against the dequantised
-weights, and what happens where they cannot be built."""
+weights, int4 weights made int8 rows against the same arithmetic in PyTorch, and what happens where they cannot be
+built."""
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import torch
 
 from fox1 import cpu_kernels
 from fox1.speed import (CPU_FLAGS, Int4Linear, dequantize_int4, int8_matmul, linear, quantize_groups_int4,
-                        quantize_rows_int8)
+                        quantize_rows_int8, requantize_int4_rows)
 
 loaded = cpu_kernels.load(CPU_FLAGS)
 needs_kernel = pytest.mark.skipif(not loaded, reason="the kernels need AVX512-VNNI and a C++ compiler")
@@ -86,14 +87,32 @@ def test_int4_row_equals_the_rounded_row_times_the_dequantised_weights(rows, col
 
 
 @needs_kernel
-def test_int4_layers_send_one_row_to_the_kernel_and_a_prompt_to_dequantised_weights():
+@pytest.mark.parametrize("rows, columns", [(1, 32), (48, 64), (37, 416), (300, 2048)])
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16])
+def test_int4_as_int8_rows_equals_the_arithmetic_of_requantize_int4_rows(rows, columns, scale_dtype, monkeypatch):
+    """Every stored value 0..15 (-8..7, -8 included, which only another quantiser would write), scales spanning
+    four decades within a row, and an all-zero row."""
+    torch.manual_seed(rows)
+    packed = torch.randint(0, 256, (rows, columns // 2), dtype=torch.uint8)
+    scale = (torch.rand(rows, columns // 32) * torch.logspace(-3, 1, columns // 32)).to(scale_dtype)
+    scale[rows // 2] = 0
+    kernel = torch.ops.fox1.int4_as_int8_rows(packed, scale)
+    monkeypatch.setattr(cpu_kernels, "LOADED", False)
+    arithmetic = requantize_int4_rows(packed, scale)
+    assert kernel[0].dtype == torch.int8 and torch.equal(kernel[0], arithmetic[0])
+    assert torch.equal(kernel[1], arithmetic[1]) and (kernel[0][rows // 2] == 0).all()
+
+
+@needs_kernel
+def test_int4_layers_send_one_row_to_the_kernel_and_a_prompt_to_int8_rows():
     layer = Int4Linear(torch.randn(96, 128))
     assert not hasattr(layer, "kernel_weight")  # no second copy in PyTorch's int4 layout where fox1's kernel runs
     x = torch.randn(1, 128)
     assert torch.equal(layer(x), torch.ops.fox1.int4_row_linear(x, layer.weight, layer.scale))
-    prompt = torch.randn(5, 128)  # rows multiplied in bf16 where the CPU has it, else in their own dtype
-    weights = dequantize_int4(layer.weight, layer.scale, torch.float32)
-    assert torch.allclose(layer(prompt), prompt @ weights.T, rtol=0.02, atol=0.05 * weights.abs().max().item())
+    prompt = torch.randn(5, 128)
+    assert torch.equal(layer(prompt), int8_matmul(prompt, *torch.ops.fox1.int4_as_int8_rows(layer.weight, layer.scale)))
+    exact = prompt @ dequantize_int4(layer.weight, layer.scale, torch.float32).T  # off by the rows' int8 rounding
+    assert (layer(prompt) - exact).abs().max() < 0.03 * exact.abs().max()
 
 
 @needs_kernel
