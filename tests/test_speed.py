@@ -149,7 +149,7 @@ def test_int8_greedy_tokens_mostly_equal_the_unquantised_ones(trained, heldout):
 @pytest.mark.parametrize("quantize", [quantize_int8, quantize_int4])
 def test_compiled_quantized_decode_gives_the_eager_tokens(trained, heldout, tmp_path, monkeypatch, quantize):
     """int8: fox1's one-row kernel where the CPU runs it (else inductor's dot-product loop, fox1.speed.linear);
-    int4: fox1's int4 kernel for one row and dequantised weights for a prompt where the CPU runs the kernel (else
+    int4: fox1's int4 kernel for one row and int8 rows made by its kernel for a prompt where the CPU runs them (else
     PyTorch's CPU int4 kernel); both called from the compiled graph as eagerly."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     quantized = quantize(copy.deepcopy(trained))
