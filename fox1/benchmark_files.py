@@ -25,8 +25,8 @@ def split_file_names(stems: Sequence[str], split: str, plain: bool) -> list[str]
     """<name>_<split>.jsonl, <name>/<split>.jsonl and, with plain (the scored split), <name>.jsonl; each
     also as .parquet."""
     return [name for stem in stems for extension in EXTENSIONS for name in
-            [f"{stem}_{s}{extension}" for s in SPLIT_NAMES[split]] + [f"{stem}/{s}{extension}" for s in SPLIT_NAMES[split]]
-            + ([f"{stem}{extension}"] if plain else [])]
+            [f"{stem}_{s}{extension}" for s in SPLIT_NAMES[split]]
+            + [f"{stem}/{s}{extension}" for s in SPLIT_NAMES[split]] + ([f"{stem}{extension}"] if plain else [])]
 
 
 def is_split_file(path: Path, split: str) -> bool:

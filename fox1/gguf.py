@@ -31,7 +31,7 @@ import torch
 from fox1.files import InputError, write_atomic
 from fox1.hf_llama import CheckpointError, checkpoint_tokens, read_config, read_tensor, safetensors_files
 from fox1.hf_tokenizer import read_tokenizer_json
-from fox1.sentencepiece_model import sentencepiece_scores, token_table
+from fox1.sentencepiece_model import merge_texts, sentencepiece_scores, token_table
 
 ALIGNMENT = 32  # GGUF's default: every tensor starts at a multiple of it
 VALUE_TYPES = {"u32": 4, "i32": 5, "f32": 6, "bool": 7, "str": 8, "array": 9}
@@ -115,9 +115,8 @@ def byte_level_layout(path: Path, spec: dict) -> dict:
     pre = next((name for name, patterns in LLAMA_CPP_SPLITS.items() if pattern in patterns), None)
     if pre is None:
         raise InputError(f"{path}: llama.cpp has no pre-tokenizer with this split pattern, so its ids would differ")
-    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in spec["model"].get("merges", [])]
     return {"tokenizer.ggml.model": ("str", "gpt2"), "tokenizer.ggml.pre": ("str", pre),
-            "tokenizer.ggml.merges": ("array", ("str", merges))}
+            "tokenizer.ggml.merges": ("array", ("str", merge_texts(spec)))}
 
 
 def sentencepiece_layout(path: Path, spec: dict, tokens: list[str], types: list[int]) -> dict:

@@ -43,6 +43,11 @@ def token_table(path: Path, spec: dict, size: int | None = None) -> tuple[list[s
     return tokens, types
 
 
+def merge_texts(spec: dict) -> list[str]:
+    """A BPE tokenizer.json's merges in rank order as "left right" (older files write them so, newer as pairs)."""
+    return [merge if isinstance(merge, str) else " ".join(merge) for merge in spec["model"].get("merges", [])]
+
+
 def sentencepiece_scores(path: Path, spec: dict, tokens: list[str], types: list[int]) -> tuple[list[float], bool]:
     """(a score per token, whether a "▁" is prepended to the text) for a SentencePiece-style tokenizer.json, whose
     byte and unknown tokens are typed as such in `types`, in place. Steps SentencePiece does not take are refused."""
@@ -59,7 +64,7 @@ def sentencepiece_scores(path: Path, spec: dict, tokens: list[str], types: list[
     scheme = pre.get("prepend_scheme", "always" if pre.get("add_prefix_space", True) else "never")
     if metaspace and scheme != "never":  # it skips text after a special token ("first") or starting with a space
         raise InputError(f"{path}: Metaspace prepend_scheme {scheme!r} adds '▁' to fewer texts than llama.cpp would")
-    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in spec["model"].get("merges", [])]
+    merges = merge_texts(spec)
     first_rank: dict[str, int] = {}
     for rank, merge in enumerate(merges):
         first_rank.setdefault(merge.replace(" ", "", 1), rank)

@@ -37,6 +37,22 @@ def export(tmp_path_factory) -> tuple[Path, Fox, Tokenizer]:
     return folder, model, tokenizer
 
 
+SPECIALS = "===== <s>x</s><end_of_turn>  after"  # llama-tokenize reads special tokens in the text
+MIXED = " 3.14159 ünïcödé 我想在apple工作 \t\n\n  x  \r\n"  # digits, accents, CJK, whitespace runs, a CRLF
+
+
+def probe_text(tail: str) -> str:
+    """400K characters of standard-library source beyond what the tokenizers were trained on, MIXED, then `tail`."""
+    return "".join(stdlib_text(600_000))[200_000:] + MIXED + tail
+
+
+def llama_cpp_ids(model: Path, text: str) -> list[int]:
+    """llama-tokenize's ids for `text` (written beside the model file) with the build FOX1_LLAMA_CPP names."""
+    text_file = model.with_suffix(".txt")
+    text_file.write_bytes(text.encode("utf-8"))
+    return llama_cpp.tokenize(Path(os.environ["FOX1_LLAMA_CPP"]), model, text_file)
+
+
 def read_gguf(path: Path) -> tuple[dict, dict[str, tuple[list[int], int, bytes]]]:
     """(metadata, {tensor name: (shape innermost first, type, bytes)}): a minimal GGUF v3 reader."""
     data = path.read_bytes()
@@ -153,10 +169,8 @@ def test_tokenizers_llama_cpp_cannot_split_alike_are_refused_in_one_line(export,
 def test_llama_cpp_tokenizes_as_fox1(export, tmp_path):
     folder, _, tokenizer = export
     gguf.write_gguf(folder, tmp_path / "m.gguf")
-    text = "".join(stdlib_text(600_000))[200_000:] + " 3.14159 ünïcödé 我想在apple工作 \t\n\n  x  \r\n'RE we'Ll"
-    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
-    assert llama_cpp.tokenize(Path(os.environ["FOX1_LLAMA_CPP"]), tmp_path / "m.gguf",
-                              tmp_path / "text.txt") == tokenizer.encode(text)
+    text = probe_text("'RE we'Ll")
+    assert llama_cpp_ids(tmp_path / "m.gguf", text) == tokenizer.encode(text)
 
 
 def sentencepiece_export(folder: Path, spec: dict) -> Path:
@@ -167,6 +181,12 @@ def sentencepiece_export(folder: Path, spec: dict) -> Path:
         folder, token_ids={"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}, stop_ids=[2])
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def trained_sentencepiece_export(folder: Path, style: str) -> Path:
+    """`sentencepiece_export` of a SentencePiece-style tokenizer that `tokenizers` trains on standard-library source."""
+    tokenizers = pytest.importorskip("tokenizers")
+    return sentencepiece_export(folder, hf_sentencepiece(tokenizers, stdlib_text(300_000), style))
 
 
 TINY_PIECES = ["▁", "a", "b", "c", "▁a", "ab", "bc", "▁ab", "abc"]
@@ -206,15 +226,10 @@ def test_sentencepiece_steps_llama_cpp_lacks_are_refused_in_one_line(tmp_path):
 @pytest.mark.skipif(not os.environ.get("FOX1_LLAMA_CPP"), reason="FOX1_LLAMA_CPP names no llama.cpp build")
 @pytest.mark.parametrize("style", ["gemma", "llama2"])
 def test_llama_cpp_tokenizes_as_fox1_with_a_sentencepiece_tokenizer(tmp_path, style):
-    tokenizers = pytest.importorskip("tokenizers")
-    spec = hf_sentencepiece(tokenizers, stdlib_text(300_000), style)
-    folder = sentencepiece_export(tmp_path / "export", spec)
+    folder = trained_sentencepiece_export(tmp_path / "export", style)
     gguf.write_gguf(folder, tmp_path / "m.gguf")
-    text = ("".join(stdlib_text(600_000))[200_000:] + " 3.14159 ünïcödé 我想在apple工作 \t\n\n  x  \r\n===== "
-            "<s>x</s><end_of_turn>  after")
-    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
-    assert llama_cpp.tokenize(Path(os.environ["FOX1_LLAMA_CPP"]), tmp_path / "m.gguf", tmp_path / "text.txt") == \
-        load_tokenizer(folder).encode(text, allow_special=True)  # llama-tokenize reads special tokens
+    text = probe_text(SPECIALS)
+    assert llama_cpp_ids(tmp_path / "m.gguf", text) == load_tokenizer(folder).encode(text, allow_special=True)
 
 
 def read_message(data: bytes) -> dict[int, list]:
@@ -282,11 +297,10 @@ def test_tokenizers_sentencepiece_cannot_express_get_no_tokenizer_model(export, 
 
 @pytest.mark.parametrize("style", ["gemma", "llama2"])
 def test_sentencepiece_reads_the_exported_tokenizer_model_and_encodes_as_fox1(tmp_path, style):
-    tokenizers = pytest.importorskip("tokenizers")
     sentencepiece = pytest.importorskip("sentencepiece")
-    folder = sentencepiece_export(tmp_path, hf_sentencepiece(tokenizers, stdlib_text(300_000), style))
+    folder = trained_sentencepiece_export(tmp_path, style)
     processor = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
-    text = "".join(stdlib_text(400_000))[200_000:] + " 3.14159 ünïcödé 我想在apple工作 \t\n\n  x  \r\n===== after"
+    text = probe_text("===== after")
     assert processor.encode(text) == load_tokenizer(folder).encode(text)
 
 
@@ -295,20 +309,17 @@ def test_sentencepiece_reads_the_exported_tokenizer_model_and_encodes_as_fox1(tm
 def test_llama_cpps_converter_takes_a_sentencepiece_export_as_it_is(tmp_path, style):
     """convert_hf_to_gguf.py (in the llama.cpp source folder above the build, run with its gguf-py) reads the
     export's tokenizer.model, unpatched, and llama-tokenize then gives fox1's ids."""
-    tokenizers = pytest.importorskip("tokenizers")
     pytest.importorskip("sentencepiece")  # the converter reads tokenizer.model with it
     build = Path(os.environ["FOX1_LLAMA_CPP"])
     source = build.resolve().parent
     if not (source / "convert_hf_to_gguf.py").is_file():
         pytest.skip(f"no convert_hf_to_gguf.py above {build}")
-    folder = sentencepiece_export(tmp_path / "export", hf_sentencepiece(tokenizers, stdlib_text(300_000), style))
+    folder = trained_sentencepiece_export(tmp_path / "export", style)
     path = os.pathsep.join([str(source / "gguf-py"), *sys.path])
     subprocess.run([sys.executable, source / "convert_hf_to_gguf.py", folder, "--outfile", tmp_path / "m.gguf",
                     "--outtype", "f32"], check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=path))
-    text = "".join(stdlib_text(600_000))[200_000:] + " ünïcödé 我想在apple工作 \t\n\n  x  \r\n<s>x</s><end_of_turn>  after"
-    (tmp_path / "text.txt").write_bytes(text.encode("utf-8"))
-    assert llama_cpp.tokenize(build, tmp_path / "m.gguf", tmp_path / "text.txt") == \
-        load_tokenizer(folder).encode(text, allow_special=True)
+    text = probe_text(SPECIALS)
+    assert llama_cpp_ids(tmp_path / "m.gguf", text) == load_tokenizer(folder).encode(text, allow_special=True)
 
 
 def test_a_folder_without_llama_cpps_tools_is_named_in_one_line(tmp_path):
