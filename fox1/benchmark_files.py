@@ -1,5 +1,6 @@
-"""Where a benchmark's split lives and how its records are read, for eval.py: files under --data DIR, or the
-Hugging Face Hub itself through `datasets` (--hf). Records come out as (where, record), "file:line" or "file: row N",
+"""Where a benchmark's split lives and how its records are read, for eval.py's scoring of the tasks Fox-1's paper
+reports (ARC, HellaSwag, MMLU, Winogrande, GSM8k, ...): files under --data DIR, or the Hugging Face Hub itself through
+`datasets` (--hf). Records come out as (where, record), "file:line" or "file: row N",
 for eval.py to turn into items and to name in its one-line errors.
 
 Under DIR a task's split is DIR/<name>_<split>.jsonl or .parquet, DIR/<name>/<split>.jsonl, DIR/<name>.jsonl (the
