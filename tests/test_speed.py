@@ -2,6 +2,7 @@
 model, on a tiny model trained here for a few seconds (random weights have no text to be right about)."""
 import copy
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,8 @@ import torch.nn.functional as F
 
 from cli import sample as sample_cli
 import sample
-from fox1.speed import (CPU_INT8_DOT, Int4Linear, Int8Linear, dequantize_int4, int8_matmul, linear,
-                        quantize_groups_int4, quantize_int4, quantize_int8, quantize_rows_int8,
+from fox1.speed import (CPU_INT8_DOT, Int4Linear, Int8Linear, column_major, dequantize_int4, huge_page_weights,
+                        int8_matmul, linear, quantize_groups_int4, quantize_int4, quantize_int8, quantize_rows_int8,
                         requantize_int4_rows)
 from model import Fox, FoxConfig
 
@@ -156,6 +157,38 @@ def test_compiled_quantized_decode_gives_the_eager_tokens(trained, heldout, tmp_
     eager = sample.generate(quantized, heldout[:1, :16], 12, temperature=0)
     compiled = sample.generate(quantized, heldout[:1, :16], 12, temperature=0, compile=True)
     assert compiled.tokens == eager.tokens
+
+
+def mapping_flags(address: int) -> list[str]:
+    """The VmFlags of this process's memory mapping that holds `address` (Linux's /proc/self/smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split()[0] and not line.startswith("VmFlags"):
+            low, high = (int(end, 16) for end in line.split()[0].split("-"))
+            inside = low <= address < high
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="huge pages are advised on Linux only")
+@pytest.mark.parametrize("layout", ["fp32", "column-major", "int8", "int4"])
+def test_huge_page_weights_moves_every_tensor_and_changes_no_output(trained, heldout, layout):
+    prepare = {"fp32": lambda m: m, "column-major": column_major, "int8": quantize_int8, "int4": quantize_int4}[layout]
+    model = prepare(copy.deepcopy(trained))
+    tensors = [*model.parameters(), *model.buffers()]
+    before = [(t.shape, t.stride(), t.clone(), t.data_ptr()) for t in tensors]
+    with torch.no_grad():
+        expected = model(heldout)
+    huge_page_weights(model)
+    for tensor, (shape, stride, values, address) in zip(tensors, before):
+        assert tensor.shape == shape and tensor.stride() == stride and torch.equal(tensor, values)
+        assert tensor.data_ptr() != address
+        assert "hg" in mapping_flags(tensor.data_ptr())  # advised MADV_HUGEPAGE, whatever the system's THP mode
+    still = [*model.parameters(), *model.buffers()]
+    assert len(still) == len(tensors) and all(a is b for a, b in zip(still, tensors))  # the tied embedding: one
+    with torch.no_grad():
+        assert torch.equal(model(heldout), expected)
 
 
 @pytest.mark.parametrize("kind", ["int8", "int4"])
