@@ -136,13 +136,13 @@ HUGE_PAGE = 2 << 20  # bytes: x86-64's large page
 def huge_page_weights(model: nn.Module) -> nn.Module:
     """Move every parameter and buffer of a model on a CPU into one anonymous memory mapping that Linux backs with
     2 MB pages (madvise MADV_HUGEPAGE), in place, keeping each tensor's shape and strides. Decoding reads every
-    weight once per token: with 4 KB pages that is a page-table walk every 4 KB (a TLB miss), and llama.cpp's
-    weights, read through its mmap of the model file, are spared most of them. No-op where the OS takes no such
-    advice (not Linux). For inference: a moved tensor cannot be resized."""
+    weight once per token: with 4 KB pages that is a TLB miss every 4 KB (llama.cpp reads its weights through an
+    mmap of the model file, which Linux's page cache backs with larger pages where it can). No-op where the OS
+    takes no such advice (not Linux). For inference: a moved tensor cannot be resized."""
     tensors = [t for t in (*model.parameters(), *model.buffers()) if t.device.type == "cpu"]
     if not tensors or not hasattr(mmap, "MADV_HUGEPAGE"):
         return model
-    spans = [-(-_storage_span(t) * t.element_size() // 64) * 64 for t in tensors]  # each start cache-line aligned
+    spans = [(_storage_span(t) * t.element_size() + 63) // 64 * 64 for t in tensors]  # starts cache-line aligned
     arena = mmap.mmap(-1, sum(spans) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         arena.madvise(mmap.MADV_HUGEPAGE)
