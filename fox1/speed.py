@@ -137,32 +137,34 @@ def huge_page_weights(model: nn.Module) -> nn.Module:
     """Move every parameter and buffer of a model on a CPU into one anonymous memory mapping that Linux backs with
     2 MB pages (madvise MADV_HUGEPAGE), in place, keeping each tensor's shape and strides. Decoding reads every
     weight once per token: with 4 KB pages that is a TLB miss every 4 KB (llama.cpp reads its weights through an
-    mmap of the model file, which Linux's page cache backs with larger pages where it can). No-op where the OS
-    takes no such advice (not Linux). For inference: a moved tensor cannot be resized."""
-    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.device.type == "cpu"]
+    mmap of the model file, which Linux's page cache backs with larger pages where it can). Each tensor keeps a
+    storage of its own, so copying or saving one copies or saves only it. No-op where the OS takes no such advice
+    (not Linux). For inference: a moved tensor cannot be resized."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.device.type == "cpu" and t.numel()]
     if not tensors or not hasattr(mmap, "MADV_HUGEPAGE"):
         return model
-    spans = [(_storage_span(t) * t.element_size() + 63) // 64 * 64 for t in tensors]  # starts cache-line aligned
-    arena = mmap.mmap(-1, sum(spans) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    spans = [_storage_span(t) for t in tensors]
+    padded = [(span * t.element_size() + 63) // 64 * 64 for span, t in zip(spans, tensors)]  # cache-line starts
+    arena = mmap.mmap(-1, sum(padded) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         arena.madvise(mmap.MADV_HUGEPAGE)
     except OSError:  # a kernel without transparent huge pages
         return model
-    memory = torch.frombuffer(arena, dtype=torch.uint8)  # holds the mapping open while any view of it lives
-    start = -memory.data_ptr() % HUGE_PAGE
+    offset = -torch.frombuffer(arena, dtype=torch.uint8, count=1).data_ptr() % HUGE_PAGE  # the first 2 MB boundary
     with torch.no_grad():
-        for tensor, span in zip(tensors, spans):  # one at a time, so each original is freed as it goes
-            moved = memory[start:start + span].view(tensor.dtype).as_strided(tensor.shape, tensor.stride())
+        for tensor, span, size in zip(tensors, spans, padded):  # one at a time: each original is freed as it goes
+            moved = torch.frombuffer(arena, dtype=tensor.dtype, count=span, offset=offset)  # keeps the mapping open
+            moved = moved.as_strided(tensor.shape, tensor.stride())
             moved.copy_(tensor)
             tensor.data = moved
-            start += span
+            offset += size
     return model
 
 
 def _storage_span(tensor: torch.Tensor) -> int:
-    """Elements from a tensor's first to its last one in memory, gaps included (its numel when contiguous or
-    transposed, as `column_major` leaves it)."""
-    return 1 + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride())) if tensor.numel() else 0
+    """Elements from a non-empty tensor's first to its last one in memory, gaps included (its numel when contiguous
+    or transposed, as `column_major` leaves it)."""
+    return 1 + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride()))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -185,6 +185,7 @@ def test_huge_page_weights_moves_every_tensor_and_changes_no_output(trained, hel
         assert tensor.shape == shape and tensor.stride() == stride and torch.equal(tensor, values)
         assert tensor.data_ptr() != address
         assert "hg" in mapping_flags(tensor.data_ptr())  # advised MADV_HUGEPAGE, whatever the system's THP mode
+        assert tensor.untyped_storage().nbytes() == tensor.nbytes  # its own storage: a deepcopy copies only it
     still = [*model.parameters(), *model.buffers()]
     assert len(still) == len(tensors) and all(a is b for a, b in zip(still, tensors))  # the tied embedding: one
     with torch.no_grad():
