@@ -55,7 +55,7 @@ from fox1.gguf import write_gguf
 from fox1.hf_reference import hf_generation, hf_loss, hf_tokenizer_speed, timed_tokenizer
 from fox1.machine import GB, Machine, interleaved_seconds, read_bandwidth, synchronize, timed
 from fox1.report import Report, median, ratio, undisturbed, versus
-from fox1.speed import (QuantizedLinear, column_major, huge_page_weights, quantize_int4, quantize_int8,
+from fox1.speed import (QuantizedLinear, column_major, huge_pages, quantize_int4, quantize_int8,
                         streams_column_major)
 from model import Fox, FoxConfig, chunked_cross_entropy
 from tokenizer import DEFAULT_PATTERN, FIRST_MERGE_ID, SPECIAL_TOKENS, Tokenizer
@@ -120,7 +120,7 @@ def as_sample_decodes(model: Fox) -> Fox:
     """The model laid out as sample.py decodes one sample eagerly: a column-major copy in 2 MB pages where that
     streams the weights faster (`streams_column_major`: fp32 on a CPU), else the model itself."""
     weight = model.embed_tokens.weight
-    return (huge_page_weights(column_major(copy.deepcopy(model)))
+    return (huge_pages(column_major(copy.deepcopy(model)))
             if streams_column_major(weight.device, weight.dtype, False, 1) else model)
 
 
@@ -331,7 +331,7 @@ def bench_generation(args: argparse.Namespace, report: Report, machine: Machine,
                      quantized: dict[str, Fox], hf: torch.nn.Module | None) -> None:
     """Prefill and batch-1 decode of fox1 (eager, compiled; fp32, bf16, int8 and int4 weights), HF (eager) and,
     with --llama-cpp, llama.cpp on the same weights; every contender takes its turn in each round. fox1's weights
-    are moved into 2 MB pages, as sample.py loads them (`huge_page_weights`, in place: the training rows that
+    are moved into 2 MB pages, as sample.py loads them (`huge_pages`, in place: the training rows that
     follow run on them too)."""
     model.eval()
     prompt = torch.randint(model.config.vocab_size, (1, args.prompt_len), device=args.device)
@@ -340,7 +340,7 @@ def bench_generation(args: argparse.Namespace, report: Report, machine: Machine,
     if args.bf16:
         models["fox1 bf16"] = copy.deepcopy(model).to(torch.bfloat16)
     for fox1_model in models.values():
-        huge_page_weights(fox1_model)
+        huge_pages(fox1_model)
     if hf is not None:
         models[f"hf {base}"] = hf
         if args.bf16:

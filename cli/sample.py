@@ -17,7 +17,7 @@ from fox1.corpus import builtin_conversations
 from fox1.files import InputError, Number, check_numbers, text_argument
 from fox1.hf_llama import checkpoint_tokens
 from fox1.machine import parse_device
-from fox1.speed import (column_major, default_dtype, huge_page_weights, quantize_int4, quantize_int8,
+from fox1.speed import (column_major, default_dtype, huge_pages, quantize_int4, quantize_int8,
                         streams_column_major)
 from model import CheckpointError, Fox
 from sample import (DEFAULT_CHAT_CKPT, DEFAULT_CKPT, Generation, SampleError, TextStream, chat_turn, check_fits,
@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def load_for_sampling(args: argparse.Namespace, device: torch.device) -> tuple[Path, Checkpoint]:
     """--ckpt (default: the SFT export for --chat / --score-chat where train.py made one, else the base export),
     loaded in --dtype and, with --quantize, in int8 / int4; eager fp32 decoding on a CPU gets column-major weights,
-    and on a CPU every weight ends in 2 MB pages (`huge_page_weights`)."""
+    and on a CPU every weight ends in 2 MB pages (`huge_pages`)."""
     chat = args.chat or args.score_chat
     ckpt = Path(args.ckpt or (DEFAULT_CHAT_CKPT if chat and Path(DEFAULT_CHAT_CKPT).is_dir() else DEFAULT_CKPT))
     loaded = open_checkpoint(ckpt, args.tokenizer, device,
@@ -242,7 +242,7 @@ def load_for_sampling(args: argparse.Namespace, device: torch.device) -> tuple[P
         (quantize_int8 if args.quantize == "int8" else quantize_int4)(loaded.model)
     elif streams_column_major(device, loaded.dtype, args.compile, args.num_samples):
         column_major(loaded.model)
-    huge_page_weights(loaded.model)
+    huge_pages(loaded.model)
     return ckpt, loaded
 
 

@@ -13,7 +13,7 @@ from typing import Callable, TypeVar
 import torch
 
 from fox1.files import InputError
-from fox1.speed import CPU_FLAGS, huge_page_weights
+from fox1.speed import CPU_FLAGS, huge_pages
 
 Result = TypeVar("Result")
 GB = 1e9
@@ -112,10 +112,10 @@ def copy_bandwidth(device: torch.device) -> float:
 def read_bandwidth(device: torch.device, nbytes: int, pieces: int = 16) -> float:
     """Bytes/s of summing nbytes: how fast that many bytes of weights can stream here, the caches included. The
     copy bound counts a buffer bigger than any cache; a smaller one may stay in cache. The bytes are held as the
-    weights are, in 2 MB pages on a CPU (`huge_page_weights`), moved there in pieces so as not to hold them twice."""
+    weights are, in 2 MB pages on a CPU (`huge_pages`), moved there in pieces so as not to hold them twice."""
     buffers = torch.nn.ParameterList([torch.nn.Parameter(torch.ones(max(1, nbytes // 4 // pieces), device=device),
                                                          requires_grad=False) for _ in range(pieces)])
-    huge_page_weights(buffers)
+    huge_pages(buffers)
     return nbytes / min(interleaved_seconds({"sum": lambda: [b.sum() for b in buffers]}, device, repeats=5)["sum"])
 
 

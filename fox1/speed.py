@@ -7,7 +7,7 @@ bandwidth. On a CPU the library matmul (MKL / oneDNN) is not at its best there, 
     own dot-product loops that stream the weights faster (int8 ones converted in registers where fox1's
     int8 kernel is not loaded);
   * `column_major`: for eager fp32 decoding, weights stored column by column stream faster through MKL;
-  * `huge_page_weights`: every weight in memory mapped with 2 MB pages, which a step streams with far fewer TLB misses;
+  * `huge_pages`: weights and KV cache in memory mapped with 2 MB pages, which a step reads with fewer TLB misses;
   * `quantize_int8`: int8 weights with per-row scales (gpt-fast style), a quarter of fp32's bytes; where the CPU has
     int8 dot products the activations' rows are rounded to int8 too and meet them in int8: a prompt's rows in
     `int8_matmul`, a decoded token's row in fox1's AVX512-VNNI kernel (fox1/cpu_kernels.cpp), bit for bit alike;
@@ -133,23 +133,24 @@ def column_major(model: nn.Module) -> nn.Module:
 HUGE_PAGE = 2 << 20  # bytes: x86-64's large page
 
 
-def huge_page_weights(model: nn.Module) -> nn.Module:
-    """Move every parameter and buffer of a model on a CPU into one anonymous memory mapping that Linux backs with
-    2 MB pages (madvise MADV_HUGEPAGE), in place, keeping each tensor's shape and strides. Decoding reads every
-    weight once per token: with 4 KB pages that is a TLB miss every 4 KB (llama.cpp reads its weights through an
-    mmap of the model file, which Linux's page cache backs with larger pages where it can). Each tensor keeps a
-    storage of its own, so copying or saving one copies or saves only it. No-op where the OS takes no such advice
-    (not Linux). For inference: a moved tensor cannot be resized."""
-    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.device.type == "cpu" and t.numel()]
+def huge_pages(module: nn.Module) -> nn.Module:
+    """Move every parameter and buffer of a module on a CPU into one anonymous memory mapping that Linux backs with
+    2 MB pages (madvise MADV_HUGEPAGE), in place, keeping each tensor's shape and strides: a model's weights, or its
+    KV cache (`sample.ensure_kv_cache`). Decoding reads every weight, and the cache's written part, once per token:
+    with 4 KB pages that is a TLB miss every 4 KB (llama.cpp reads its weights through an mmap of the model file,
+    which Linux's page cache backs with larger pages where it can). Each tensor keeps a storage of its own, so
+    copying or saving one copies or saves only it. No-op where the OS takes no such advice (not Linux). For
+    inference: a moved tensor cannot be resized."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.device.type == "cpu" and t.numel()]
     if not tensors or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return model
+        return module
     spans = [_storage_span(t) for t in tensors]
     padded = [(span * t.element_size() + 63) // 64 * 64 for span, t in zip(spans, tensors)]  # cache-line starts
     arena = mmap.mmap(-1, sum(padded) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         arena.madvise(mmap.MADV_HUGEPAGE)
     except OSError:  # a kernel without transparent huge pages
-        return model
+        return module
     offset = -torch.frombuffer(arena, dtype=torch.uint8, count=1).data_ptr() % HUGE_PAGE  # the first 2 MB boundary
     with torch.no_grad():
         for tensor, span, size in zip(tensors, spans, padded):  # one at a time: each original is freed as it goes
@@ -158,7 +159,7 @@ def huge_page_weights(model: nn.Module) -> nn.Module:
             moved.copy_(tensor)
             tensor.data = moved
             offset += size
-    return model
+    return module
 
 
 def _storage_span(tensor: torch.Tensor) -> int:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from cli import sample as sample_cli
 import sample
-from fox1.speed import (CPU_INT8_DOT, Int4Linear, Int8Linear, column_major, dequantize_int4, huge_page_weights,
+from fox1.speed import (CPU_INT8_DOT, Int4Linear, Int8Linear, column_major, dequantize_int4, huge_pages,
                         int8_matmul, linear, quantize_groups_int4, quantize_int4, quantize_int8, quantize_rows_int8,
                         requantize_int4_rows)
 from model import Fox, FoxConfig
@@ -173,14 +173,14 @@ def mapping_flags(address: int) -> list[str]:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="huge pages are advised on Linux only")
 @pytest.mark.parametrize("layout", ["fp32", "column-major", "int8", "int4"])
-def test_huge_page_weights_moves_every_tensor_and_changes_no_output(trained, heldout, layout):
+def test_huge_pages_moves_every_tensor_and_changes_no_output(trained, heldout, layout):
     prepare = {"fp32": lambda m: m, "column-major": column_major, "int8": quantize_int8, "int4": quantize_int4}[layout]
     model = prepare(copy.deepcopy(trained))
     tensors = [*model.parameters(), *model.buffers()]
     before = [(t.shape, t.stride(), t.clone(), t.data_ptr()) for t in tensors]
     with torch.no_grad():
         expected = model(heldout)
-    huge_page_weights(model)
+    huge_pages(model)
     for tensor, (shape, stride, values, address) in zip(tensors, before):
         assert tensor.shape == shape and tensor.stride() == stride and torch.equal(tensor, values)
         assert tensor.data_ptr() != address
@@ -190,6 +190,15 @@ def test_huge_page_weights_moves_every_tensor_and_changes_no_output(trained, hel
     assert len(still) == len(tensors) and all(a is b for a, b in zip(still, tensors))  # the tied embedding: one
     with torch.no_grad():
         assert torch.equal(model(heldout), expected)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="huge pages are advised on Linux only")
+def test_generation_puts_the_kv_cache_in_huge_pages(trained, heldout):
+    model = copy.deepcopy(trained)
+    sample.generate(model, heldout[:1, :8], 4, temperature=0)
+    for layer in model.layers:
+        cache = layer.self_attn.kv_cache
+        assert "hg" in mapping_flags(cache.k.data_ptr()) and "hg" in mapping_flags(cache.v.data_ptr())
 
 
 @pytest.mark.parametrize("kind", ["int8", "int4"])
