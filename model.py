@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from fox1 import hf_llama
 from fox1.hf_llama import CheckpointError
-from fox1.speed import attention, cache_dtype, linear, load_cpu_kernels, quantized_weights
+from fox1.speed import attention, cache_dtype, huge_pages, linear, load_cpu_kernels, quantized_weights
 
 IGNORE_INDEX = -100  # targets with this value do not count in the loss (e.g. across document borders)
 
@@ -335,6 +335,7 @@ class Fox(nn.Module):
         c = self.config
         for layer in self.layers:
             layer.self_attn.kv_cache = KVCache(batch_size, max_len, c.num_kv_heads, c.head_dim, dtype, device)
+        huge_pages(nn.ModuleList(layer.self_attn.kv_cache for layer in self.layers))  # on a CPU: read every step
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 position_ids: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None,

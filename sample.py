@@ -44,7 +44,7 @@ from tqdm import tqdm
 import data
 from fox1.corpus import WRITE_FUNCTION
 from fox1.machine import timed
-from fox1.speed import CPU_DECODE_INDUCTOR, cache_dtype, huge_pages
+from fox1.speed import CPU_DECODE_INDUCTOR, cache_dtype
 from model import IGNORE_INDEX, Fox
 from data import chat_stop_ids, encode_chat
 from tokenizer import Tokenizer
@@ -152,14 +152,11 @@ def compiled_prefill() -> Callable:
 def ensure_kv_cache(model: Fox, batch_size: int, min_len: int) -> None:
     """Give the model a static KV cache for batch_size rows of at least min_len positions, reusing the one
     it has when that is long enough: stale entries are harmless (the mask hides every slot past the
-    current position), and the same buffers keep a compiled step (or a captured CUDA graph) valid. On a CPU
-    the cache lies in 2 MB pages (`huge_pages`): at `small`'s full context a step reads as many bytes from it as
-    from `small`'s int4 weights."""
+    current position), and the same buffers keep a compiled step (or a captured CUDA graph) valid."""
     cache = model.layers[0].self_attn.kv_cache
     dtype = cache_dtype(model.norm.weight.dtype, model.norm.weight.device)
     if cache is None or cache.k.shape[0] != batch_size or cache.k.shape[2] < min_len or cache.k.dtype != dtype:
         model.setup_kv_cache(batch_size, min_len, dtype)
-        huge_pages(torch.nn.ModuleList(layer.self_attn.kv_cache for layer in model.layers))
 
 
 def check_fits(model: Fox, prompt_len: int, max_new_tokens: int) -> None:

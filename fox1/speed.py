@@ -136,11 +136,12 @@ HUGE_PAGE = 2 << 20  # bytes: x86-64's large page
 def huge_pages(module: nn.Module) -> nn.Module:
     """Move every parameter and buffer of a module on a CPU into one anonymous memory mapping that Linux backs with
     2 MB pages (madvise MADV_HUGEPAGE), in place, keeping each tensor's shape and strides: a model's weights, or its
-    KV cache (`sample.ensure_kv_cache`). Decoding reads every weight, and the cache's written part, once per token:
-    with 4 KB pages that is a TLB miss every 4 KB (llama.cpp reads its weights through an mmap of the model file,
-    which Linux's page cache backs with larger pages where it can). Each tensor keeps a storage of its own, so
-    copying or saving one copies or saves only it. No-op where the OS takes no such advice (not Linux). For
-    inference: a moved tensor cannot be resized."""
+    KV cache (`Fox.setup_kv_cache`; at `small`'s full context a step reads as many bytes from it as from `small`'s
+    int4 weights). Decoding reads every weight, and the cache's written part, once per token: with 4 KB pages that
+    is a TLB miss every 4 KB (llama.cpp reads its weights through an mmap of the model file, which Linux's page
+    cache backs with larger pages where it can). Each tensor keeps a storage of its own, so copying or saving one
+    copies or saves only it. No-op where the OS takes no such advice (not Linux). For inference: a moved tensor
+    cannot be resized."""
     tensors = [t for t in (*module.parameters(), *module.buffers()) if t.device.type == "cpu" and t.numel()]
     if not tensors or not hasattr(mmap, "MADV_HUGEPAGE"):
         return module
