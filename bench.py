@@ -53,32 +53,12 @@ import sample
 from fox1 import llama_cpp
 from fox1.gguf import write_gguf
 from fox1.hf_reference import hf_generation, hf_loss, hf_tokenizer_speed, timed_tokenizer
-from fox1.machine import GB, Machine, interleaved_seconds, read_bandwidth, synchronize, timed
+from fox1.machine import GB, Machine, interleaved_seconds, read_bandwidth, runnable, synchronize, timed
 from fox1.report import Report, median, ratio, undisturbed, versus
 from fox1.speed import (QuantizedLinear, column_major, huge_pages, quantize_int4, quantize_int8,
                         streams_column_major)
 from model import Fox, FoxConfig, chunked_cross_entropy
 from tokenizer import DEFAULT_PATTERN, FIRST_MERGE_ID, SPECIAL_TOKENS, Tokenizer
-
-
-def failure(call: Callable[[], object]) -> str | None:
-    """Run call once: None if it worked, else a one-line reason. A contender that cannot run here (out of
-    memory, no C++ compiler for inductor, ...) loses its row instead of ending the whole bench."""
-    try:
-        call()
-    except Exception as error:  # noqa: BLE001 - whatever went wrong is reported in the row
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # give back what the failed call had reserved
-        return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"[:120]
-    return None
-
-
-def runnable(calls: dict[str, Callable[[], object]]) -> tuple[dict[str, Callable[[], object]], dict[str, str]]:
-    """(the calls that ran once without error, {name: why} for the others). The one run is also each call's
-    cold start (a compile), which is kept out of the timed rounds."""
-    errors = {name: failure(call) for name, call in calls.items()}
-    return {name: call for name, call in calls.items() if errors[name] is None}, \
-        {name: error for name, error in errors.items() if error}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Measuring this machine: timers that include the device's queued work, A/B rounds, and its peaks (matmul
-FLOP/s, copy and read bandwidth), measured rather than taken from a data sheet; `parse_device` for --device.
+"""Measuring this machine: timers that include the device's queued work, A/B rounds (a contender that fails to run
+is dropped with a one-line reason), and its peaks (matmul FLOP/s, copy and read bandwidth), measured rather than
+taken from a data sheet; `parse_device` for --device.
 bench.py and sample.py time with these; MFU and bandwidth shares are fractions of what is measured here.
 """
 from __future__ import annotations
@@ -46,6 +47,26 @@ def parse_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {name}: CUDA is not available on this machine")
     return device
+
+
+def failure(call: Callable[[], object]) -> str | None:
+    """Run call once: None if it worked, else a one-line reason. A contender that cannot run here (out of
+    memory, no C++ compiler for inductor, ...) loses its row instead of ending the whole bench."""
+    try:
+        call()
+    except Exception as error:  # noqa: BLE001 - whatever went wrong is reported in the row
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # give back what the failed call had reserved
+        return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"[:120]
+    return None
+
+
+def runnable(calls: dict[str, Callable[[], object]]) -> tuple[dict[str, Callable[[], object]], dict[str, str]]:
+    """(the calls that ran once without error, {name: why} for the others). The one run is also each call's
+    cold start (a compile), which is kept out of the timed rounds."""
+    errors = {name: failure(call) for name, call in calls.items()}
+    return {name: call for name, call in calls.items() if errors[name] is None}, \
+        {name: error for name, error in errors.items() if error}
 
 
 def interleaved_seconds(calls: dict[str, Callable[[], object]], device: torch.device, repeats: int,
