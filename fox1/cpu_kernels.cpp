@@ -187,9 +187,10 @@ at::Tensor int4_row_linear(const at::Tensor& x, const at::Tensor& packed, const 
 }
 
 // A prompt's int4 weights as int8 rows for `fox1.speed.int8_matmul` (`fox1.speed.requantize_int4_rows`, whose
-// arithmetic this repeats bit for bit): row scale = 8/127 of the row's largest group scale, and each stored value v
-// (-8..7) of group g becomes round(v * (s_g / row scale)). A group has only 16 values, so they are worked out once
-// (16 lanes) and looked up for its 32 nibbles with vpshufb, instead of multiplying and rounding every weight.
+// arithmetic this repeats bit for bit): row scale = 8/127 of the largest magnitude of the row's group scales (a scale
+// is negative where its group's extreme weight is positive), and each stored value v (-8..7) of group g becomes
+// round(v * (s_g / row scale)). A group has only 16 values, so they are worked out once (16 lanes) and looked up for
+// its 32 nibbles with vpshufb, instead of multiplying and rounding every weight.
 template <typename Scale>
 void int4_rows_as_int8(const uint8_t* packed, const Scale* scale, int64_t N, int64_t K, int8_t* rows,
                        float* row_scales) {
@@ -199,7 +200,7 @@ void int4_rows_as_int8(const uint8_t* packed, const Scale* scale, int64_t N, int
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       float largest = 0.f;
-      for (int64_t g = 0; g < G; ++g) largest = std::max(largest, static_cast<float>(scale[n * G + g]));
+      for (int64_t g = 0; g < G; ++g) largest = std::max(largest, std::fabs(static_cast<float>(scale[n * G + g])));
       const float row_scale = std::max(largest * 8.f / 127.f, FLT_MIN);
       row_scales[n] = row_scale;
       for (int64_t g = 0; g < G; ++g) {

@@ -235,14 +235,19 @@ INT4_GROUP = 32  # weights sharing one scale: an outlier coarsens only its own 3
 
 
 def quantize_groups_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
-    """(packed uint8 (out, in / 2), scales (out, in / group)): symmetric per group of `group` weights along a row,
-    q = round(w / s) in -8..7 with s = max|w| / 7, stored as q + 8, two to a byte (even column in the low half)."""
+    """(packed uint8 (out, in / 2), scales (out, in / group)): per group of `group` weights along a row, llama.cpp's
+    Q4_0 rule: s = (the group's weight of largest magnitude) / -8, so that weight is stored as -8 exactly and all 16
+    values -8..7 serve (a symmetric max|w| / 7 leaves -8 unused, each step 8/7 as wide: ten times the perplexity
+    loss on a trained model, NOTES.md); s is negative where that weight is positive. q = round(w / s), stored as
+    q + 8, two to a byte (even column in the low half). A weight moves by at most half a step, but one within half
+    a step of the opposite extreme (q = 8, stored as 7) by at most a whole step."""
     rows, columns = weight.shape
     if columns % group:
         raise ValueError(f"int4 needs rows of a multiple of {group} weights, got {columns}")
     grouped = weight.detach().float().view(rows, columns // group, group)
-    scale = grouped.abs().amax(dim=-1).clamp_min(torch.finfo(torch.float32).tiny) / 7
-    q = ((grouped / scale[..., None]).round().clamp(-8, 7) + 8).to(torch.uint8).view(rows, columns)
+    scale = grouped.gather(-1, grouped.abs().argmax(dim=-1, keepdim=True)).squeeze(-1) / -8
+    divisor = torch.where(scale == 0, 1.0, scale)  # an all-zero group: every q 0
+    q = ((grouped / divisor[..., None]).round().clamp(-8, 7) + 8).to(torch.uint8).view(rows, columns)
     return q[:, 0::2] | (q[:, 1::2] << 4), scale.to(weight.dtype)
 
 
@@ -254,13 +259,13 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtyp
 
 def requantize_int4_rows(packed: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`quantize_groups_int4`'s output as int8 rows with one scale each, for `int8_matmul`. A row's scale is 8/127
-    of its largest group scale, so that group's -8..7 become -127..111; every weight then moves by at most half a
-    step of the row, a thirty-second of its largest group's int4 step. fox1's kernel does it where it is loaded
+    of its largest group scale's magnitude, so that group's -8..7 become -+127..+-111; every weight then moves by at
+    most half a step of the row, a thirty-second of its largest group's int4 step. fox1's kernel does it where it is loaded
     (the same numbers: the arithmetic below, worked out per group and looked up per weight)."""
     if packed.device.type == "cpu" and cpu_kernels.LOADED:
         return torch.ops.fox1.int4_as_int8_rows(packed, scale)
     groups = scale.float()
-    row_scale = (groups.amax(dim=1) * 8 / 127).clamp_min(torch.finfo(torch.float32).tiny)  # an all-zero row: 0
+    row_scale = (groups.abs().amax(dim=1) * 8 / 127).clamp_min(torch.finfo(torch.float32).tiny)  # an all-zero row: 0
     q = _int4_groups(packed, scale) * (groups / row_scale[:, None])[..., None]
     return q.round().clamp(-127, 127).to(torch.int8).view(packed.size(0), -1), row_scale
 

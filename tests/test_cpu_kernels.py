@@ -90,11 +90,12 @@ def test_int4_row_equals_the_rounded_row_times_the_dequantised_weights(rows, col
 @pytest.mark.parametrize("rows, columns", [(1, 32), (48, 64), (37, 416), (300, 2048)])
 @pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16])
 def test_int4_as_int8_rows_equals_the_arithmetic_of_requantize_int4_rows(rows, columns, scale_dtype, monkeypatch):
-    """Every stored value 0..15 (-8..7, -8 included, which only another quantiser would write), scales spanning
-    four decades within a row, and an all-zero row."""
+    """Every stored value 0..15 (-8..7), scales of either sign spanning four decades within a row, and an all-zero
+    row."""
     torch.manual_seed(rows)
     packed = torch.randint(0, 256, (rows, columns // 2), dtype=torch.uint8)
-    scale = (torch.rand(rows, columns // 32) * torch.logspace(-3, 1, columns // 32)).to(scale_dtype)
+    signs = torch.randint(0, 2, (rows, columns // 32)) * 2 - 1
+    scale = (torch.rand(rows, columns // 32) * torch.logspace(-3, 1, columns // 32) * signs).to(scale_dtype)
     scale[rows // 2] = 0
     kernel = torch.ops.fox1.int4_as_int8_rows(packed, scale)
     monkeypatch.setattr(cpu_kernels, "LOADED", False)

@@ -89,17 +89,25 @@ def test_several_rows_take_the_int8_matmul():
     torch.testing.assert_close(linear(x, quantized, scale), int8_matmul(x, quantized, scale))
 
 
-def test_quantize_groups_int4_moves_no_weight_more_than_half_a_step_of_its_group():
+def test_quantize_groups_int4_stores_each_groups_extreme_as_minus_8_and_moves_the_rest_half_a_step():
     torch.manual_seed(0)
     weight = torch.randn(8, 96) * torch.logspace(-3, 1, 8)[:, None]
     weight[2, :32] = 0.0  # an all-zero group must not divide by zero
     weight[5, 40] = 50.0  # an outlier coarsens only its own group of 32
+    weight[1, 64:66] = torch.tensor([-3.0, 3.0])  # the opposite extreme would be +8: stored as 7, one step off
     packed, scale = quantize_groups_int4(weight)
     assert packed.dtype == torch.uint8 and packed.shape == (8, 48) and scale.shape == (8, 3)
+    stored = torch.stack(((packed & 15), (packed >> 4)), dim=-1).view(8, 3, 32).long() - 8
+    extremes = weight.view(8, 3, 32).abs().argmax(dim=-1, keepdim=True)
+    nonzero = scale != 0
+    assert (stored.gather(-1, extremes).squeeze(-1)[nonzero] == -8).all()
+    step = scale.abs().repeat_interleave(32, dim=1)
     error = (dequantize_int4(packed, scale, torch.float32) - weight).abs()
-    assert (error <= scale.repeat_interleave(32, dim=1) / 2 * (1 + 1e-5)).all()
-    assert scale[5, 1] > 50 / 7 * 0.999 and scale[5, 0] < 1.0 and scale[5, 2] < 1.0
-    assert (dequantize_int4(packed, scale, torch.float32)[2, :32] == 0).all()
+    beyond_7_5 = weight / scale.repeat_interleave(32, dim=1) > 7.5
+    assert beyond_7_5[1, 65] and error[1, 65] == pytest.approx(3 / 8)
+    assert (error[~beyond_7_5] <= step[~beyond_7_5] / 2 * (1 + 1e-5)).all() and (error <= step * (1 + 1e-5)).all()
+    assert scale[5, 1] == pytest.approx(-50 / 8) and scale[5, 0].abs() < 1.0 and scale[5, 2].abs() < 1.0
+    assert (scale[2, 0] == 0) and (dequantize_int4(packed, scale, torch.float32)[2, :32] == 0).all()
     with pytest.raises(ValueError, match="multiple of 32"):
         quantize_groups_int4(torch.randn(4, 40))
 
@@ -113,8 +121,8 @@ def test_int4_groups_requantised_as_int8_rows_move_no_weight_more_than_half_a_ro
     assert rows.dtype == torch.int8 and rows.shape == weight.shape and row_scale.shape == (16,)
     error = (rows.float() * row_scale[:, None] - dequantize_int4(packed, scale, torch.float32)).abs()
     assert (error <= row_scale[:, None] / 2 * (1 + 1e-5)).all()
-    # each row's largest group keeps its 15 steps, 127 / 8 apart (the quantiser writes -7..7; -8 would be -127)
-    assert (rows[3] == 0).all() and (rows[torch.arange(16) != 3].abs().amax(dim=1) == 111).all()
+    # each row's largest group keeps its 16 steps, 127 / 8 apart: its extreme, stored as -8, becomes -+127
+    assert (rows[3] == 0).all() and (rows[torch.arange(16) != 3].abs().amax(dim=1) == 127).all()
 
 
 def test_quantize_int4_replaces_every_matrix(trained):
