@@ -260,8 +260,8 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtyp
 def requantize_int4_rows(packed: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`quantize_groups_int4`'s output as int8 rows with one scale each, for `int8_matmul`. A row's scale is 8/127
     of its largest group scale's magnitude, so that group's -8..7 become -+127..+-111; every weight then moves by at
-    most half a step of the row, a thirty-second of its largest group's int4 step. fox1's kernel does it where it is loaded
-    (the same numbers: the arithmetic below, worked out per group and looked up per weight)."""
+    most half a step of the row, a thirty-second of its largest group's int4 step. fox1's kernel does it where it is
+    loaded (the same numbers: the arithmetic below, worked out per group and looked up per weight)."""
     if packed.device.type == "cpu" and cpu_kernels.LOADED:
         return torch.ops.fox1.int4_as_int8_rows(packed, scale)
     groups = scale.float()
