@@ -16,6 +16,9 @@ in one run:
   * tokenizer training and encoding throughput (on Python's standard library);
   * the same rows for Hugging Face `transformers.LlamaForCausalLM` (same config, precision and batch) and
     `tokenizers` when they are installed (they are not dependencies of fox1; rows are skipped without them).
+  * with --llama-cpp, llama.cpp's prefill and decode on GGUF files of the same weights (f32, bf16, Q8_0, Q4_0),
+    and with --ckpt too, the trained model's held-out perplexity in fp32 / int8 / int4 next to llama.cpp's f32 /
+    Q8_0 / Q4_0, both measured as llama-perplexity measures it.
 
 Other processes on a shared machine come and go, so every contender is timed in turns (a, b, a, b, ...)
 for --repeats rounds, and each fox1/HF ratio is formed within a round: the table shows the median ratio
@@ -225,6 +228,8 @@ def tokenizer_speed(documents: list[str], vocab_size: int) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------------
 # Quantised weights' accuracy and where a decode step's time goes
 
+PERPLEXITY_CONTEXT = 512  # ids a chunk in the perplexity rows against llama.cpp (llama-perplexity's default)
+
 
 def quantized_agreement(model: Fox, approx_model: Fox, tokens: torch.Tensor) -> dict[str, float]:
     """How far quantised next-token logits over `tokens` (1, T) are from the unquantised model's: relative
@@ -236,6 +241,19 @@ def quantized_agreement(model: Fox, approx_model: Fox, tokens: torch.Tensor) -> 
             "top1_agreement": float((approx.argmax(-1) == exact.argmax(-1)).float().mean()),
             "perplexity": float(F.cross_entropy(exact, targets).exp()),
             "quantized_perplexity": float(F.cross_entropy(approx, targets).exp())}
+
+
+def chunked_perplexity(model: Fox, ids: list[int], context: int, bos_id: int) -> float:
+    """Perplexity as llama.cpp's llama-perplexity measures it (`fox1.llama_cpp.perplexity`), so the engines'
+    numbers compare: ids (<bos> first) cut into chunks of `context`, each chunk's first id replaced by <bos>, every
+    id of a chunk's second half scored given the ids before it."""
+    chunks = torch.tensor(ids[:len(ids) // context * context], device=model.norm.weight.device).view(-1, context)
+    chunks[:, 0] = bos_id
+    first = context // 2
+    with torch.inference_mode():
+        nll = sum(float(F.cross_entropy(model(chunk[None])[0, first:-1].float(), chunk[first + 1:], reduction="sum"))
+                  for chunk in chunks)
+    return math.exp(nll / (chunks.size(0) * (context - first - 1)))
 
 
 def decode_step_profile(model: Fox, steps: int = 8) -> dict[str, float]:
@@ -439,6 +457,37 @@ def bench_quantized_accuracy(args: argparse.Namespace, report: Report, model: Fo
                    f"{numbers['quantized_perplexity'] / numbers['perplexity']:.4f}x",
                    f"{kind} perplexity {numbers['quantized_perplexity']:,.2f}; relative logit error "
                    f"{numbers['relative_error']:.2%}; {what}")
+
+
+def bench_perplexity_vs_llama_cpp(args: argparse.Namespace, report: Report, model: Fox, ids: list[int],
+                                  bos_id: int, text: str) -> None:
+    """The --ckpt model's held-out perplexity in fp32, int8 and int4 next to llama.cpp's on its f32, Q8_0 and Q4_0
+    GGUF files, both measured as llama-perplexity does (`chunked_perplexity`), on ids llama-tokenize checks."""
+    context, ids = min(PERPLEXITY_CONTEXT, model.config.context_len), [bos_id] + ids
+    if len(ids) < 2 * context:
+        report.add("held-out perplexity vs llama.cpp", "not run",
+                   note=f"{len(ids)} ids of held-out text; llama-perplexity needs {2 * context}")
+        return
+    formats = {kind: ours for kind, ours in LlamaCpp.AGAINST.items() if kind != "bf16"}
+    with tempfile.TemporaryDirectory() as folder:
+        files, text_file = {kind: Path(folder) / f"{kind}.gguf" for kind in formats}, Path(folder) / "heldout.txt"
+        text_file.write_bytes(text.encode())
+        write_gguf(Path(args.ckpt), files["f32"], "f32")
+        for kind in llama_cpp.QUANTIZED_FORMATS:
+            llama_cpp.quantize(args.llama_cpp, files["f32"], files[kind], kind)
+        same_ids = llama_cpp.tokenize(args.llama_cpp, files["f32"], text_file) == ids[1:]
+        theirs = {kind: llama_cpp.perplexity(args.llama_cpp, path, text_file, context=context, threads=args.threads)[0]
+                  for kind, path in files.items()}
+    models = {"fp32": model, "int8": quantize_int8(copy.deepcopy(model)), "int4": quantize_int4(copy.deepcopy(model))}
+    fox1 = {ours: chunked_perplexity(models[ours], ids, context, bos_id) for ours in formats.values()}
+    report.numbers.update(llama_cpp_same_ids=same_ids, **{f"chunked_perplexity[{k}]": v for k, v in fox1.items()},
+                          **{f"llama_cpp_perplexity[{k}]": v for k, v in theirs.items()})
+    for kind, ours in formats.items():
+        note = (f"{len(ids) // context} chunks of {context} ids, second halves scored; llama-tokenize gives fox1's "
+                f"ids: {same_ids}" if kind == "f32" else f"each against its own unquantised: fox1 "
+                f"{fox1[ours] / fox1['fp32']:.4f}x, llama.cpp {theirs[kind] / theirs['f32']:.4f}x")
+        report.add(f"held-out perplexity vs llama.cpp {kind} ({ours})", f"{fox1[ours]:,.4f}",
+                   f"llama.cpp: {theirs[kind]:,.4f}", f"{fox1[ours] / theirs[kind]:.4f}x", note)
 
 
 def bench_profile(report: Report, models: dict[str, Fox]) -> None:

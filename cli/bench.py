@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench import (benchmark_documents, bench_generation, bench_loss_memory, bench_profile, bench_quantized_accuracy,
-                   bench_tokenizer, bench_training, short_name)
+from bench import (benchmark_documents, bench_generation, bench_loss_memory, bench_perplexity_vs_llama_cpp,
+                   bench_profile, bench_quantized_accuracy, bench_tokenizer, bench_training, short_name)
 from cli.data import prepare
-from cli.sample import open_checkpoint
+from cli.sample import Checkpoint, open_checkpoint
 from fox1.corpus import BUILTIN_VAL_FRACTION, builtin_documents
 from fox1 import llama_cpp
 from fox1.files import InputError, Number, check_numbers, read_text
@@ -33,15 +33,19 @@ from model import Fox, FoxConfig
 from tokenizer import Tokenizer, load_tokenizer
 
 
-def heldout_tokens(args: argparse.Namespace, config: FoxConfig) -> tuple[Fox | None, torch.Tensor]:
-    """(a trained model from --ckpt or None, tokens to score): --heldout text through --ckpt's tokenizer,
+def heldout_tokens(args: argparse.Namespace, config: FoxConfig, trained: Checkpoint | None
+                   ) -> tuple[Fox | None, torch.Tensor]:
+    """(the trained model or None, tokens to score): the held-out text through its tokenizer, up to its context,
     else random tokens (the random-weight bench model has no text to be right about)."""
-    if args.ckpt is None:
+    if trained is None:
         return None, torch.randint(config.vocab_size, (1, args.prompt_len * 4), device=args.device)
-    loaded = open_checkpoint(Path(args.ckpt), None, torch.device(args.device), "float32")
-    ids = loaded.tokenizer.encode(read_text(Path(args.heldout)) if args.heldout else builtin_heldout_text())
-    length = min(len(ids), loaded.model.config.context_len - 1)
-    return loaded.model, torch.tensor([[loaded.bos_id] + ids[:length]], device=args.device)
+    ids = trained.tokenizer.encode(heldout_text(args))
+    length = min(len(ids), trained.model.config.context_len - 1)
+    return trained.model, torch.tensor([[trained.bos_id] + ids[:length]], device=args.device)
+
+
+def heldout_text(args: argparse.Namespace) -> str:
+    return read_text(Path(args.heldout)) if args.heldout else builtin_heldout_text()
 
 
 def builtin_heldout_text() -> str:
@@ -103,7 +107,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true", help="skip fox1's compiled rows (training step and decode)")
     p.add_argument("--no-eager", action="store_true", help="skip fox1's eager generation rows (eager fp32 decoding "
                    "streams a column-major copy of the weights: twice the memory, too much for fox-1.6b in 24 GB)")
-    p.add_argument("--ckpt", help="a trained export (e.g. out/export) for the int8 / int4 perplexity rows")
+    p.add_argument("--ckpt", help="a trained export (e.g. out/export) for the int8 / int4 perplexity rows (with "
+                   "--llama-cpp: next to llama.cpp's f32 / Q8_0 / Q4_0 perplexity of the same model)")
     p.add_argument("--heldout", help="text the --ckpt model was not trained on, for the int8 / int4 perplexity rows "
                    "(default: the built-in corpus's held-out documents)")
     p.add_argument("--profile", action="store_true", help="profile eager decode steps: matmul vs attention vs rest")
@@ -121,7 +126,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-reference", action="store_true", help="skip the Hugging Face rows")
     p.add_argument("--llama-cpp", type=Path, metavar="BUILD",
                    help="a llama.cpp build folder: adds llama.cpp's prefill and decode on the same weights (GGUF in "
-                        "f32, bf16, Q8_0, Q4_0) to the generation rounds, next to fox1's compiled rows (NOTES.md)")
+                        "f32, bf16, Q8_0, Q4_0) to the generation rounds, next to fox1's compiled rows, and with "
+                        "--ckpt its held-out perplexity next to fox1's (NOTES.md)")
     args = p.parse_args(argv)
     check_flags(p, args)
     return device_defaults(args)
@@ -138,7 +144,8 @@ def check_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--no-eager with --no-compile leaves no generation rows of fox1")
     if args.llama_cpp:
         try:
-            for name in ("llama-bench", "llama-quantize"):
+            needed = ["llama-bench", "llama-quantize"] + (["llama-tokenize", "llama-perplexity"] if args.ckpt else [])
+            for name in needed:
                 llama_cpp.tool(args.llama_cpp, name)
         except InputError as error:
             p.error(str(error))
@@ -190,7 +197,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif section == "generation":
             bench_generation(args, report, machine, model, quantized, hf)
         elif section == "int8":
-            bench_quantized_accuracy(args, report, model, quantized, *heldout_tokens(args, config))
+            trained = args.ckpt and open_checkpoint(Path(args.ckpt), None, torch.device(args.device), "float32")
+            bench_quantized_accuracy(args, report, model, quantized, *heldout_tokens(args, config, trained))
+            if trained and args.llama_cpp:
+                text = heldout_text(args)
+                bench_perplexity_vs_llama_cpp(args, report, trained.model, trained.tokenizer.encode(text),
+                                              trained.bos_id, text)
         elif section == "profile":
             bench_profile(report, {short_name(args.dtype): model, **quantized})
         elif section == "loss-memory":

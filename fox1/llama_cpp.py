@@ -1,12 +1,14 @@
 """llama.cpp's tools, run on GGUF files that fox1/gguf.py writes: bench.py's edge contender, when a build is given.
 
 Not a dependency: `python bench.py --llama-cpp BUILD` points at a llama.cpp build folder (its bin/ holds
-llama-bench, llama-quantize and llama-tokenize); NOTES.md says how to build one. Speeds are llama-bench's own
-(model loading and warm-up excluded), prompt processing and decoding each timed in its own run.
+llama-bench, llama-quantize, llama-tokenize and llama-perplexity); NOTES.md says how to build one. Speeds are
+llama-bench's own (model loading and warm-up excluded), prompt processing and decoding each timed in its own run;
+perplexities llama-perplexity's, which bench.py's `chunked_perplexity` repeats for fox1's models.
 """
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -53,3 +55,16 @@ def tokenize(build: Path, model: Path, text_file: Path) -> list[int]:
     output = run([tool(build, "llama-tokenize"), "-m", model, "-f", text_file, "--ids", "--no-bos", "--no-escape",
                   "--log-disable"])
     return json.loads(output.strip().splitlines()[-1])
+
+
+def perplexity(build: Path, model: Path, text_file: Path, *, context: int, threads: int) -> tuple[float, int]:
+    """(perplexity, chunks) of llama-perplexity over a UTF-8 file: its ids with <bos> in front, cut into chunks of
+    `context` ids, each chunk's first id replaced by <bos>, every id of a chunk's second half scored given the ids
+    before it. It prints its running estimate after each chunk ("[3]142.1380,"); the last is over every chunk."""
+    output = run([tool(build, "llama-perplexity"), "-m", model, "-f", text_file, "-c", str(context),
+                  "-b", str(context), "-t", str(threads)])
+    estimates = re.findall(r"\[(\d+)\]([0-9.]+)", output)
+    if not estimates:
+        raise InputError(f"llama-perplexity printed no estimate for {text_file} (fewer than {2 * context} tokens?)")
+    chunks, value = estimates[-1]
+    return float(value), int(chunks)

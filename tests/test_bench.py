@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from cli import bench as bench_cli
 
@@ -102,3 +103,51 @@ def test_weight_bytes_counts_what_a_decode_step_reads():
     int4 = quantize_int4(model())  # loads fox1's kernels where the CPU runs them
     scales = 4 * groups if cpu_kernels.LOADED else 2 * 2 * groups  # fp32 scales, or bf16 scale and zero
     assert weight_bytes(int4) == matrices // 2 + scales + norms
+
+
+def test_chunked_perplexity_scores_the_second_half_of_each_whole_chunk():
+    """As llama-perplexity: ids past the last whole chunk and each chunk's first id (it becomes <bos>) count for
+    nothing; the rest of a chunk's first half is context only; every id of its second half is scored once."""
+    from bench import chunked_perplexity
+    from model import Fox, FoxConfig
+
+    torch.manual_seed(0)
+    model = Fox(FoxConfig.from_preset("tiny", num_layers=2, vocab_size=64)).eval()
+    ids = torch.randint(3, 64, (3 * 16 + 5,)).tolist()
+    perplexity = chunked_perplexity(model, ids, 16, bos_id=1)
+    unscored = list(ids)
+    unscored[16], unscored[-5:] = 7, [8] * 5  # chunk 2's first id, the ids past chunk 3
+    assert chunked_perplexity(model, unscored, 16, bos_id=1) == pytest.approx(perplexity, rel=1e-6)
+    chunks = torch.tensor(ids[:48]).view(3, 16)
+    chunks[:, 0] = 1
+    with torch.no_grad():
+        log_probs = model(chunks).log_softmax(-1)[:, 8:15].gather(-1, chunks[:, 9:, None])
+    assert perplexity == pytest.approx(math.exp(-log_probs.mean().item()), rel=1e-5)
+    last = list(ids)
+    last[47] = (ids[47] + 1) % 64 or 3  # the last scored id: the number moves
+    assert chunked_perplexity(model, last, 16, bos_id=1) != pytest.approx(perplexity, rel=1e-6)
+
+
+@pytest.mark.skipif(not os.environ.get("FOX1_LLAMA_CPP"), reason="FOX1_LLAMA_CPP names no llama.cpp build")
+def test_perplexity_rows_against_llama_cpp_score_the_same_ids_alike(tmp_path, tokenizer):
+    """A model exported by fox1 scores the same held-out ids in fp32 as llama.cpp does its f32 GGUF, to llama.cpp's
+    printed precision; its int8 / int4 and llama.cpp's Q8_0 / Q4_0 stay near their unquantised perplexities."""
+    from model import Fox, FoxConfig
+    from texts import stdlib_text
+
+    torch.manual_seed(0)
+    config = FoxConfig.from_preset("tiny", num_layers=2, vocab_size=tokenizer.vocab_size)
+    Fox(config).save_pretrained(tmp_path / "export", token_ids={"bos_token_id": tokenizer.bos_id,
+                                                                 "eos_token_id": tokenizer.eos_id})
+    tokenizer.save_pretrained(tmp_path / "export")
+    (tmp_path / "heldout.txt").write_text("".join(stdlib_text(60_000)), encoding="utf-8")
+    table, numbers = run_bench("--skip", "training", "generation", "loss-memory", "tokenizer", "prepare", "--ckpt",
+                               str(tmp_path / "export"), "--heldout", str(tmp_path / "heldout.txt"), "--llama-cpp",
+                               os.environ["FOX1_LLAMA_CPP"])
+    assert numbers["llama_cpp_same_ids"] is True
+    assert numbers["chunked_perplexity[fp32]"] == pytest.approx(numbers["llama_cpp_perplexity[f32]"], rel=1e-5)
+    for ours, theirs in (("int8", "Q8_0"), ("int4", "Q4_0")):
+        assert numbers[f"chunked_perplexity[{ours}]"] == pytest.approx(numbers["chunked_perplexity[fp32]"], rel=0.02)
+        assert numbers[f"llama_cpp_perplexity[{theirs}]"] == pytest.approx(numbers["llama_cpp_perplexity[f32]"],
+                                                                          rel=0.02)
+        assert f"held-out perplexity vs llama.cpp {theirs} ({ours})" in table
