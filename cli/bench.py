@@ -24,12 +24,14 @@ from cli.sample import Checkpoint, open_checkpoint
 from fox1.corpus import BUILTIN_VAL_FRACTION, builtin_documents
 from fox1 import llama_cpp
 from fox1.files import InputError, Number, check_numbers, read_text
+from fox1.hf_llama import CheckpointError
 from fox1.hf_reference import hf_llama
 from fox1.machine import Machine, interleaved_seconds
 from fox1.report import Report, median, versus
 from fox1.shards import held_out
 from fox1.speed import default_dtype, native_bf16, quantize_int4, quantize_int8
 from model import Fox, FoxConfig
+from sample import SampleError
 from tokenizer import Tokenizer, load_tokenizer
 
 
@@ -168,20 +170,39 @@ FLAG_RULES = {"batch_size": Number(1), "seq_len": Number(2), "repeats": Number(1
               "prepare_repeats": Number(1)}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    config = FoxConfig.from_preset(args.preset)
     report = Report()
     report.numbers.update(preset=args.preset, device=str(args.device), batch_size=args.batch_size,
                           dtype=str(args.dtype).removeprefix("torch."), bf16_rows=args.bf16, seq_len=args.seq_len,
                           threads=args.threads, repeats=args.repeats, load_before=os.getloadavg()[0])
+    machine = Machine(args.device, [args.dtype] + ([torch.bfloat16] if args.bf16 else []))
+    try:
+        run_sections(args, report, machine)
+    except (InputError, CheckpointError, SampleError) as error:  # --ckpt, --heldout, a llama.cpp tool that failed
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    numbers, lines = machine.describe()
+    report.numbers.update(numbers)
+    for line in lines:
+        report.note(line)
+    report.numbers["load_after"] = os.getloadavg()[0]
+    report.print(f"fox1 bench: preset {args.preset}, {report.numbers['params']:,} parameters, {args.device} "
+                 f"{report.numbers['dtype']}, {args.threads} threads, batch {args.batch_size} x {args.seq_len}, "
+                 f"{args.repeats} interleaved rounds; load average {report.numbers['load_before']:.1f} -> "
+                 f"{report.numbers['load_after']:.1f} on {os.cpu_count()} cores (other processes slow every number)")
+    return 0
+
+
+def run_sections(args: argparse.Namespace, report: Report, machine: Machine) -> None:
+    """The bench's sections in order, each adding its rows to `report`."""
+    config = FoxConfig.from_preset(args.preset)
     # Training comes after the sections that use the quantised copies: its optimizer steps change the weights
     # they were quantised from.
     sections = ["machine", "model", "generation", "int8", "profile", "training", "loss-memory", "tokenizer", "prepare",
                 "machine again"]
     skipped = set(args.skip) | ({"profile"} if not args.profile else set())
     bar = tqdm([s for s in sections if s not in skipped], desc="bench", file=sys.stderr)
-    machine = Machine(args.device, [args.dtype] + ([torch.bfloat16] if args.bf16 else []))
     for section in bar:
         bar.set_description(section)
         if section in ("machine", "machine again"):
@@ -213,12 +234,3 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             bench_prepare(args, report)
     bar.close()
-    numbers, lines = machine.describe()
-    report.numbers.update(numbers)
-    for line in lines:
-        report.note(line)
-    report.numbers["load_after"] = os.getloadavg()[0]
-    report.print(f"fox1 bench: preset {args.preset}, {report.numbers['params']:,} parameters, {args.device} "
-                 f"{report.numbers['dtype']}, {args.threads} threads, batch {args.batch_size} x {args.seq_len}, "
-                 f"{args.repeats} interleaved rounds; load average {report.numbers['load_before']:.1f} -> "
-                 f"{report.numbers['load_after']:.1f} on {os.cpu_count()} cores (other processes slow every number)")

@@ -128,18 +128,36 @@ def test_chunked_perplexity_scores_the_second_half_of_each_whole_chunk():
     assert chunked_perplexity(model, last, 16, bos_id=1) != pytest.approx(perplexity, rel=1e-6)
 
 
+def tiny_export(folder: Path, tokenizer) -> Path:
+    """A random 2-layer tiny model with `tokenizer`, exported as train.py exports (the --ckpt of the quantisation
+    rows)."""
+    from model import Fox, FoxConfig
+
+    torch.manual_seed(0)
+    config = FoxConfig.from_preset("tiny", num_layers=2, vocab_size=tokenizer.vocab_size)
+    Fox(config).save_pretrained(folder, token_ids={"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id})
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_unreadable_heldout_text_is_one_error_line(tmp_path, tokenizer):
+    (tmp_path / "heldout.txt").write_bytes(b"\xff\xfe not UTF-8")
+    done = subprocess.run([sys.executable, "bench.py", *QUICK, "--skip", "training", "generation", "loss-memory",
+                           "tokenizer", "prepare", "--ckpt", str(tiny_export(tmp_path / "export", tokenizer)),
+                           "--heldout", str(tmp_path / "heldout.txt")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == f"error: {tmp_path / 'heldout.txt'}: not UTF-8 text (byte 0 is not valid UTF-8)"
+
+
 @pytest.mark.skipif(not os.environ.get("FOX1_LLAMA_CPP"), reason="FOX1_LLAMA_CPP names no llama.cpp build")
 def test_perplexity_rows_against_llama_cpp_score_the_same_ids_alike(tmp_path, tokenizer):
     """A model exported by fox1 scores the same held-out ids in fp32 as llama.cpp does its f32 GGUF, to llama.cpp's
     printed precision; its int8 / int4 and llama.cpp's Q8_0 / Q4_0 stay near their unquantised perplexities."""
-    from model import Fox, FoxConfig
     from texts import stdlib_text
 
-    torch.manual_seed(0)
-    config = FoxConfig.from_preset("tiny", num_layers=2, vocab_size=tokenizer.vocab_size)
-    Fox(config).save_pretrained(tmp_path / "export", token_ids={"bos_token_id": tokenizer.bos_id,
-                                                                 "eos_token_id": tokenizer.eos_id})
-    tokenizer.save_pretrained(tmp_path / "export")
+    tiny_export(tmp_path / "export", tokenizer)
     (tmp_path / "heldout.txt").write_text("".join(stdlib_text(60_000)), encoding="utf-8")
     table, numbers = run_bench("--skip", "training", "generation", "loss-memory", "tokenizer", "prepare", "--ckpt",
                                str(tmp_path / "export"), "--heldout", str(tmp_path / "heldout.txt"), "--llama-cpp",
