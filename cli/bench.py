@@ -182,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, CheckpointError, SampleError) as error:  # --ckpt, --heldout, a llama.cpp tool that failed
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: a bench measures, it writes nothing to lose
+        print("\ninterrupted: no table printed", file=sys.stderr)
+        return 130
     numbers, lines = machine.describe()
     report.numbers.update(numbers)
     for line in lines:

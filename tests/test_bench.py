@@ -4,8 +4,10 @@ come from quiet runs of bench.py itself, see NOTES.md)."""
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,15 @@ def test_perplexity_rows_against_llama_cpp_score_the_same_ids_alike(tmp_path, to
         assert numbers[f"llama_cpp_perplexity[{theirs}]"] == pytest.approx(numbers["llama_cpp_perplexity[f32]"],
                                                                           rel=0.02)
         assert f"held-out perplexity vs llama.cpp {theirs} ({ours})" in table
+
+
+def test_ctrl_c_stops_the_bench_without_a_traceback():
+    process = subprocess.Popen([sys.executable, "bench.py", *QUICK, "--repeats", "100000", "--skip", "training", "int8",
+                                "loss-memory", "tokenizer", "prepare"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # past imports, into the generation rounds (which would run for hours)
+    assert process.poll() is None, process.communicate()[1][-2000:]
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == "interrupted: no table printed" and out == ""
