@@ -35,19 +35,25 @@ from sample import SampleError
 from tokenizer import Tokenizer, load_tokenizer
 
 
-def heldout_tokens(args: argparse.Namespace, config: FoxConfig, trained: Checkpoint | None
+def open_heldout(args: argparse.Namespace) -> tuple[Checkpoint, str, list[int]] | None:
+    """--ckpt's model in fp32 with the held-out text (--heldout, else the built-in held-out documents) and its ids,
+    read and encoded once for every row that scores them; None without --ckpt."""
+    if args.ckpt is None:
+        return None
+    trained = open_checkpoint(Path(args.ckpt), None, torch.device(args.device), "float32")
+    text = read_text(Path(args.heldout)) if args.heldout else builtin_heldout_text()
+    return trained, text, trained.tokenizer.encode(text)
+
+
+def heldout_tokens(args: argparse.Namespace, config: FoxConfig, heldout: tuple[Checkpoint, str, list[int]] | None
                    ) -> tuple[Fox | None, torch.Tensor]:
-    """(the trained model or None, tokens to score): the held-out text through its tokenizer, up to its context,
-    else random tokens (the random-weight bench model has no text to be right about)."""
-    if trained is None:
+    """(the trained model or None, tokens to score): the held-out ids up to its context, else random tokens (the
+    random-weight bench model has no text to be right about)."""
+    if heldout is None:
         return None, torch.randint(config.vocab_size, (1, args.prompt_len * 4), device=args.device)
-    ids = trained.tokenizer.encode(heldout_text(args))
+    trained, _, ids = heldout
     length = min(len(ids), trained.model.config.context_len - 1)
     return trained.model, torch.tensor([[trained.bos_id] + ids[:length]], device=args.device)
-
-
-def heldout_text(args: argparse.Namespace) -> str:
-    return read_text(Path(args.heldout)) if args.heldout else builtin_heldout_text()
 
 
 def builtin_heldout_text() -> str:
@@ -221,12 +227,11 @@ def run_sections(args: argparse.Namespace, report: Report, machine: Machine) -> 
         elif section == "generation":
             bench_generation(args, report, machine, model, quantized, hf)
         elif section == "int8":
-            trained = args.ckpt and open_checkpoint(Path(args.ckpt), None, torch.device(args.device), "float32")
-            bench_quantized_accuracy(args, report, model, quantized, *heldout_tokens(args, config, trained))
-            if trained and args.llama_cpp:
-                text = heldout_text(args)
-                bench_perplexity_vs_llama_cpp(args, report, trained.model, trained.tokenizer.encode(text),
-                                              trained.bos_id, text)
+            heldout = open_heldout(args)
+            bench_quantized_accuracy(args, report, model, quantized, *heldout_tokens(args, config, heldout))
+            if heldout and args.llama_cpp:
+                trained, text, ids = heldout
+                bench_perplexity_vs_llama_cpp(args, report, trained.model, ids, trained.bos_id, text)
         elif section == "profile":
             bench_profile(report, {short_name(args.dtype): model, **quantized})
         elif section == "loss-memory":
