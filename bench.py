@@ -54,7 +54,6 @@ import torch.nn.functional as F
 
 import sample
 from fox1 import llama_cpp
-from fox1.gguf import write_gguf
 from fox1.hf_reference import hf_generation, hf_loss, hf_tokenizer_speed, timed_tokenizer
 from fox1.machine import GB, Machine, interleaved_seconds, read_bandwidth, runnable, synchronize, timed
 from fox1.report import Report, median, ratio, undisturbed, versus
@@ -374,11 +373,7 @@ class LlamaCpp:
                                                              "eos_token_id": tokenizer.eos_id})
         tokenizer.save_pretrained(folder / "export")
         self.prompt_len = args.prompt_len
-        self.files = {kind: folder / f"{kind}.gguf" for kind in self.AGAINST}
-        for kind in ("f32", "bf16"):
-            write_gguf(folder / "export", self.files[kind], kind)
-        for kind in llama_cpp.QUANTIZED_FORMATS:
-            llama_cpp.quantize(args.llama_cpp, self.files["f32"], self.files[kind], kind)
+        self.files = llama_cpp.gguf_files(args.llama_cpp, folder / "export", folder, ("f32", "bf16"))
         self.bytes = {kind: path.stat().st_size for kind, path in self.files.items()}
         self.speeds: dict[str, list[dict[str, float]]] = {kind: [] for kind in self.files}
         self.calls = {f"llama.cpp {kind}": partial(self.measure, args, kind) for kind in self.files}
@@ -470,13 +465,10 @@ def bench_perplexity_vs_llama_cpp(args: argparse.Namespace, report: Report, mode
         return
     formats = {kind: ours for kind, ours in LlamaCpp.AGAINST.items() if kind != "bf16"}
     with tempfile.TemporaryDirectory() as folder:
-        files, text_file = {kind: Path(folder) / f"{kind}.gguf" for kind in formats}, Path(folder) / "heldout.txt"
+        files, text_file = llama_cpp.gguf_files(args.llama_cpp, Path(args.ckpt), Path(folder)), Path(folder) / "text"
         text_file.write_bytes(text.encode())
-        write_gguf(Path(args.ckpt), files["f32"], "f32")
-        for kind in llama_cpp.QUANTIZED_FORMATS:
-            llama_cpp.quantize(args.llama_cpp, files["f32"], files[kind], kind)
         same_ids = llama_cpp.tokenize(args.llama_cpp, files["f32"], text_file) == ids[1:]
-        theirs = {kind: llama_cpp.perplexity(args.llama_cpp, path, text_file, context=context, threads=args.threads)[0]
+        theirs = {kind: llama_cpp.perplexity(args.llama_cpp, path, text_file, context=context, threads=args.threads)
                   for kind, path in files.items()}
     models = {"fp32": model, "int8": quantize_int8(copy.deepcopy(model)), "int4": quantize_int4(copy.deepcopy(model))}
     fox1 = {ours: chunked_perplexity(models[ours], ids, context, bos_id) for ours in formats.values()}

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 from fox1.files import InputError
+from fox1.gguf import write_gguf
 
 QUANTIZED_FORMATS = ("Q8_0", "Q4_0")  # llama.cpp's 8-bit and 4-bit blocks of 32 weights with one scale each
 
@@ -40,6 +41,17 @@ def quantize(build: Path, source: Path, target: Path, kind: str) -> Path:
     return target
 
 
+def gguf_files(build: Path, export: Path, folder: Path, unquantized: tuple[str, ...] = ("f32",)) -> dict[str, Path]:
+    """{format: GGUF file in folder} of a fox1 export: fox1/gguf.py writes each of `unquantized` (f32 first),
+    llama-quantize makes the Q8_0 and Q4_0 files from the f32 one."""
+    files = {kind: folder / f"{kind}.gguf" for kind in (*unquantized, *QUANTIZED_FORMATS)}
+    for kind in unquantized:
+        write_gguf(export, files[kind], kind)
+    for kind in QUANTIZED_FORMATS:
+        quantize(build, files["f32"], files[kind], kind)
+    return files
+
+
 def bench(build: Path, model: Path, *, prompt_tokens: int, new_tokens: int, threads: int) -> dict[str, float]:
     """{"prefill": tokens/s of a prompt_tokens prompt, "decode": tokens/s of new_tokens tokens generated after a
     prompt_tokens context}: one llama-bench run of each, as fox1's rows are measured (batch 1, one repetition:
@@ -57,14 +69,13 @@ def tokenize(build: Path, model: Path, text_file: Path) -> list[int]:
     return json.loads(output.strip().splitlines()[-1])
 
 
-def perplexity(build: Path, model: Path, text_file: Path, *, context: int, threads: int) -> tuple[float, int]:
-    """(perplexity, chunks) of llama-perplexity over a UTF-8 file: its ids with <bos> in front, cut into chunks of
-    `context` ids, each chunk's first id replaced by <bos>, every id of a chunk's second half scored given the ids
-    before it. It prints its running estimate after each chunk ("[3]142.1380,"); the last is over every chunk."""
+def perplexity(build: Path, model: Path, text_file: Path, *, context: int, threads: int) -> float:
+    """llama-perplexity over a UTF-8 file: its ids with <bos> in front, cut into chunks of `context` ids, each chunk's
+    first id replaced by <bos>, every id of a chunk's second half scored given the ids before it. It prints its
+    running estimate after each chunk ("[3]142.1380,"); the last is over every chunk."""
     output = run([tool(build, "llama-perplexity"), "-m", model, "-f", text_file, "-c", str(context),
                   "-b", str(context), "-t", str(threads)])
-    estimates = re.findall(r"\[(\d+)\]([0-9.]+)", output)
+    estimates = re.findall(r"\[\d+\]([0-9.]+)", output)
     if not estimates:
         raise InputError(f"llama-perplexity printed no estimate for {text_file} (fewer than {2 * context} tokens?)")
-    chunks, value = estimates[-1]
-    return float(value), int(chunks)
+    return float(estimates[-1])
