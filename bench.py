@@ -40,7 +40,6 @@ import copy
 import math
 import multiprocessing
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -55,7 +54,8 @@ import torch.nn.functional as F
 import sample
 from fox1 import llama_cpp
 from fox1.hf_reference import hf_generation, hf_loss, hf_tokenizer_speed, timed_tokenizer
-from fox1.machine import GB, Machine, interleaved_seconds, read_bandwidth, runnable, synchronize, timed
+from fox1.machine import (GB, Machine, interleaved_seconds, peak_memory, read_bandwidth, reset_peak_memory,
+                          runnable, timed)
 from fox1.report import Report, median, ratio, undisturbed, versus
 from fox1.speed import (QuantizedLinear, column_major, huge_pages, quantize_int4, quantize_int8,
                         streams_column_major)
@@ -145,40 +145,22 @@ def weight_bytes(model: torch.nn.Module) -> int:
 # Loss memory, measured in a fresh process so nothing else is in the peak
 
 
-def _resident_kb(field_name: str) -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(rf"{field_name}:\s+(\d+) kB", status).group(1))
-
-
 def loss_peak_bytes(kind: str, tokens: int, hidden_size: int, vocab_size: int, dtype_name: str,
                     device_name: str) -> int:
     """Peak memory of one forward + backward of the loss over `tokens` tokens, above what the inputs
-    (hidden states and the tied embedding) already hold; the gradients count, for both kinds alike.
-
-    CUDA: torch.cuda.max_memory_allocated. CPU: the process's peak resident set (VmHWM), reset just
-    before through /proc/self/clear_refs; PyTorch's CPU allocator returns large blocks to the OS on
-    free, so this is the memory the loss really touched."""
+    (hidden states and the tied embedding) already hold; the gradients count, for both kinds alike."""
     device, dtype = torch.device(device_name), getattr(torch, dtype_name)
     torch.manual_seed(0)
     hidden = torch.randn(tokens, hidden_size, device=device, dtype=dtype, requires_grad=True)
     weight = (0.02 * torch.randn(vocab_size, hidden_size, device=device)).to(dtype).requires_grad_()
     targets = torch.randint(vocab_size, (tokens,), device=device)
-    synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak resident set to the current one
-        baseline = _resident_kb("VmRSS") * 1024
+    baseline = reset_peak_memory(device)
     if kind == "chunked":
         loss = chunked_cross_entropy(hidden, weight, targets)
     else:
         loss = F.cross_entropy((hidden @ weight.T).float(), targets)
     loss.backward()
-    synchronize(device)
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() - baseline
-    return _resident_kb("VmHWM") * 1024 - baseline
+    return peak_memory(device) - baseline
 
 
 def loss_memory(config: FoxConfig, tokens: int, dtype: torch.dtype,

@@ -1,7 +1,7 @@
-"""Measuring this machine: timers that include the device's queued work, A/B rounds (a contender that fails to run
-is dropped with a one-line reason), and its peaks (matmul FLOP/s, copy and read bandwidth), measured rather than
-taken from a data sheet; `parse_device` for --device.
-bench.py and sample.py time with these; MFU and bandwidth shares are fractions of what is measured here.
+"""Measuring this machine: timers that include the device's queued work, peak memory, A/B rounds (a contender
+that fails to run is dropped with a one-line reason), and its peaks (matmul FLOP/s, copy and read bandwidth),
+measured rather than taken from a data sheet; `parse_device` for --device. bench.py and sample.py time with these;
+MFU and bandwidth shares are fractions of what is measured here.
 """
 from __future__ import annotations
 
@@ -47,6 +47,29 @@ def parse_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {name}: CUDA is not available on this machine")
     return device
+
+
+def reset_peak_memory(device: torch.device) -> int:
+    """Start a peak-memory measurement and return the bytes held now. CUDA: the allocator's peak statistics. CPU:
+    the process's peak resident set (VmHWM), reset to the current one through /proc/self/clear_refs; PyTorch's CPU
+    allocator returns large blocks to the OS on free, so the peak is the memory really touched."""
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak resident set to the current one
+    return _resident_kb("VmRSS") * 1024
+
+
+def peak_memory(device: torch.device) -> int:
+    """The most bytes held since `reset_peak_memory`."""
+    synchronize(device)
+    return torch.cuda.max_memory_allocated() if device.type == "cuda" else _resident_kb("VmHWM") * 1024
+
+
+def _resident_kb(field_name: str) -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field_name}:\s+(\d+) kB", status).group(1))
 
 
 def failure(call: Callable[[], object]) -> str | None:
