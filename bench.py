@@ -54,8 +54,8 @@ import torch.nn.functional as F
 import sample
 from fox1 import llama_cpp
 from fox1.hf_reference import hf_generation, hf_loss, hf_tokenizer_speed, timed_tokenizer
-from fox1.machine import (GB, Machine, interleaved_seconds, peak_memory, read_bandwidth, reset_peak_memory,
-                          runnable, timed)
+from fox1.machine import (GB, Machine, interleaved_runs, interleaved_seconds, peak_memory, read_bandwidth,
+                          reset_peak_memory, runnable, timed)
 from fox1.report import Report, median, ratio, undisturbed, versus
 from fox1.speed import (QuantizedLinear, column_major, huge_pages, quantize_int4, quantize_int8,
                         streams_column_major)
@@ -109,8 +109,8 @@ def as_sample_decodes(model: Fox) -> Fox:
 def generation_calls(models: dict[str, torch.nn.Module], prompt: torch.Tensor, new_tokens: int,
                      compile: bool, eager: bool = True) -> dict[str, Callable[[], object]]:
     """For each model ("fox1 fp32", "hf bf16", ...) and mode ("eager" unless not `eager`; for fox1 with `compile`
-    also "compiled"): "<name> prefill[ compiled]" makes 1 token, "<name> <mode>" makes new_tokens. All are timed
-    alike, from outside: prefill = t(1 token), decode = t(new_tokens) - t(1 token) for new_tokens - 1 steps."""
+    also "compiled"): "<name> prefill[ compiled]" makes 1 token, "<name> <mode>" makes new_tokens. Prefill is
+    t(1 token) for all; decode is timed as `decode_speed` says."""
     calls = {}
     for name, model in models.items():
         if name.startswith("hf"):
@@ -124,6 +124,16 @@ def generation_calls(models: dict[str, torch.nn.Module], prompt: torch.Tensor, n
             calls[f"{name} prefill compiled"] = fox1_generation(model, prompt, 1, compile=True)
             calls[f"{name} compiled"] = fox1_generation(model, prompt, new_tokens, compile=True)
     return calls
+
+
+def decode_speed(result: object, seconds: float, prefill_seconds: float, new_tokens: int) -> float:
+    """Decode tokens/s of one generation of new_tokens. fox1's generate times its decode loop itself (as
+    llama-bench times only its decoding), which a prefill's timing cannot disturb; HF's generate does not, so
+    there it is (new_tokens - 1) / (t(new_tokens) - t(1 token)), nan where that difference is not positive (a
+    disturbed round)."""
+    if isinstance(result, sample.Generation):
+        return result.decode_tokens_per_s
+    return (new_tokens - 1) / (seconds - prefill_seconds) if seconds > prefill_seconds else math.nan
 
 
 def prefill_of(call_name: str) -> str:
@@ -328,11 +338,12 @@ def bench_generation(args: argparse.Namespace, report: Report, machine: Machine,
         calls, errors = runnable(generation_calls(models, prompt, args.new_tokens, not args.no_compile,
                                                   not args.no_eager))
         engine = LlamaCpp(args, model, Path(folder)) if args.llama_cpp else None
-        seconds = interleaved_seconds(calls | (engine.calls if engine else {}), args.device, args.repeats, warmup=0)
+        runs = interleaved_runs(calls | (engine.calls if engine else {}), args.device, args.repeats, warmup=0)
+    seconds = {name: [s for _, s in values] for name, values in runs.items()}
     prefill = {name: [prompt.numel() / s for s in values] for name, values in seconds.items() if " prefill" in name}
-    decode = {name: [(args.new_tokens - 1) / (t - p) if t > p else math.nan  # nan: a disturbed round
-                     for t, p in zip(values, seconds[prefill_of(name)])]
-              for name, values in seconds.items() if " prefill" not in name and not name.startswith("llama.cpp")}
+    decode = {name: [decode_speed(result, t, p, args.new_tokens)
+                     for (result, t), p in zip(values, seconds[prefill_of(name)])]
+              for name, values in runs.items() if " prefill" not in name and not name.startswith("llama.cpp")}
     report.numbers.update(generation_errors=errors,
                           **{f"prefill_tok_per_s[{name}]": statistics.median(v) for name, v in prefill.items()},
                           **{f"decode_tok_per_s[{name}]": median(v) for name, v in decode.items()})

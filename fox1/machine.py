@@ -92,23 +92,30 @@ def runnable(calls: dict[str, Callable[[], object]]) -> tuple[dict[str, Callable
         {name: error for name, error in errors.items() if error}
 
 
-def interleaved_seconds(calls: dict[str, Callable[[], object]], device: torch.device, repeats: int,
-                        warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds of each call in each of `repeats` rounds, after `warmup` untimed rounds (compilation, caches).
-    A result's `compile_seconds` (a compiled sample.generate compiles as it starts) is left out, as the first
-    compile is.
+def interleaved_runs(calls: dict[str, Callable[[], object]], device: torch.device, repeats: int,
+                     warmup: int = 1) -> dict[str, list[tuple[object, float]]]:
+    """(result, seconds) of each call in each of `repeats` rounds, after `warmup` untimed rounds (compilation,
+    caches). A result's `compile_seconds` (a compiled sample.generate compiles as it starts) is left out, as the
+    first compile is.
 
     Within a round the calls take turns (a, b, a, b, ...): other processes on a shared machine come and
     go, and a ratio formed within one round compares runs made under about the same load."""
     for _ in range(warmup):
         for call in calls.values():
             call()
-    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    runs: dict[str, list[tuple[object, float]]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
             result, elapsed = timed(call, device)
-            seconds[name].append(elapsed - getattr(result, "compile_seconds", 0.0))  # a compiled generate's warm-up
-    return seconds
+            runs[name].append((result, elapsed - getattr(result, "compile_seconds", 0.0)))  # a compiled warm-up
+    return runs
+
+
+def interleaved_seconds(calls: dict[str, Callable[[], object]], device: torch.device, repeats: int,
+                        warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each call in each round (`interleaved_runs`)."""
+    return {name: [seconds for _, seconds in runs]
+            for name, runs in interleaved_runs(calls, device, repeats, warmup).items()}
 
 
 def cpu_description() -> str:

@@ -83,6 +83,17 @@ def test_llama_cpp_rows_sit_beside_fox1s_compiled_rows():
     assert "eager" not in table.split("fox1/ref")[1]  # --no-eager
 
 
+def test_decode_speed_is_fox1s_own_decode_timing_and_hfs_difference_of_two():
+    """fox1's generate times its decode loop (as llama-bench does); a prefill call timed slower than the prefill
+    inside the generation cannot inflate it. HF's generations are timed from outside."""
+    from bench import decode_speed
+    from sample import Generation
+    fox1 = Generation([[1] * 16], prompt_tokens=128, prefill_seconds=0.9, decode_steps=15, decode_seconds=1.5)
+    assert decode_speed(fox1, seconds=2.4, prefill_seconds=1.2, new_tokens=16) == pytest.approx(10.0)
+    assert decode_speed(object(), seconds=2.4, prefill_seconds=0.9, new_tokens=16) == pytest.approx(10.0)
+    assert math.isnan(decode_speed(object(), seconds=0.9, prefill_seconds=1.0, new_tokens=16))
+
+
 def test_weight_bytes_counts_what_a_decode_step_reads():
     """fp32: every parameter. int8: the int8 rows and their scales. int4: the packed weights and their scales (fox1's
     int4 kernel reads them as they are); on a CPU without it PyTorch's kernel's copy only, not the packed table and
