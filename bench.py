@@ -144,10 +144,10 @@ def prefill_of(call_name: str) -> str:
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes a decode step streams: every parameter and each quantised matrix's `streamed_buffers` (the model's
-    other buffers are the KV cache and the RoPE tables, not weights)."""
-    quantized = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
-    tensors = [*model.parameters(), *(b for m in quantized for b in m.streamed_buffers())]
+    """Bytes a decode step streams: every parameter, but for a quantised matrix its `streamed_tensors` (the
+    model's buffers are the KV cache and the RoPE tables, not weights)."""
+    tensors = [t for m in model.modules()
+               for t in (m.streamed_tensors() if isinstance(m, QuantizedLinear) else m.parameters(recurse=False))]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 

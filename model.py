@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from fox1 import hf_llama
 from fox1.hf_llama import CheckpointError
-from fox1.speed import attention, cache_dtype, huge_pages, linear, load_cpu_kernels, quantized_weights
+from fox1.speed import attention, cache_dtype, huge_pages, linear, load_cpu_kernels, num_weights
 
 IGNORE_INDEX = -100  # targets with this value do not count in the loss (e.g. across document borders)
 
@@ -313,7 +313,7 @@ class Fox(nn.Module):
 
     def num_params(self) -> int:
         """Parameters, the tied embedding/LM head counted once (1,665,271,808 for fox-1.6b), quantised ones too."""
-        return quantized_weights(self) + sum(p.numel() for p in self.parameters())
+        return num_weights(self)
 
     def flops_per_token(self, seq_len: int) -> int:
         """Training FLOPs per token (forward + backward), for MFU.

@@ -193,22 +193,29 @@ def int8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> t
 
 
 class QuantizedLinear(nn.Module):
-    """A bias-free linear layer whose weight buffer holds quantised values with their scales (`quantize`)."""
+    """A bias-free linear layer whose weight holds quantised values with their scales (`quantize`).
+
+    Both are frozen parameters, not buffers: a compiled decode step checks, every call, that no two of its tensor
+    inputs share memory, except for parameters; with ~130 quantised tensors as buffers that check cost a 16-layer
+    model about a quarter of its step (NOTES.md)."""
 
     quantize: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
         quantized, scale = type(self).quantize(weight)
-        self.register_buffer("weight", quantized)
-        self.register_buffer("scale", scale)
+        self.frozen("weight", quantized)
+        self.frozen("scale", scale)
         load_cpu_kernels(weight.device)  # fox1's one-row kernels, before anything is compiled
+
+    def frozen(self, name: str, tensor: torch.Tensor) -> None:
+        self.register_parameter(name, nn.Parameter(tensor, requires_grad=False))
 
     def num_weights(self) -> int:
         return self.weight.numel()
 
-    def streamed_buffers(self) -> list[torch.Tensor]:
-        """The buffers a one-row decode step reads whole (bench.py's bandwidth bound)."""
+    def streamed_tensors(self) -> list[torch.Tensor]:
+        """The tensors a one-row decode step reads whole (bench.py's bandwidth bound)."""
         return [self.weight, self.scale]
 
 
@@ -291,23 +298,22 @@ class Int4Linear(QuantizedLinear):
         super().__init__(weight)
         if weight.device.type == "cpu" and not cpu_kernels.LOADED:
             nibbles = torch.stack(((self.weight & 15), (self.weight >> 4)), dim=-1).view(weight.size(0), -1)
-            self.register_buffer("kernel_weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-                nibbles.to(torch.int32), 1))
+            self.frozen("kernel_weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(nibbles.to(torch.int32), 1))
             zeros = torch.zeros_like(self.scale)  # stored values are q + 8: the kernel subtracts the 8 itself
-            self.register_buffer("kernel_scales", torch.stack((self.scale, zeros), dim=-1).transpose(0, 1)
-                                 .contiguous().to(torch.bfloat16))
+            self.frozen("kernel_scales", torch.stack((self.scale, zeros), dim=-1).transpose(0, 1)
+                        .contiguous().to(torch.bfloat16))
             if type(self) is Int4Linear:
                 del self.weight  # one copy of the weights: the kernel's
 
     def num_weights(self) -> int:
         return self.scale.numel() * INT4_GROUP
 
-    def streamed_buffers(self) -> list[torch.Tensor]:
+    def streamed_tensors(self) -> list[torch.Tensor]:
         """PyTorch's kernel's copy where there is one; the packed table and scales beside it then serve only the
         embedding's one-row lookups."""
         if hasattr(self, "kernel_weight"):
             return [self.kernel_weight, self.kernel_scales]
-        return super().streamed_buffers()
+        return super().streamed_tensors()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "kernel_weight"):
@@ -353,6 +359,8 @@ def _quantized(model: nn.Module, linear_type: type, embedding_type: type) -> nn.
     return model
 
 
-def quantized_weights(model: nn.Module) -> int:
-    """How many weights the quantised matrices of `model` hold (buffers, not parameters)."""
-    return sum(m.num_weights() for m in model.modules() if isinstance(m, QuantizedLinear))
+def num_weights(model: nn.Module) -> int:
+    """How many weights `model` holds: every parameter's elements, but for a quantised matrix its weights (not its
+    packed bytes, scales or kernel copies)."""
+    return sum(m.num_weights() if isinstance(m, QuantizedLinear)
+               else sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())

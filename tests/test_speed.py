@@ -64,7 +64,9 @@ def test_quantize_int8_replaces_every_matrix_and_keeps_the_norms(trained):
     int8 = quantize_int8(copy.deepcopy(trained))
     matrices = [m for m in int8.modules() if isinstance(m, Int8Linear)]
     assert len(matrices) == 4 * trained.config.num_layers + 1  # 4 per block + the tied embedding / LM head
-    assert not any(p.dim() > 1 for p in int8.parameters())  # only norm gains stay floating point
+    rest = [p for m in int8.modules() if not isinstance(m, Int8Linear) for p in m.parameters(recurse=False)]
+    assert not any(p.dim() > 1 for p in rest)  # only norm gains stay as they were
+    assert not any(p.requires_grad for m in matrices for p in m.parameters())  # frozen: for inference
     assert int8.num_params() == trained.num_params()
 
 
@@ -127,8 +129,10 @@ def test_int4_groups_requantised_as_int8_rows_move_no_weight_more_than_half_a_ro
 
 def test_quantize_int4_replaces_every_matrix(trained):
     int4 = quantize_int4(copy.deepcopy(trained))
-    assert len([m for m in int4.modules() if isinstance(m, Int4Linear)]) == 4 * trained.config.num_layers + 1
-    assert not any(p.dim() > 1 for p in int4.parameters()) and int4.num_params() == trained.num_params()
+    matrices = [m for m in int4.modules() if isinstance(m, Int4Linear)]
+    assert len(matrices) == 4 * trained.config.num_layers + 1
+    rest = [p for m in int4.modules() if not isinstance(m, Int4Linear) for p in m.parameters(recurse=False)]
+    assert not any(p.dim() > 1 for p in rest) and int4.num_params() == trained.num_params()  # only norm gains
 
 
 @pytest.mark.parametrize("quantize, perplexity_ratio, agreement", [(quantize_int8, 0.01, 0.95),
