@@ -196,8 +196,8 @@ class QuantizedLinear(nn.Module):
     """A bias-free linear layer whose weight holds quantised values with their scales (`quantize`).
 
     Both are frozen parameters, not buffers: a compiled decode step checks, every call, that no two of its tensor
-    inputs share memory, except for parameters; with ~130 quantised tensors as buffers that check cost a 16-layer
-    model about a quarter of its step (NOTES.md)."""
+    inputs share memory, except for parameters; with a small model's ~130 quantised tensors as buffers that check
+    was a large share of its step (NOTES.md)."""
 
     quantize: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
