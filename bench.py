@@ -219,8 +219,6 @@ def tokenizer_speed(documents: list[str], vocab_size: int) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------------
 # Quantised weights' accuracy and where a decode step's time goes
 
-PERPLEXITY_CONTEXT = 512  # ids a chunk in the perplexity rows against llama.cpp (llama-perplexity's default)
-
 
 def quantized_agreement(model: Fox, approx_model: Fox, tokens: torch.Tensor) -> dict[str, float]:
     """How far quantised next-token logits over `tokens` (1, T) are from the unquantised model's: relative
@@ -232,19 +230,6 @@ def quantized_agreement(model: Fox, approx_model: Fox, tokens: torch.Tensor) -> 
             "top1_agreement": float((approx.argmax(-1) == exact.argmax(-1)).float().mean()),
             "perplexity": float(F.cross_entropy(exact, targets).exp()),
             "quantized_perplexity": float(F.cross_entropy(approx, targets).exp())}
-
-
-def chunked_perplexity(model: Fox, ids: list[int], context: int, bos_id: int) -> float:
-    """Perplexity as llama.cpp's llama-perplexity measures it (`fox1.llama_cpp.perplexity`), so the engines'
-    numbers compare: ids (<bos> first) cut into chunks of `context`, each chunk's first id replaced by <bos>, every
-    id of a chunk's second half scored given the ids before it."""
-    chunks = torch.tensor(ids[:len(ids) // context * context], device=model.norm.weight.device).view(-1, context)
-    chunks[:, 0] = bos_id
-    first = context // 2
-    with torch.inference_mode():
-        nll = sum(float(F.cross_entropy(model(chunk[None])[0, first:-1].float(), chunk[first + 1:], reduction="sum"))
-                  for chunk in chunks)
-    return math.exp(nll / (chunks.size(0) * (context - first - 1)))
 
 
 def decode_step_profile(model: Fox, steps: int = 8) -> dict[str, float]:
@@ -450,8 +435,9 @@ def bench_quantized_accuracy(args: argparse.Namespace, report: Report, model: Fo
 def bench_perplexity_vs_llama_cpp(args: argparse.Namespace, report: Report, model: Fox, ids: list[int],
                                   bos_id: int, text: str) -> None:
     """The --ckpt model's held-out perplexity in fp32, int8 and int4 next to llama.cpp's on its f32, Q8_0 and Q4_0
-    GGUF files, both measured as llama-perplexity does (`chunked_perplexity`), on ids llama-tokenize checks."""
-    context, ids = min(PERPLEXITY_CONTEXT, model.config.context_len), [bos_id] + ids
+    GGUF files, both measured as llama-perplexity does (`llama_cpp.chunked_perplexity`), on ids llama-tokenize
+    checks."""
+    context, ids = min(llama_cpp.PERPLEXITY_CONTEXT, model.config.context_len), [bos_id] + ids
     if len(ids) < 2 * context:
         report.add("held-out perplexity vs llama.cpp", "not run",
                    note=f"{len(ids)} ids of held-out text; llama-perplexity needs {2 * context}")
@@ -464,7 +450,7 @@ def bench_perplexity_vs_llama_cpp(args: argparse.Namespace, report: Report, mode
         theirs = {kind: llama_cpp.perplexity(args.llama_cpp, path, text_file, context=context, threads=args.threads)
                   for kind, path in files.items()}
     models = {"fp32": model, "int8": quantize_int8(copy.deepcopy(model)), "int4": quantize_int4(copy.deepcopy(model))}
-    fox1 = {ours: chunked_perplexity(models[ours], ids, context, bos_id) for ours in formats.values()}
+    fox1 = {ours: llama_cpp.chunked_perplexity(models[ours], ids, context, bos_id) for ours in formats.values()}
     report.numbers.update(llama_cpp_same_ids=same_ids, **{f"chunked_perplexity[{k}]": v for k, v in fox1.items()},
                           **{f"llama_cpp_perplexity[{k}]": v for k, v in theirs.items()})
     for kind, ours in formats.items():

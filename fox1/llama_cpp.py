@@ -3,19 +3,25 @@
 Not a dependency: `python bench.py --llama-cpp BUILD` points at a llama.cpp build folder (its bin/ holds
 llama-bench, llama-quantize, llama-tokenize and llama-perplexity); NOTES.md says how to build one. Speeds are
 llama-bench's own (model loading and warm-up excluded), prompt processing and decoding each timed in its own run;
-perplexities llama-perplexity's, which bench.py's `chunked_perplexity` repeats for fox1's models.
+perplexities llama-perplexity's, which `chunked_perplexity` repeats for fox1's models.
 """
 from __future__ import annotations
 
 import json
 import re
+import math
 import subprocess
 from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from fox1.files import InputError
 from fox1.gguf import write_gguf
 
 QUANTIZED_FORMATS = ("Q8_0", "Q4_0")  # llama.cpp's 8-bit and 4-bit blocks of 32 weights with one scale each
+PERPLEXITY_CONTEXT = 512  # ids a chunk in the perplexity rows against llama.cpp (llama-perplexity's default)
 
 
 def tool(build: Path, name: str) -> Path:
@@ -79,3 +85,16 @@ def perplexity(build: Path, model: Path, text_file: Path, *, context: int, threa
     if not estimates:
         raise InputError(f"llama-perplexity printed no estimate for {text_file} (fewer than {2 * context} tokens?)")
     return float(estimates[-1])
+
+
+def chunked_perplexity(model: nn.Module, ids: list[int], context: int, bos_id: int) -> float:
+    """fox1's `model` scored as llama-perplexity scores a GGUF file (`perplexity`), so the engines' numbers compare:
+    ids (<bos> first) cut into chunks of `context`, each chunk's first id replaced by <bos>, every id of a chunk's
+    second half scored given the ids before it."""
+    chunks = torch.tensor(ids[:len(ids) // context * context], device=model.norm.weight.device).view(-1, context)
+    chunks[:, 0] = bos_id
+    first = context // 2
+    with torch.inference_mode():
+        nll = sum(float(F.cross_entropy(model(chunk[None])[0, first:-1].float(), chunk[first + 1:], reduction="sum"))
+                  for chunk in chunks)
+    return math.exp(nll / (chunks.size(0) * (context - first - 1)))

@@ -121,7 +121,7 @@ def test_weight_bytes_counts_what_a_decode_step_reads():
 def test_chunked_perplexity_scores_the_second_half_of_each_whole_chunk():
     """As llama-perplexity: ids past the last whole chunk and each chunk's first id (it becomes <bos>) count for
     nothing; the rest of a chunk's first half is context only; every id of its second half is scored once."""
-    from bench import chunked_perplexity
+    from fox1.llama_cpp import chunked_perplexity
     from model import Fox, FoxConfig
 
     torch.manual_seed(0)
