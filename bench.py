@@ -324,10 +324,9 @@ def bench_generation(args: argparse.Namespace, report: Report, machine: Machine,
                                                   not args.no_eager))
         engine = LlamaCpp(args, model, Path(folder)) if args.llama_cpp else None
         runs = interleaved_runs(calls | (engine.calls if engine else {}), args.device, args.repeats, warmup=0)
-    seconds = {name: [s for _, s in values] for name, values in runs.items()}
-    prefill = {name: [prompt.numel() / s for s in values] for name, values in seconds.items() if " prefill" in name}
+    prefill = {name: [prompt.numel() / s for _, s in values] for name, values in runs.items() if " prefill" in name}
     decode = {name: [decode_speed(result, t, p, args.new_tokens)
-                     for (result, t), p in zip(values, seconds[prefill_of(name)])]
+                     for (result, t), (_, p) in zip(values, runs[prefill_of(name)])]
               for name, values in runs.items() if " prefill" not in name and not name.startswith("llama.cpp")}
     report.numbers.update(generation_errors=errors,
                           **{f"prefill_tok_per_s[{name}]": statistics.median(v) for name, v in prefill.items()},

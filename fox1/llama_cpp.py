@@ -8,8 +8,8 @@ perplexities llama-perplexity's, which `chunked_perplexity` repeats for fox1's m
 from __future__ import annotations
 
 import json
-import re
 import math
+import re
 import subprocess
 from pathlib import Path
 
