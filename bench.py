@@ -34,7 +34,6 @@ It prints a readable table, then one JSON line with every number (the last line,
 from __future__ import annotations
 
 import argparse
-import itertools
 import concurrent.futures
 import copy
 import math
@@ -53,6 +52,7 @@ import torch.nn.functional as F
 
 import sample
 from fox1 import llama_cpp
+from fox1.corpus import benchmark_documents
 from fox1.hf_reference import hf_generation, hf_loss, hf_tokenizer_speed, timed_tokenizer
 from fox1.machine import (GB, Machine, interleaved_runs, interleaved_seconds, peak_memory, read_bandwidth,
                           reset_peak_memory, runnable, timed)
@@ -192,21 +192,6 @@ def loss_memory(config: FoxConfig, tokens: int, dtype: torch.dtype,
 
 # --------------------------------------------------------------------------------------------------
 # Tokenizer
-
-
-def benchmark_documents(megabytes: float) -> tuple[list[str], str]:
-    """About `megabytes` MB of text as documents, from this Python's standard library (read again from the start
-    when more is asked for than it has: encoding costs the same the second time)."""
-    stdlib = Path(os.__file__).parent
-    files, source = sorted(stdlib.glob("*.py")) + sorted(stdlib.glob("*/*.py")), str(stdlib)
-    documents, size = [], 0
-    for path in itertools.cycle(files):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        for document in text.split("\n\n\n"):
-            documents.append(document)
-            size += len(document.encode())
-            if size >= megabytes * 1e6:
-                return documents, source
 
 
 def tokenizer_speed(documents: list[str], vocab_size: int) -> dict[str, float]:

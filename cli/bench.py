@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench import (benchmark_documents, bench_generation, bench_loss_memory, bench_perplexity_vs_llama_cpp,
-                   bench_profile, bench_quantized_accuracy, bench_tokenizer, bench_training, short_name)
+from bench import (bench_generation, bench_loss_memory, bench_perplexity_vs_llama_cpp, bench_profile,
+                   bench_quantized_accuracy, bench_tokenizer, bench_training, short_name)
 from cli.data import prepare
 from cli.sample import Checkpoint, open_checkpoint
-from fox1.corpus import BUILTIN_VAL_FRACTION, builtin_documents
+from fox1.corpus import BUILTIN_VAL_FRACTION, benchmark_documents, builtin_documents
 from fox1 import llama_cpp
 from fox1.files import InputError, Number, check_numbers, read_text
 from fox1.hf_llama import CheckpointError

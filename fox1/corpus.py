@@ -5,12 +5,14 @@ plus docstring and comment prose, a small echo of Fox-1's text + code mix. It is
 curriculum has somewhere to move: `stdlib-docs` (modules where strings and comments are >= 45% of the source, e.g.
 pydoc_data/topics.py, typing.py) and `stdlib-code` (the rest). For the instruction-tuning stage the same files give
 conversations: "Write a Python function `def name(args)` that: <docstring summary>" answered by the function's source,
-and "What does `module.name` do?" answered by its docstring, held out by module.
+and "What does `module.name` do?" answered by its docstring, held out by module. bench.py times tokenizers on the
+standard library too (`benchmark_documents`: its top two levels of files, unfiltered, in blank-line-split pieces).
 """
 from __future__ import annotations
 
 import ast
 import io
+import itertools
 import os
 import re
 import sysconfig
@@ -48,6 +50,22 @@ def builtin_documents(source: str | None = None, stats: ReadStats | None = None)
     become U+FFFD, counted in stats."""
     return read_files(builtin_files() if source is None else split_builtin(builtin_files())[source],
                        stats or ReadStats())
+
+
+def benchmark_documents(megabytes: float) -> tuple[list[str], str]:
+    """bench.py's text for its tokenizer and prepare rows: about `megabytes` MB of documents from this Python's
+    standard library (read again from the start when more is asked for than it has: encoding costs the same the
+    second time). Returns (documents, where they come from)."""
+    stdlib = Path(os.__file__).parent
+    files, source = sorted(stdlib.glob("*.py")) + sorted(stdlib.glob("*/*.py")), str(stdlib)
+    documents, size = [], 0
+    for path in itertools.cycle(files):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for document in text.split("\n\n\n"):
+            documents.append(document)
+            size += len(document.encode())
+            if size >= megabytes * 1e6:
+                return documents, source
 
 
 def read_files(files: list[Path], stats: ReadStats) -> Iterator[str]:
